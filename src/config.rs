@@ -1,0 +1,341 @@
+//! Command line and environment configuration.
+//!
+//! Every `serve` flag is also an environment variable `RESTATUS_<FLAG>` (dashes become
+//! underscores), so the Helm chart and local scripts configure the same way.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    duration,
+    policy::{FieldPattern, RestoreMode},
+    store::KeySchema,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "restatus",
+    version,
+    about = "Records the .status of Kubernetes objects in Redis and restores it when an object is recreated"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the admission webhook, the restore worker and the admin server.
+    Serve(Box<ServeArgs>),
+    /// Write a CA and a serving certificate (ca.crt, tls.crt, tls.key) for local use.
+    Certs(CertsArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub record: RecordArgs,
+    #[command(flatten)]
+    pub restore: RestoreArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Listeners")]
+pub struct ServerArgs {
+    /// Address of the HTTPS webhook listener (POST /mutate).
+    #[arg(long, env = "RESTATUS_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// Address of the plain-HTTP admin listener (/livez, /readyz, /metrics).
+    #[arg(long, env = "RESTATUS_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    pub admin_listen: SocketAddr,
+
+    /// Largest AdmissionReview body accepted, in bytes (suffixes Ki and Mi allowed).
+    /// Larger bodies are answered 413.
+    #[arg(long, env = "RESTATUS_MAX_REQUEST_BYTES", default_value = "8Mi", value_parser = parse_size)]
+    pub max_request_bytes: usize,
+
+    /// How long in-flight reviews and restores may take to finish after SIGTERM.
+    #[arg(long, env = "RESTATUS_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "TLS")]
+pub struct TlsArgs {
+    /// PEM certificate chain served by the webhook listener.
+    #[arg(long, env = "RESTATUS_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of the serving certificate.
+    #[arg(long, env = "RESTATUS_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// How often the certificate files are re-read; a changed pair is served without a restart.
+    #[arg(long, env = "RESTATUS_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Store")]
+pub struct StoreArgs {
+    /// Redis URL (redis://[user:password@]host:port[/db]).
+    #[arg(
+        long,
+        env = "RESTATUS_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every key restatus writes.
+    #[arg(long, env = "RESTATUS_KEY_PREFIX", default_value = "restatus", value_parser = parse_key_prefix)]
+    pub key_prefix: String,
+
+    /// Name of this cluster in the store; clusters sharing one Redis need distinct names, and a
+    /// new cluster restores an old one's records by taking its name.
+    #[arg(long, env = "RESTATUS_CLUSTER_NAME", default_value = "default", value_parser = parse_cluster_name)]
+    pub cluster_name: String,
+
+    /// Time budget of each Redis call made while answering an admission review.
+    #[arg(long, env = "RESTATUS_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Time budget of each Redis call made by the restore worker.
+    #[arg(long, env = "RESTATUS_REDIS_WORKER_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub redis_worker_timeout: Duration,
+}
+
+impl StoreArgs {
+    pub fn key_schema(&self) -> KeySchema {
+        KeySchema::new(&self.key_prefix, &self.cluster_name)
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Recording")]
+pub struct RecordArgs {
+    /// How long the record of a deleted object is kept (e.g. 30d, 720h).
+    #[arg(long, env = "RESTATUS_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub retention: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Restore")]
+pub struct RestoreArgs {
+    /// fill: restore only fields absent from the live status; replace: write the saved status as it was.
+    #[arg(long, env = "RESTATUS_RESTORE_MODE", value_enum, default_value_t = RestoreMode::Fill)]
+    pub restore_mode: RestoreMode,
+
+    /// JSON pointers into .status to restore (comma-separated, `*` matches any key or index).
+    /// Empty means the whole status.
+    #[arg(long, env = "RESTATUS_RESTORE_FIELDS", value_delimiter = ',', value_parser = parse_pattern)]
+    pub restore_fields: Vec<FieldPattern>,
+
+    /// JSON pointers into .status never restored (comma-separated, `*` matches any key or index).
+    #[arg(
+        long,
+        env = "RESTATUS_RESTORE_EXCLUDE_FIELDS",
+        value_delimiter = ',',
+        value_parser = parse_pattern,
+        default_value = "/observedGeneration,/conditions/*/observedGeneration"
+    )]
+    pub restore_exclude_fields: Vec<FieldPattern>,
+
+    /// How long a restore job waits for its CREATE to land before it is dropped.
+    #[arg(long, env = "RESTATUS_RESTORE_DEADLINE", default_value = "60s", value_parser = parse_duration)]
+    pub restore_deadline: Duration,
+
+    /// Deliveries after which a failing restore job moves to the dead-letter stream.
+    #[arg(long, env = "RESTATUS_RESTORE_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub restore_max_deliveries: u64,
+
+    /// How long a job may sit unacknowledged with a consumer before another replica reclaims it.
+    #[arg(long, env = "RESTATUS_RESTORE_CLAIM_MIN_IDLE", default_value = "30s", value_parser = parse_duration)]
+    pub restore_claim_min_idle: Duration,
+
+    /// Restore jobs processed at once by this replica.
+    #[arg(long, env = "RESTATUS_RESTORE_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub restore_concurrency: u32,
+
+    /// Retries of a status patch that meets a conflict (HTTP 409) before the job is retried later.
+    #[arg(long, env = "RESTATUS_RESTORE_CONFLICT_RETRIES", default_value_t = 5)]
+    pub restore_conflict_retries: u32,
+
+    /// Name of this replica's consumer in the restore queue (defaults to POD_NAME, else
+    /// hostname and process id).
+    #[arg(long, env = "RESTATUS_CONSUMER_NAME")]
+    pub consumer_name: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Kubernetes")]
+pub struct KubeArgs {
+    /// Kubeconfig to use; otherwise KUBECONFIG, ~/.kube/config, then the in-cluster service account.
+    #[arg(long, env = "RESTATUS_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Field manager restatus uses for its writes; status writes carrying it are its own.
+    #[arg(long, env = "RESTATUS_FIELD_MANAGER", default_value = "restatus")]
+    pub field_manager: String,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Logging")]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "RESTATUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter in tracing's EnvFilter syntax (e.g. `info`, `restatus=debug,info`).
+    #[arg(long, env = "RESTATUS_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CertsArgs {
+    /// Directory to write ca.crt, tls.crt and tls.key into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+
+    /// DNS names or IP addresses the serving certificate is valid for.
+    #[arg(long = "host", required = true, num_args = 1..)]
+    pub hosts: Vec<String>,
+
+    /// Validity of the generated certificates.
+    #[arg(long, default_value = "365d", value_parser = parse_duration)]
+    pub validity: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_pattern(s: &str) -> Result<FieldPattern, String> {
+    s.parse::<FieldPattern>().map_err(|e| e.to_string())
+}
+
+/// Parses a byte size: a plain number, or a number with `Ki` or `Mi`.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (number, multiplier) = if let Some(n) = s.strip_suffix("Mi") {
+        (n, 1024 * 1024)
+    } else if let Some(n) = s.strip_suffix("Ki") {
+        (n, 1024)
+    } else {
+        (s, 1)
+    };
+    let n: usize = number
+        .parse()
+        .map_err(|_| format!("size {s:?} is not a number of bytes (suffixes Ki and Mi allowed)"))?;
+    n.checked_mul(multiplier)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("size {s:?} is out of range"))
+}
+
+/// Key prefixes must not contain braces (they would break the Redis Cluster hash tag) or spaces.
+fn parse_key_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 64 {
+        return Err("key prefix must be 1 to 64 characters".into());
+    }
+    if s.chars().any(|c| c == '{' || c == '}' || c.is_whitespace()) {
+        return Err(format!(
+            "key prefix {s:?} must not contain braces or whitespace"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// Cluster names are DNS labels: lowercase letters, digits and '-', 1 to 63 characters.
+fn parse_cluster_name(s: &str) -> Result<String, String> {
+    let valid = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "cluster name {s:?} must be a DNS label (lowercase letters, digits and '-', 1-63 characters)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults_match_the_documented_interface() {
+        let cli = Cli::try_parse_from(["restatus", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(args.server.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(args.server.admin_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(args.store.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(args.store.redis_timeout, Duration::from_millis(100));
+        assert_eq!(args.server.max_request_bytes, 8 * 1024 * 1024);
+        assert_eq!(args.record.retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(args.restore.restore_deadline, Duration::from_secs(60));
+        assert_eq!(args.restore.restore_mode, RestoreMode::Fill);
+        assert_eq!(args.restore.restore_exclude_fields.len(), 2);
+        assert!(args.restore.restore_fields.is_empty());
+    }
+
+    #[test]
+    fn sizes_and_names_are_validated() {
+        assert_eq!(parse_size("8Mi"), Ok(8 * 1024 * 1024));
+        assert_eq!(parse_size("512Ki"), Ok(512 * 1024));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_cluster_name("prod-eu-1").is_ok());
+        assert!(parse_cluster_name("Prod").is_err());
+        assert!(parse_cluster_name("-a").is_err());
+        assert!(parse_key_prefix("restatus").is_ok());
+        assert!(parse_key_prefix("a{b").is_err());
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let err = Cli::try_parse_from(["restatus", "serve", "--tls-cert-file", "a.crt"]);
+        assert!(err.is_err());
+        assert!(
+            Cli::try_parse_from([
+                "restatus",
+                "serve",
+                "--tls-cert-file",
+                "a.crt",
+                "--tls-key-file",
+                "a.key"
+            ])
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,69 @@
+#![forbid(unsafe_code)]
+#![deny(warnings)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use restatus::{
+    certs,
+    config::{Cli, Command},
+    error_chain, telemetry,
+};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // One crypto provider for every TLS user in the process (listener and Kubernetes client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            if let Err(error) = telemetry::init_logging(&args.log) {
+                eprintln!("restatus: {}", error_chain(&error));
+                return ExitCode::FAILURE;
+            }
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            match restatus::serve(*args, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(error = %error_chain(&error), "restatus failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Certs(args) => {
+            let written = certs::generate(&args.hosts, args.validity)
+                .and_then(|generated| certs::write(&args.out, &generated));
+            match written {
+                Ok(()) => {
+                    for file in ["ca.crt", "tls.crt", "tls.key"] {
+                        println!("{}", args.out.join(file).display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("restatus certs: {}", error_chain(&error));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("could not install signal handlers; stop restatus with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+    }
+    shutdown.cancel();
+}

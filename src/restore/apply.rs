@@ -1,0 +1,443 @@
+//! One restore, against the API server: wait for the new incarnation, patch its status,
+//! swap the annotation, report.
+
+use std::time::Duration;
+
+use jiff::{Timestamp, Unit};
+use json_patch::{
+    AddOperation, Patch as JsonPatch, PatchOperation, ReplaceOperation, jsonptr::PointerBuf,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+    runtime::events::{Event, EventType, Recorder},
+};
+use serde_json::{Value, json};
+
+use super::decide;
+use crate::{
+    error_chain,
+    policy::{
+        ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT, RESTORE_FAILED, RestorePolicy,
+        is_restore_pending,
+    },
+    store::{Record, RestoreJob},
+};
+
+/// Tolerated clock difference between restatus and the API server when telling a new
+/// incarnation (created after the job) from an old one.
+const CLOCK_SKEW: Duration = Duration::from_secs(5);
+const FIRST_POLL: Duration = Duration::from_millis(5);
+const MAX_POLL: Duration = Duration::from_millis(500);
+
+/// How a restore ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    Restored,
+    /// The live object is the one the record came from (or older than the job): the CREATE
+    /// failed with AlreadyExists.
+    AlreadyExists,
+    /// The object never appeared before the deadline: the CREATE never landed.
+    Expired,
+    /// The object was deleted again before its status could be written.
+    Gone,
+    /// A duplicate delivery of a job that was already done.
+    AlreadyRestored,
+}
+
+impl Finished {
+    pub fn label(self) -> &'static str {
+        match self {
+            Finished::Restored => "restored",
+            Finished::AlreadyExists => "already_exists",
+            Finished::Expired => "expired",
+            Finished::Gone => "gone",
+            Finished::AlreadyRestored => "already_restored",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Worth another try later (network, API server overloaded, repeated conflicts).
+    #[error("{action} {identity} failed")]
+    Transient {
+        action: &'static str,
+        identity: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("status of {identity} kept conflicting after {attempts} attempts")]
+    Conflicts { identity: String, attempts: u32 },
+    /// Will not get better by retrying (the saved status is invalid for the type, access is
+    /// denied): reported and dead-lettered at once.
+    #[error("{action} {identity} was refused: {message}")]
+    Permanent {
+        action: &'static str,
+        identity: String,
+        message: String,
+    },
+}
+
+impl ApplyError {
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ApplyError::Permanent { .. })
+    }
+
+    fn from_kube(action: &'static str, identity: &str, source: kube::Error) -> Self {
+        if let kube::Error::Api(status) = &source
+            && matches!(status.code, 400 | 403 | 405 | 415 | 422)
+        {
+            return ApplyError::Permanent {
+                action,
+                identity: identity.to_owned(),
+                message: status.message.clone(),
+            };
+        }
+        ApplyError::Transient {
+            action,
+            identity: identity.to_owned(),
+            source,
+        }
+    }
+}
+
+fn api_status_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// Everything one restore needs, borrowed from the worker.
+pub struct Applier<'a> {
+    pub client: &'a Client,
+    pub recorder: &'a Recorder,
+    pub policy: &'a RestorePolicy,
+    pub field_manager: &'a str,
+    pub conflict_retries: u32,
+}
+
+/// The API resource of a job's object.
+fn api_resource(job: &RestoreJob) -> ApiResource {
+    let (group, version) = match job.api_version.rsplit_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", job.api_version.as_str()),
+    };
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, version, &job.kind),
+        &job.identity.resource,
+    )
+}
+
+fn status_of(obj: &DynamicObject) -> Option<&Value> {
+    obj.data.get("status").filter(|s| !s.is_null())
+}
+
+impl Applier<'_> {
+    fn api(&self, job: &RestoreJob, ar: &ApiResource) -> Api<DynamicObject> {
+        match &job.identity.namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, ar),
+            None => Api::all_with(self.client.clone(), ar),
+        }
+    }
+
+    /// Performs one restore job with the record it refers to.
+    pub async fn restore(
+        &self,
+        job: &RestoreJob,
+        record: &Record,
+    ) -> Result<(Finished, Option<DynamicObject>), ApplyError> {
+        let ar = api_resource(job);
+        let api = self.api(job, &ar);
+        let identity = job.identity.to_string();
+        let live = match self
+            .wait_for_new_incarnation(&api, job, record, &identity)
+            .await?
+        {
+            Ok(live) => live,
+            Err(finished) => return Ok((finished, None)),
+        };
+        if job.inline {
+            // The CREATE carried the saved status; report it.
+            self.event(
+                &live,
+                &ar,
+                EventType::Normal,
+                "StatusRestored",
+                format!(
+                    "Status restored in the create from the record of {}",
+                    record
+                        .recorded_at
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "an earlier incarnation".into())
+                ),
+            )
+            .await;
+            return Ok((Finished::Restored, Some(live)));
+        }
+        let annotations = live.metadata.annotations.as_ref();
+        if !is_restore_pending(annotations)
+            && annotations.is_some_and(|a| a.contains_key(ANNOTATION_RESTORED_AT))
+        {
+            return Ok((Finished::AlreadyRestored, Some(live)));
+        }
+
+        let Some(live) = self
+            .patch_status(&api, job, record, live, &identity)
+            .await?
+        else {
+            return Ok((Finished::Gone, None));
+        };
+
+        let restored_at = Timestamp::now()
+            .round(Unit::Second)
+            .unwrap_or_else(|_| Timestamp::now());
+        let annotations = json!({"metadata": {"annotations": {
+            ANNOTATION_RESTORE: null,
+            ANNOTATION_RESTORED_AT: restored_at.to_string(),
+        }}});
+        let params = PatchParams::default();
+        let params = PatchParams {
+            field_manager: Some(self.field_manager.to_owned()),
+            ..params
+        };
+        match api
+            .patch(&live.name_any(), &params, &Patch::Merge(&annotations))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if api_status_code(&e) == Some(404) => return Ok((Finished::Gone, None)),
+            Err(e) => return Err(ApplyError::from_kube("annotating", &identity, e)),
+        }
+        self.event(
+            &live,
+            &ar,
+            EventType::Normal,
+            "StatusRestored",
+            format!(
+                "Status restored from the record of {}",
+                record
+                    .recorded_at
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "an earlier incarnation".into())
+            ),
+        )
+        .await;
+        Ok((Finished::Restored, Some(live)))
+    }
+
+    /// Polls (5 ms, doubling up to 500 ms) until the object exists as a new incarnation, or
+    /// the job's deadline passes.
+    async fn wait_for_new_incarnation(
+        &self,
+        api: &Api<DynamicObject>,
+        job: &RestoreJob,
+        record: &Record,
+        identity: &str,
+    ) -> Result<Result<DynamicObject, Finished>, ApplyError> {
+        let old_uid = if job.record_uid.is_empty() {
+            &record.uid
+        } else {
+            &job.record_uid
+        };
+        let not_before = job
+            .created_at
+            .checked_sub(jiff::SignedDuration::try_from(CLOCK_SKEW).unwrap_or_default())
+            .unwrap_or(job.created_at);
+        let mut delay = FIRST_POLL;
+        loop {
+            match api.get_opt(&job.identity.name).await {
+                Ok(Some(obj)) => {
+                    let uid = obj.metadata.uid.as_deref().unwrap_or("");
+                    let created = obj.metadata.creation_timestamp.as_ref().map(|t| t.0);
+                    let older = created.is_some_and(|c| c < not_before);
+                    if (!old_uid.is_empty() && uid == old_uid) || older {
+                        return Ok(Err(Finished::AlreadyExists));
+                    }
+                    return Ok(Ok(obj));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if Timestamp::now() >= job.deadline {
+                        return Err(ApplyError::from_kube("reading", identity, e));
+                    }
+                    tracing::debug!(error = %error_chain(&e), "reading the recreated object failed; retrying");
+                }
+            }
+            if Timestamp::now() >= job.deadline {
+                return Ok(Err(Finished::Expired));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_POLL);
+        }
+    }
+
+    /// Writes the decided status through the status subresource with the live
+    /// resourceVersion as precondition; re-reads and re-decides on a conflict. Falls back to
+    /// the main resource for a type without a status subresource. Returns the object as
+    /// last seen, or `None` if it was deleted meanwhile.
+    async fn patch_status(
+        &self,
+        api: &Api<DynamicObject>,
+        job: &RestoreJob,
+        record: &Record,
+        mut live: DynamicObject,
+        identity: &str,
+    ) -> Result<Option<DynamicObject>, ApplyError> {
+        let saved = self.policy.restorable(&record.status);
+        let params = PatchParams {
+            field_manager: Some(self.field_manager.to_owned()),
+            ..PatchParams::default()
+        };
+        let name = job.identity.name.as_str();
+        let mut use_subresource = true;
+        for _ in 0..=self.conflict_retries {
+            let Some(status) = decide(&saved, status_of(&live), self.policy.mode) else {
+                return Ok(Some(live));
+            };
+            let patch = JsonPatch(vec![
+                PatchOperation::Replace(ReplaceOperation {
+                    path: PointerBuf::from_tokens(["metadata", "resourceVersion"]),
+                    value: Value::String(live.resource_version().unwrap_or_default()),
+                }),
+                PatchOperation::Add(AddOperation {
+                    path: PointerBuf::from_tokens(["status"]),
+                    value: status,
+                }),
+            ]);
+            let result = if use_subresource {
+                api.patch_status(name, &params, &Patch::<()>::Json(patch))
+                    .await
+            } else {
+                api.patch(name, &params, &Patch::<()>::Json(patch)).await
+            };
+            match result {
+                Ok(obj) => return Ok(Some(obj)),
+                Err(e) => match api_status_code(&e) {
+                    Some(409) => {}
+                    Some(404) if use_subresource => {
+                        // Either the object is gone or its type has no status subresource.
+                        use_subresource = false;
+                    }
+                    Some(404) => return Ok(None),
+                    _ => return Err(ApplyError::from_kube("patching the status of", identity, e)),
+                },
+            }
+            // Re-read and decide again against what is live now.
+            match api.get_opt(name).await {
+                Ok(Some(obj)) if obj.metadata.uid == live.metadata.uid => live = obj,
+                Ok(_) => return Ok(None),
+                Err(e) => return Err(ApplyError::from_kube("reading", identity, e)),
+            }
+        }
+        Err(ApplyError::Conflicts {
+            identity: identity.to_owned(),
+            attempts: self.conflict_retries + 1,
+        })
+    }
+
+    /// After a failure that will not heal: mark the object `restatus.io/restore: failed` (so
+    /// status writes are no longer merged) and emit `StatusRestoreFailed`.
+    pub async fn report_failure(&self, job: &RestoreJob, reason: &str) {
+        let ar = api_resource(job);
+        let api = self.api(job, &ar);
+        let patch = json!({"metadata": {"annotations": {ANNOTATION_RESTORE: RESTORE_FAILED}}});
+        let params = PatchParams {
+            field_manager: Some(self.field_manager.to_owned()),
+            ..PatchParams::default()
+        };
+        match api
+            .patch(&job.identity.name, &params, &Patch::Merge(&patch))
+            .await
+        {
+            Ok(obj) => {
+                let note: String = reason.chars().take(1000).collect();
+                self.event(&obj, &ar, EventType::Warning, "StatusRestoreFailed", note)
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(identity = %job.identity, error = %error_chain(&e), "could not mark the failed restore on the object")
+            }
+        }
+    }
+
+    async fn event(
+        &self,
+        obj: &DynamicObject,
+        ar: &ApiResource,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let reference = obj.object_ref(ar);
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "RestoreStatus".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(object = %obj.name_any(), error = %error_chain(&e), "could not publish the {reason} event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ObjectIdentity;
+
+    fn job(api_version: &str, kind: &str, resource: &str) -> RestoreJob {
+        RestoreJob {
+            identity: ObjectIdentity {
+                group: String::new(),
+                resource: resource.into(),
+                namespace: Some("ns".into()),
+                name: "n".into(),
+            },
+            api_version: api_version.into(),
+            kind: kind.into(),
+            record_uid: "u".into(),
+            created_at: Timestamp::now(),
+            deadline: Timestamp::now(),
+            inline: false,
+            request_uid: String::new(),
+        }
+    }
+
+    #[test]
+    fn api_resource_of_core_and_grouped_types() {
+        let ar = api_resource(&job("v1", "Service", "services"));
+        assert_eq!(
+            (ar.group.as_str(), ar.version.as_str(), ar.plural.as_str()),
+            ("", "v1", "services")
+        );
+        assert_eq!(ar.api_version, "v1");
+        let ar = api_resource(&job(
+            "infra.example.com/v1alpha1",
+            "KubernetesCluster",
+            "kubernetesclusters",
+        ));
+        assert_eq!(ar.group, "infra.example.com");
+        assert_eq!(ar.version, "v1alpha1");
+        assert_eq!(ar.api_version, "infra.example.com/v1alpha1");
+        assert_eq!(ar.plural, "kubernetesclusters");
+    }
+
+    #[test]
+    fn client_errors_are_permanent_and_others_transient() {
+        let status = |code| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                message: "m".into(),
+                ..Default::default()
+            }))
+        };
+        assert!(ApplyError::from_kube("x", "i", status(422)).is_permanent());
+        assert!(ApplyError::from_kube("x", "i", status(403)).is_permanent());
+        assert!(!ApplyError::from_kube("x", "i", status(500)).is_permanent());
+        assert!(!ApplyError::from_kube("x", "i", status(429)).is_permanent());
+    }
+}

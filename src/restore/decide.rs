@@ -1,0 +1,143 @@
+//! What status a restore writes: pure, no I/O.
+
+use serde_json::Value;
+
+use crate::policy::RestoreMode;
+
+/// The status to write so that `live` gets the `saved` facts, or `None` when `live` already
+/// has them.
+///
+/// `saved` is the restorable part of the record (fields and exclusions already applied).
+/// - `Fill` adds the saved fields absent from the live status, recursing into objects; a
+///   list, a string or a number counts as one value, and a live value always wins. A `null`
+///   counts as absent.
+/// - `Replace` writes every saved field over the live one; live fields the record does not
+///   have are kept, so an excluded field such as `observedGeneration` is never erased.
+pub fn decide(saved: &Value, live: Option<&Value>, mode: RestoreMode) -> Option<Value> {
+    let live = live.filter(|v| !v.is_null());
+    let merged = match mode {
+        RestoreMode::Fill => fill(saved, live),
+        RestoreMode::Replace => replace(saved, live),
+    };
+    (Some(&merged) != live).then_some(merged)
+}
+
+fn fill(saved: &Value, live: Option<&Value>) -> Value {
+    match (saved, live) {
+        (_, None) => saved.clone(),
+        (Value::Object(s), Some(Value::Object(l))) => {
+            let mut out = l.clone();
+            for (key, saved_child) in s {
+                let merged = fill(saved_child, l.get(key).filter(|v| !v.is_null()));
+                out.insert(key.clone(), merged);
+            }
+            Value::Object(out)
+        }
+        (_, Some(live)) => live.clone(),
+    }
+}
+
+fn replace(saved: &Value, live: Option<&Value>) -> Value {
+    match (saved, live) {
+        (Value::Object(s), Some(Value::Object(l))) => {
+            let mut out = l.clone();
+            for (key, saved_child) in s {
+                let merged = replace(saved_child, l.get(key));
+                out.insert(key.clone(), merged);
+            }
+            Value::Object(out)
+        }
+        _ => saved.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fill_into_missing_status_restores_everything() {
+        let saved = json!({"apiServerURL": "https://k", "masterVersion": "1.30"});
+        assert_eq!(decide(&saved, None, RestoreMode::Fill), Some(saved.clone()));
+        assert_eq!(
+            decide(&saved, Some(&Value::Null), RestoreMode::Fill),
+            Some(saved.clone())
+        );
+        assert_eq!(
+            decide(&saved, Some(&json!({})), RestoreMode::Fill),
+            Some(saved)
+        );
+    }
+
+    #[test]
+    fn fill_keeps_the_controllers_fresh_facts() {
+        let saved =
+            json!({"phase": "Running", "apiServerURL": "https://k", "masterVersion": "1.30"});
+        let live = json!({"phase": "Provisioning"});
+        assert_eq!(
+            decide(&saved, Some(&live), RestoreMode::Fill),
+            Some(
+                json!({"phase": "Provisioning", "apiServerURL": "https://k", "masterVersion": "1.30"})
+            )
+        );
+    }
+
+    #[test]
+    fn fill_recurses_into_objects_but_not_lists() {
+        let saved = json!({
+            "loadBalancer": {"ingress": [{"ip": "1.2.3.4"}], "class": "a"},
+            "conditions": [{"type": "Ready"}, {"type": "Synced"}]
+        });
+        let live = json!({
+            "loadBalancer": {"class": "b"},
+            "conditions": []
+        });
+        assert_eq!(
+            decide(&saved, Some(&live), RestoreMode::Fill),
+            Some(json!({
+                "loadBalancer": {"ingress": [{"ip": "1.2.3.4"}], "class": "b"},
+                "conditions": []
+            }))
+        );
+    }
+
+    #[test]
+    fn fill_treats_null_as_absent() {
+        let saved = json!({"endpoint": "x"});
+        let live = json!({"endpoint": null, "phase": "P"});
+        assert_eq!(
+            decide(&saved, Some(&live), RestoreMode::Fill),
+            Some(json!({"endpoint": "x", "phase": "P"}))
+        );
+    }
+
+    #[test]
+    fn nothing_to_do_when_live_has_everything() {
+        let saved = json!({"a": 1, "b": {"c": 2}});
+        let live = json!({"a": 5, "b": {"c": 3, "d": 4}});
+        assert_eq!(decide(&saved, Some(&live), RestoreMode::Fill), None);
+        assert_eq!(decide(&saved, Some(&saved), RestoreMode::Replace), None);
+        assert_eq!(decide(&json!({}), None, RestoreMode::Fill), Some(json!({})));
+        assert_eq!(
+            decide(&json!({}), Some(&json!({})), RestoreMode::Fill),
+            None
+        );
+    }
+
+    #[test]
+    fn replace_overwrites_saved_fields_and_keeps_the_rest() {
+        let saved = json!({"phase": "Running", "endpoint": "x", "nested": {"a": 1}, "list": [1]});
+        let live = json!({"phase": "Provisioning", "observedGeneration": 1, "nested": {"b": 2}, "list": [2, 3]});
+        assert_eq!(
+            decide(&saved, Some(&live), RestoreMode::Replace),
+            Some(json!({
+                "phase": "Running",
+                "endpoint": "x",
+                "observedGeneration": 1,
+                "nested": {"a": 1, "b": 2},
+                "list": [1]
+            }))
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! The restore worker: takes jobs from the queue and puts saved status back.
+//!
+//! Every `restatus serve` process runs one worker, a consumer in the queue's consumer group.
+//! `decide` is the pure part; `apply` talks to the API server.
+
+mod apply;
+mod decide;
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use jiff::Timestamp;
+use kube::{
+    Client, ResourceExt,
+    runtime::events::{Recorder, Reporter},
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use apply::{ApplyError, Finished};
+pub use decide::decide;
+
+use crate::{
+    error_chain,
+    policy::RestorePolicy,
+    store::{Delivery, QueueReader, Store, StoreError},
+    telemetry::Metrics,
+};
+use apply::Applier;
+
+/// How long one XREADGROUP waits for new jobs.
+const READ_BLOCK: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This replica's consumer name in the group.
+    pub consumer: String,
+    pub concurrency: usize,
+    pub max_deliveries: u64,
+    pub claim_min_idle: Duration,
+    pub conflict_retries: u32,
+    /// Budget of each Redis call.
+    pub redis_timeout: Duration,
+    pub policy: RestorePolicy,
+    pub field_manager: String,
+}
+
+pub struct Worker {
+    store: Store,
+    client: Client,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    /// Jobs this replica is working on; their idle time is reset so no one reclaims them.
+    inflight: Mutex<HashSet<String>>,
+}
+
+impl Worker {
+    pub fn new(
+        store: Store,
+        client: Client,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: "restatus".into(),
+            instance: Some(settings.consumer.clone()),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            store,
+            client,
+            metrics,
+            settings,
+            inflight: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn applier(&self) -> Applier<'_> {
+        Applier {
+            client: &self.client,
+            recorder: &self.recorder,
+            policy: &self.settings.policy,
+            field_manager: &self.settings.field_manager,
+            conflict_retries: self.settings.conflict_retries,
+        }
+    }
+
+    /// Reads and processes jobs until `shutdown`, then lets in-flight jobs finish for up to
+    /// `grace`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        tracker.spawn(
+            self.clone()
+                .maintain(shutdown.clone(), tracker.clone(), permits.clone()),
+        );
+        tracing::info!(consumer = %self.settings.consumer, "restore worker started");
+
+        let mut reader: Option<QueueReader> = None;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let count = 1 + permits.available_permits();
+            let result = match reader.as_mut() {
+                Some(reader) => tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    result = reader.read(&self.settings.consumer, count, READ_BLOCK) => result,
+                },
+                None => self.open_reader().await.map(|r| {
+                    reader = Some(r);
+                    Vec::new()
+                }),
+            };
+            match result {
+                Ok(deliveries) => {
+                    backoff = Duration::from_millis(100);
+                    self.dispatch(deliveries, permit, &permits, &tracker).await;
+                }
+                Err(error) => {
+                    drop(permit);
+                    reader = None;
+                    tracing::warn!(error = %error_chain(&error), "reading the restore queue failed; retrying in {backoff:?}");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {},
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        tracker.close();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                "restore jobs still running at the end of the shutdown grace period; they will be reclaimed by another replica"
+            );
+        }
+        tracing::info!("restore worker stopped");
+    }
+
+    async fn open_reader(&self) -> Result<QueueReader, StoreError> {
+        let budget = self.settings.redis_timeout;
+        self.store.ensure_queue_group(budget).await?;
+        self.store.reader(budget).await
+    }
+
+    /// Starts one task per delivery; the first uses `permit`, the others wait for theirs.
+    async fn dispatch(
+        self: &Arc<Self>,
+        deliveries: Vec<Delivery>,
+        permit: OwnedSemaphorePermit,
+        permits: &Arc<Semaphore>,
+        tracker: &TaskTracker,
+    ) {
+        let mut first = Some(permit);
+        for delivery in deliveries {
+            let permit = match first.take() {
+                Some(p) => p,
+                None => match permits.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            if let Ok(mut inflight) = self.inflight.lock() {
+                inflight.insert(delivery.id.clone());
+            }
+            let worker = self.clone();
+            tracker.spawn(async move {
+                worker.process(&delivery).await;
+                if let Ok(mut inflight) = worker.inflight.lock() {
+                    inflight.remove(&delivery.id);
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    /// Periodically: keep in-flight jobs claimed, reclaim jobs of consumers that died, and
+    /// publish the queue depth.
+    async fn maintain(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+        permits: Arc<Semaphore>,
+    ) {
+        let interval = (self.settings.claim_min_idle / 3)
+            .clamp(Duration::from_millis(100), Duration::from_secs(10));
+        let budget = self.settings.redis_timeout;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {},
+            }
+            let inflight: Vec<String> = self
+                .inflight
+                .lock()
+                .map(|set| set.iter().cloned().collect())
+                .unwrap_or_default();
+            if let Err(error) = self
+                .store
+                .touch(&self.settings.consumer, &inflight, budget)
+                .await
+            {
+                tracing::warn!(error = %error_chain(&error), "could not refresh claims on in-flight restore jobs");
+            }
+            let free = permits.available_permits();
+            if free > 0 {
+                match self
+                    .store
+                    .reclaim(
+                        &self.settings.consumer,
+                        self.settings.claim_min_idle,
+                        free,
+                        budget,
+                    )
+                    .await
+                {
+                    Ok(reclaimed) => {
+                        let reclaimed: Vec<Delivery> = reclaimed
+                            .into_iter()
+                            .filter(|d| !inflight.contains(&d.id))
+                            .collect();
+                        if !reclaimed.is_empty() {
+                            tracing::info!(
+                                count = reclaimed.len(),
+                                "reclaimed restore jobs left idle by another consumer"
+                            );
+                            if let Ok(permit) = permits.clone().try_acquire_owned() {
+                                self.dispatch(reclaimed, permit, &permits, &tracker).await;
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error_chain(&error), "could not reclaim idle restore jobs");
+                    }
+                }
+            }
+            match self.store.queue_depth(budget).await {
+                Ok(depth) => {
+                    self.metrics
+                        .restore_queue_depth
+                        .set(i64::try_from(depth).unwrap_or(i64::MAX));
+                }
+                Err(error) => {
+                    tracing::debug!(error = %error_chain(&error), "could not read the queue depth")
+                }
+            }
+        }
+    }
+
+    /// Handles one delivery to its end: acknowledged, left for a retry, or dead-lettered.
+    #[tracing::instrument(skip_all, fields(job = %delivery.id))]
+    async fn process(&self, delivery: &Delivery) {
+        let budget = self.settings.redis_timeout;
+        let job = match &delivery.job {
+            Ok(job) => job,
+            Err(reason) => {
+                tracing::warn!(%reason, "restore job cannot be decoded; moved to the dead-letter stream");
+                self.metrics.restore_outcome("dead_lettered");
+                self.dead_letter(delivery, &format!("undecodable job: {reason}"))
+                    .await;
+                return;
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("job", tracing::field::display(&delivery.id));
+        let record = match self.store.get(&job.identity, budget).await {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                tracing::info!(identity = %job.identity, "record no longer exists; restore dropped");
+                self.finish(delivery, "no_record").await;
+                return;
+            }
+            Err(error) => {
+                self.retry_or_give_up(delivery, job, &error_chain(&error))
+                    .await;
+                return;
+            }
+        };
+        match self.applier().restore(job, &record).await {
+            Ok((finished, live)) => {
+                if finished == Finished::Restored
+                    && let Some(live) = &live
+                {
+                    let new_uid = live.uid().unwrap_or_default();
+                    if let Err(error) = self
+                        .store
+                        .mark_restored(&job.identity, &record.uid, &new_uid, budget)
+                        .await
+                    {
+                        tracing::warn!(error = %error_chain(&error), "status restored, but the record could not be marked; it may expire with the old incarnation's retention");
+                    }
+                    let latency = Timestamp::now().duration_since(job.created_at);
+                    self.metrics
+                        .restore_latency
+                        .observe(latency.as_secs_f64().max(0.0));
+                    tracing::info!(identity = %job.identity, latency_ms = latency.as_millis(), "status restored");
+                } else {
+                    tracing::info!(identity = %job.identity, outcome = finished.label(), "restore job finished without a restore");
+                }
+                self.finish(delivery, finished.label()).await;
+            }
+            Err(error) if error.is_permanent() => {
+                let reason = error_chain(&error);
+                tracing::warn!(identity = %job.identity, %reason, "restore failed for good");
+                self.applier().report_failure(job, &reason).await;
+                self.metrics.restore_outcome("failed");
+                self.dead_letter(delivery, &reason).await;
+            }
+            Err(error) => {
+                self.retry_or_give_up(delivery, job, &error_chain(&error))
+                    .await;
+            }
+        }
+    }
+
+    async fn finish(&self, delivery: &Delivery, outcome: &'static str) {
+        self.metrics.restore_outcome(outcome);
+        if let Err(error) = self
+            .store
+            .ack(&delivery.id, self.settings.redis_timeout)
+            .await
+        {
+            tracing::warn!(error = %error_chain(&error), "could not acknowledge a finished restore job; it will be delivered again (restores are idempotent)");
+        }
+    }
+
+    /// A transient failure: leave the job pending so it is reclaimed after the min-idle time,
+    /// unless it was delivered too often already.
+    async fn retry_or_give_up(
+        &self,
+        delivery: &Delivery,
+        job: &crate::store::RestoreJob,
+        reason: &str,
+    ) {
+        if delivery.deliveries >= self.settings.max_deliveries {
+            tracing::warn!(identity = %job.identity, deliveries = delivery.deliveries, %reason, "restore job failed too often; moved to the dead-letter stream");
+            self.applier()
+                .report_failure(
+                    job,
+                    &format!("gave up after {} attempts: {reason}", delivery.deliveries),
+                )
+                .await;
+            self.metrics.restore_outcome("dead_lettered");
+            self.dead_letter(delivery, reason).await;
+        } else {
+            tracing::warn!(identity = %job.identity, deliveries = delivery.deliveries, %reason, "restore attempt failed; it will be retried");
+        }
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) {
+        self.metrics.restore_dead_letters.inc();
+        if let Err(error) = self
+            .store
+            .dead_letter(delivery, reason, self.settings.redis_timeout)
+            .await
+        {
+            tracing::warn!(error = %error_chain(&error), "could not move a restore job to the dead-letter stream");
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Object identity and the Redis key schema (see `docs/store.md`).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Which object a record belongs to: survives delete and recreate, unlike the uid.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObjectIdentity {
+    /// API group; `""` is the core group.
+    pub group: String,
+    /// Plural resource name, e.g. `services`.
+    pub resource: String,
+    /// `None` for cluster-scoped objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectIdentity {
+    /// `resource.group/namespace/name`, the way logs and Events name an object.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.resource)?;
+        if !self.group.is_empty() {
+            write!(f, ".{}", self.group)?;
+        }
+        if let Some(ns) = &self.namespace {
+            write!(f, "/{ns}")?;
+        }
+        write!(f, "/{}", self.name)
+    }
+}
+
+/// Builds every key restatus uses. Keys carry a Redis Cluster hash tag (`{...}`) so all keys
+/// of one object share a slot, and the queue keys of one cluster share a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySchema {
+    prefix: String,
+    cluster: String,
+}
+
+impl KeySchema {
+    /// `prefix` must not contain braces and `cluster` must be a DNS label; the flags validate both.
+    pub fn new(prefix: &str, cluster: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            cluster: cluster.to_owned(),
+        }
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// `<prefix>:rec:{<cluster>|<group>|<resource>|<namespace>|<name>}`; the core group and the
+    /// namespace of a cluster-scoped object are empty. None of the parts can contain `|`, `{`
+    /// or `}` (Kubernetes names are DNS subdomains), so the key is unambiguous.
+    pub fn record(&self, id: &ObjectIdentity) -> String {
+        format!(
+            "{}:rec:{{{}|{}|{}|{}|{}}}",
+            self.prefix,
+            self.cluster,
+            id.group,
+            id.resource,
+            id.namespace.as_deref().unwrap_or(""),
+            id.name
+        )
+    }
+
+    /// Pattern matching every record of this cluster (for SCAN).
+    pub fn record_pattern(&self) -> String {
+        format!("{}:rec:{{{}|*", self.prefix, self.cluster)
+    }
+
+    /// The restore job stream.
+    pub fn queue(&self) -> String {
+        format!("{}:queue:{{{}}}", self.prefix, self.cluster)
+    }
+
+    /// Where jobs that kept failing go.
+    pub fn dead_letters(&self) -> String {
+        format!("{}:dead:{{{}}}", self.prefix, self.cluster)
+    }
+
+    /// Parses a record key back into an identity (for listing).
+    pub fn parse_record(&self, key: &str) -> Option<ObjectIdentity> {
+        let tag = key
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(":rec:{")?
+            .strip_suffix('}')?;
+        let mut parts = tag.split('|');
+        let cluster = parts.next()?;
+        if cluster != self.cluster {
+            return None;
+        }
+        let group = parts.next()?.to_owned();
+        let resource = parts.next()?.to_owned();
+        let namespace = parts.next()?;
+        let name = parts.next()?.to_owned();
+        if parts.next().is_some() || resource.is_empty() || name.is_empty() {
+            return None;
+        }
+        Some(ObjectIdentity {
+            group,
+            resource,
+            namespace: (!namespace.is_empty()).then(|| namespace.to_owned()),
+            name,
+        })
+    }
+}
+
+/// The slot-determining part of a key, as Redis Cluster computes it.
+#[cfg(test)]
+fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{')
+        && let Some(len) = key[open + 1..].find('}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(group: &str, resource: &str, ns: Option<&str>, name: &str) -> ObjectIdentity {
+        ObjectIdentity {
+            group: group.into(),
+            resource: resource.into(),
+            namespace: ns.map(Into::into),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn namespaced_custom_resource_key() {
+        let keys = KeySchema::new("restatus", "prod");
+        let key = keys.record(&id(
+            "infra.example.com",
+            "kubernetesclusters",
+            Some("team-a"),
+            "eu-1",
+        ));
+        assert_eq!(
+            key,
+            "restatus:rec:{prod|infra.example.com|kubernetesclusters|team-a|eu-1}"
+        );
+    }
+
+    #[test]
+    fn core_group_and_cluster_scoped_keys_leave_the_part_empty() {
+        let keys = KeySchema::new("restatus", "default");
+        assert_eq!(
+            keys.record(&id("", "services", Some("web"), "lb")),
+            "restatus:rec:{default||services|web|lb}"
+        );
+        assert_eq!(
+            keys.record(&id("infra.example.com", "regions", None, "eu")),
+            "restatus:rec:{default|infra.example.com|regions||eu}"
+        );
+        // A cluster-scoped object and a namespaced one never collide.
+        assert_ne!(
+            keys.record(&id("g", "r", None, "x")),
+            keys.record(&id("g", "r", Some("x"), "x"))
+        );
+    }
+
+    #[test]
+    fn keys_round_trip_through_parse() {
+        let keys = KeySchema::new("p", "c");
+        for identity in [
+            id("", "services", Some("web"), "lb"),
+            id("infra.example.com", "regions", None, "eu"),
+        ] {
+            assert_eq!(keys.parse_record(&keys.record(&identity)), Some(identity));
+        }
+        assert_eq!(keys.parse_record("p:rec:{other|g|r|ns|n}"), None);
+        assert_eq!(keys.parse_record("p:queue:{c}"), None);
+    }
+
+    #[test]
+    fn prefix_and_cluster_separate_tenants() {
+        let i = id("", "services", Some("a"), "b");
+        let a = KeySchema::new("restatus", "one").record(&i);
+        let b = KeySchema::new("restatus", "two").record(&i);
+        let c = KeySchema::new("other", "one").record(&i);
+        assert!(a != b && a != c && b != c);
+    }
+
+    #[test]
+    fn hash_tags_keep_an_object_and_a_cluster_queue_in_one_slot() {
+        let keys = KeySchema::new("restatus", "prod");
+        let rec = keys.record(&id("", "services", Some("a"), "b"));
+        assert_eq!(hash_tag(&rec), "prod||services|a|b");
+        assert_eq!(hash_tag(&keys.queue()), "prod");
+        assert_eq!(hash_tag(&keys.queue()), hash_tag(&keys.dead_letters()));
+    }
+
+    #[test]
+    fn display_names_the_object() {
+        assert_eq!(
+            id("", "services", Some("web"), "lb").to_string(),
+            "services/web/lb"
+        );
+        assert_eq!(
+            id("infra.example.com", "regions", None, "eu").to_string(),
+            "regions.infra.example.com/eu"
+        );
+    }
+}

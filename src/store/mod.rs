@@ -1,0 +1,290 @@
+//! The Redis store: status records and the restore queue, behind a small API.
+//!
+//! Every call has a time budget; the admission path passes a small one (default 100 ms) so
+//! a slow or absent Redis never holds up the API server. The key schema is in [`KeySchema`]
+//! and written down in `docs/store.md`.
+
+mod keys;
+mod queue;
+mod record;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use jiff::Timestamp;
+use redis::{
+    AsyncCommands, RedisError, Script,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+use tokio::time::Instant;
+
+use crate::telemetry::{CommandLabels, Metrics};
+
+pub use keys::{KeySchema, ObjectIdentity};
+pub use queue::{Delivery, QueueReader, RestoreJob};
+pub use record::{DecodeRecordError, Record, RecordWrite, Source, WriteOutcome, digest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid Redis URL")]
+    Url(#[source] RedisError),
+    #[error("Redis {command} on {key} did not answer within {budget:?}")]
+    Timeout {
+        command: &'static str,
+        key: String,
+        budget: Duration,
+    },
+    #[error("Redis {command} on {key} failed")]
+    Redis {
+        command: &'static str,
+        key: String,
+        #[source]
+        source: RedisError,
+    },
+    #[error("record {key} cannot be decoded")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: DecodeRecordError,
+    },
+    #[error("restore job could not be encoded")]
+    EncodeJob(#[source] serde_json::Error),
+    #[error("Redis script on {key} answered {answer:?}")]
+    UnexpectedAnswer { key: String, answer: String },
+}
+
+/// Compares the new status with what is stored and writes it when it is newer and different.
+/// KEYS[1] record; ARGV: status, digest, apiVersion, kind, uid, resourceVersion, generation,
+/// source rank, now, deleting (1/0), retention in ms.
+const RECORD_SCRIPT: &str = r#"
+local key = KEYS[1]
+local uid, rv, rank = ARGV[5], ARGV[6], tonumber(ARGV[8])
+local now, deleting, retention = ARGV[9], ARGV[10] == '1', tonumber(ARGV[11])
+local cur = redis.call('HMGET', key, 'uid', 'digest', 'resourceVersion', 'rank', 'deletedAt')
+local cur_uid, cur_digest, cur_rv, cur_rank, cur_deleted = cur[1], cur[2], cur[3], cur[4], cur[5]
+local same_deletion = false
+if cur_uid then
+  if cur_uid == uid then
+    local a, b = tonumber(rv), tonumber(cur_rv)
+    if a and b and (a < b or (a == b and rank < (tonumber(cur_rank) or 0))) then
+      return 'stale'
+    end
+    same_deletion = deleting and cur_deleted and true or false
+    if cur_digest == ARGV[2] and (not deleting or same_deletion) then
+      return 'unchanged'
+    end
+  elseif cur_deleted and rank == 0 then
+    return 'stale'
+  end
+end
+redis.call('HSET', key, 'status', ARGV[1], 'digest', ARGV[2], 'apiVersion', ARGV[3],
+  'kind', ARGV[4], 'uid', uid, 'resourceVersion', rv, 'generation', ARGV[7],
+  'rank', rank, 'recordedAt', now)
+if deleting then
+  if not same_deletion then
+    redis.call('HSET', key, 'deletedAt', now)
+    redis.call('PEXPIRE', key, retention)
+  end
+else
+  redis.call('HDEL', key, 'deletedAt')
+  redis.call('PERSIST', key)
+end
+return 'written'
+"#;
+
+/// Marks a record as belonging to the restored incarnation: it no longer expires.
+/// KEYS[1] record; ARGV: the uid the restore started from, the new uid, now.
+const MARK_RESTORED_SCRIPT: &str = r#"
+local key = KEYS[1]
+local cur_uid = redis.call('HGET', key, 'uid')
+if not cur_uid then return 0 end
+if cur_uid ~= ARGV[1] and cur_uid ~= ARGV[2] then return 0 end
+redis.call('HSET', key, 'uid', ARGV[2], 'restoredAt', ARGV[3])
+redis.call('HDEL', key, 'deletedAt')
+redis.call('PERSIST', key)
+return 1
+"#;
+
+/// The store. Cheap to clone; clones share one multiplexed, self-reconnecting connection.
+#[derive(Clone)]
+pub struct Store {
+    client: redis::Client,
+    conn: ConnectionManager,
+    keys: KeySchema,
+    metrics: Arc<Metrics>,
+    record_script: Arc<Script>,
+    mark_restored_script: Arc<Script>,
+}
+
+impl Store {
+    /// Prepares a connection to `url`. It connects lazily, so restatus starts (and answers
+    /// reviews) while Redis is unreachable, and reconnects on its own.
+    pub fn connect(url: &str, keys: KeySchema, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(StoreError::Url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            // Callers bound each call with their own budget.
+            .set_response_timeout(None)
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(StoreError::Url)?;
+        Ok(Self {
+            client,
+            conn,
+            keys,
+            metrics,
+            record_script: Arc::new(Script::new(RECORD_SCRIPT)),
+            mark_restored_script: Arc::new(Script::new(MARK_RESTORED_SCRIPT)),
+        })
+    }
+
+    pub fn keys(&self) -> &KeySchema {
+        &self.keys
+    }
+
+    /// Runs one Redis call within `budget`, with its latency and errors counted.
+    async fn call<T>(
+        &self,
+        command: &'static str,
+        key: &str,
+        budget: Duration,
+        fut: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        let labels = CommandLabels { command };
+        let start = Instant::now();
+        let result = tokio::time::timeout(budget, fut).await;
+        self.metrics
+            .redis_duration
+            .get_or_create(&labels)
+            .observe(start.elapsed().as_secs_f64());
+        let error = match result {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(source)) => StoreError::Redis {
+                command,
+                key: key.to_owned(),
+                source,
+            },
+            Err(_) => StoreError::Timeout {
+                command,
+                key: key.to_owned(),
+                budget,
+            },
+        };
+        self.metrics.redis_errors.get_or_create(&labels).inc();
+        Err(error)
+    }
+
+    /// Records a status if it is newer than and different from the stored one.
+    pub async fn record(
+        &self,
+        write: &RecordWrite,
+        retention: Duration,
+        budget: Duration,
+    ) -> Result<WriteOutcome, StoreError> {
+        let key = self.keys.record(&write.identity);
+        let status = write.status.to_string();
+        let digest = digest(&write.status);
+        let mut invocation = self.record_script.prepare_invoke();
+        invocation
+            .key(&key)
+            .arg(status)
+            .arg(digest)
+            .arg(&write.api_version)
+            .arg(&write.kind)
+            .arg(&write.uid)
+            .arg(&write.resource_version)
+            .arg(write.generation.map(|g| g.to_string()).unwrap_or_default())
+            .arg(write.source as u8)
+            .arg(Timestamp::now().to_string())
+            .arg(if write.deleting { "1" } else { "0" })
+            .arg(
+                u64::try_from(retention.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            );
+        let mut conn = self.conn.clone();
+        let answer: String = self
+            .call("record", &key, budget, invocation.invoke_async(&mut conn))
+            .await?;
+        match answer.as_str() {
+            "written" => Ok(WriteOutcome::Written),
+            "unchanged" => Ok(WriteOutcome::Unchanged),
+            "stale" => Ok(WriteOutcome::Stale),
+            _ => Err(StoreError::UnexpectedAnswer { key, answer }),
+        }
+    }
+
+    /// The record of an object, if there is one.
+    pub async fn get(
+        &self,
+        identity: &ObjectIdentity,
+        budget: Duration,
+    ) -> Result<Option<Record>, StoreError> {
+        let key = self.keys.record(identity);
+        let mut conn = self.conn.clone();
+        let fields: HashMap<String, String> = self
+            .call("hgetall", &key, budget, conn.hgetall(&key))
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        Record::from_fields(fields)
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt { key, source })
+    }
+
+    /// Time to live of a record, `None` when it does not expire or does not exist.
+    pub async fn ttl(
+        &self,
+        identity: &ObjectIdentity,
+        budget: Duration,
+    ) -> Result<Option<Duration>, StoreError> {
+        let key = self.keys.record(identity);
+        let mut conn = self.conn.clone();
+        let ms: i64 = self.call("pttl", &key, budget, conn.pttl(&key)).await?;
+        Ok(u64::try_from(ms).ok().map(Duration::from_millis))
+    }
+
+    /// After a restore: the record now belongs to `new_uid` and no longer expires. A record
+    /// that meanwhile belongs to a third incarnation is left alone.
+    pub async fn mark_restored(
+        &self,
+        identity: &ObjectIdentity,
+        old_uid: &str,
+        new_uid: &str,
+        budget: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys.record(identity);
+        let mut invocation = self.mark_restored_script.prepare_invoke();
+        invocation
+            .key(&key)
+            .arg(old_uid)
+            .arg(new_uid)
+            .arg(Timestamp::now().to_string());
+        let mut conn = self.conn.clone();
+        let changed: i64 = self
+            .call(
+                "mark_restored",
+                &key,
+                budget,
+                invocation.invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    /// Answers whether Redis is reachable (PING).
+    pub async fn ping(&self, budget: Duration) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = self
+            .call(
+                "ping",
+                "-",
+                budget,
+                redis::cmd("PING").query_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,321 @@
+//! The restore queue: a Redis stream read through a consumer group.
+//!
+//! Any replica takes a job; an acknowledged job is deleted; a job whose consumer died is
+//! reclaimed with XAUTOCLAIM by another replica; a job delivered too often moves to the
+//! dead-letter stream.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use redis::{
+    AsyncCommands,
+    aio::MultiplexedConnection,
+    streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply},
+};
+use serde::{Deserialize, Serialize};
+
+use super::{ObjectIdentity, Store, StoreError};
+
+/// The consumer group every replica reads the queue through.
+pub const GROUP: &str = "restatus";
+const JOB_FIELD: &str = "job";
+
+/// One restore to perform: put the record of `identity` back into the incarnation created
+/// after `created_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreJob {
+    pub identity: ObjectIdentity,
+    /// apiVersion of the CREATE (`v1`, `infra.example.com/v1alpha1`).
+    pub api_version: String,
+    pub kind: String,
+    /// uid of the incarnation the record was taken from (empty when unknown).
+    pub record_uid: String,
+    /// When the webhook admitted the CREATE.
+    pub created_at: Timestamp,
+    /// After this, a job whose object never appeared is dropped.
+    pub deadline: Timestamp,
+    /// The status was already put into the object by the CREATE's patch (a type that keeps
+    /// status on create); the worker only confirms and reports.
+    #[serde(default)]
+    pub inline: bool,
+    /// uid of the admission request, to correlate logs.
+    #[serde(default)]
+    pub request_uid: String,
+}
+
+/// A job as read from the stream.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    /// The job, or why its entry could not be decoded.
+    pub job: Result<RestoreJob, String>,
+    /// How many times the entry has been delivered, this time included.
+    pub deliveries: u64,
+    raw: String,
+}
+
+impl Delivery {
+    fn from_entry(entry: &StreamId, deliveries: u64) -> Self {
+        let raw: Option<String> = entry.get(JOB_FIELD);
+        let job = match &raw {
+            Some(text) => serde_json::from_str(text).map_err(|e| e.to_string()),
+            None => Err(format!("entry has no field {JOB_FIELD:?}")),
+        };
+        Self {
+            id: entry.id.clone(),
+            job,
+            deliveries,
+            raw: raw.unwrap_or_default(),
+        }
+    }
+}
+
+impl Store {
+    /// Creates the consumer group (and the stream) unless they exist.
+    pub async fn ensure_queue_group(&self, budget: Duration) -> Result<(), StoreError> {
+        let key = self.keys.queue();
+        let mut conn = self.conn.clone();
+        // "0": jobs queued before the first worker started are processed too.
+        let result: Result<(), StoreError> = self
+            .call(
+                "xgroup_create",
+                &key,
+                budget,
+                conn.xgroup_create_mkstream(&key, GROUP, "0"),
+            )
+            .await;
+        match result {
+            Err(StoreError::Redis { source, .. }) if source.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Adds a job; returns its stream id.
+    pub async fn enqueue(&self, job: &RestoreJob, budget: Duration) -> Result<String, StoreError> {
+        let key = self.keys.queue();
+        let payload = serde_json::to_string(job).map_err(StoreError::EncodeJob)?;
+        let mut conn = self.conn.clone();
+        self.call(
+            "xadd",
+            &key,
+            budget,
+            conn.xadd(&key, "*", &[(JOB_FIELD, payload)]),
+        )
+        .await
+    }
+
+    /// Acknowledges and deletes a finished job, atomically.
+    pub async fn ack(&self, id: &str, budget: Duration) -> Result<(), StoreError> {
+        let key = self.keys.queue();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .xack(&key, GROUP, &[id])
+            .ignore()
+            .xdel(&key, &[id])
+            .ignore();
+        let mut conn = self.conn.clone();
+        self.call("xack", &key, budget, pipe.query_async::<()>(&mut conn))
+            .await
+    }
+
+    /// Moves a job to the dead-letter stream with the reason, atomically.
+    pub async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        budget: Duration,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.queue();
+        let dead = self.keys.dead_letters();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .xadd(
+                &dead,
+                "*",
+                &[
+                    (JOB_FIELD, delivery.raw.as_str()),
+                    ("reason", reason),
+                    ("id", delivery.id.as_str()),
+                    ("deliveries", &delivery.deliveries.to_string()),
+                    ("failedAt", &Timestamp::now().to_string()),
+                ],
+            )
+            .ignore()
+            .xack(&key, GROUP, &[&delivery.id])
+            .ignore()
+            .xdel(&key, &[&delivery.id])
+            .ignore();
+        let mut conn = self.conn.clone();
+        self.call(
+            "dead_letter",
+            &key,
+            budget,
+            pipe.query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// Takes over jobs that sat unacknowledged with any consumer for `min_idle`, with how
+    /// often each was delivered (the claim counts as one more delivery).
+    pub async fn reclaim(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+        budget: Duration,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let key = self.keys.queue();
+        let mut conn = self.conn.clone();
+        let reply: StreamAutoClaimReply = self
+            .call(
+                "xautoclaim",
+                &key,
+                budget,
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&key)
+                    .arg(GROUP)
+                    .arg(consumer)
+                    .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if reply.claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for entry in &reply.claimed {
+            pipe.cmd("XPENDING")
+                .arg(&key)
+                .arg(GROUP)
+                .arg(&entry.id)
+                .arg(&entry.id)
+                .arg(1);
+        }
+        let counts: Vec<StreamPendingCountReply> = self
+            .call("xpending", &key, budget, pipe.query_async(&mut conn))
+            .await?;
+        Ok(reply
+            .claimed
+            .iter()
+            .zip(counts)
+            .map(|(entry, pending)| {
+                let deliveries = pending
+                    .ids
+                    .first()
+                    .map_or(1, |p| u64::try_from(p.times_delivered).unwrap_or(u64::MAX));
+                Delivery::from_entry(entry, deliveries)
+            })
+            .collect())
+    }
+
+    /// Resets the idle time of jobs this consumer is still working on, so no other replica
+    /// reclaims them.
+    pub async fn touch(
+        &self,
+        consumer: &str,
+        ids: &[String],
+        budget: Duration,
+    ) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.queue();
+        let mut conn = self.conn.clone();
+        let _: Vec<String> = self
+            .call(
+                "xclaim",
+                &key,
+                budget,
+                redis::cmd("XCLAIM")
+                    .arg(&key)
+                    .arg(GROUP)
+                    .arg(consumer)
+                    .arg(0)
+                    .arg(ids)
+                    .arg("JUSTID")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Jobs in the queue, waiting or in progress.
+    pub async fn queue_depth(&self, budget: Duration) -> Result<u64, StoreError> {
+        let key = self.keys.queue();
+        let mut conn = self.conn.clone();
+        self.call("xlen", &key, budget, conn.xlen(&key))
+            .await
+            .map(|n: usize| n as u64)
+    }
+
+    /// A reader with its own connection, for blocking reads that would otherwise hold up the
+    /// shared connection.
+    pub async fn reader(&self, budget: Duration) -> Result<QueueReader, StoreError> {
+        let key = self.keys.queue();
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(budget))
+            .set_response_timeout(None);
+        let conn = self
+            .call(
+                "connect",
+                &key,
+                budget,
+                self.client
+                    .get_multiplexed_async_connection_with_config(&config),
+            )
+            .await?;
+        Ok(QueueReader {
+            store: self.clone(),
+            conn,
+        })
+    }
+}
+
+/// Reads new jobs with XREADGROUP on a dedicated connection.
+pub struct QueueReader {
+    store: Store,
+    conn: MultiplexedConnection,
+}
+
+impl QueueReader {
+    /// Waits up to `block` for at most `count` new jobs for `consumer`.
+    pub async fn read(
+        &mut self,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let key = self.store.keys.queue();
+        let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX);
+        let reply: Option<StreamReadReply> = self
+            .store
+            .call(
+                "xreadgroup",
+                &key,
+                block + Duration::from_secs(2),
+                redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg(consumer)
+                    .arg("COUNT")
+                    .arg(count)
+                    .arg("BLOCK")
+                    .arg(block_ms)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(">")
+                    .query_async(&mut self.conn),
+            )
+            .await?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(|entry| Delivery::from_entry(&entry, 1))
+            .collect())
+    }
+}

@@ -1,0 +1,185 @@
+//! The record of one object's status, and how a write is described to the store.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::keys::ObjectIdentity;
+
+/// Where a status to record came from. The order matters: for the same object incarnation
+/// and resourceVersion, a later source supersedes an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    /// The status stored right now, seen in `oldObject` of a main-resource update.
+    Observed = 0,
+    /// A status being written (status subresource, or a type that keeps status in the object).
+    Written = 1,
+    /// The last status of an object being deleted.
+    Deleted = 2,
+}
+
+/// A status to record, with the identity and metadata of the object it belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordWrite {
+    pub identity: ObjectIdentity,
+    pub status: Value,
+    pub api_version: String,
+    pub kind: String,
+    pub uid: String,
+    pub resource_version: String,
+    pub generation: Option<i64>,
+    pub source: Source,
+    /// The object is going away (a DELETE, or an update of an object that has a
+    /// deletionTimestamp): the retention clock starts.
+    pub deleting: bool,
+}
+
+/// What the store did with a [`RecordWrite`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Written,
+    /// Same status as stored (same digest): nothing written.
+    Unchanged,
+    /// Older than what is stored (lower resourceVersion of the same object), or an observation
+    /// of a new incarnation while the deleted one's record waits for its restore.
+    Stale,
+}
+
+/// A stored record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub status: Value,
+    pub digest: String,
+    pub api_version: String,
+    pub kind: String,
+    pub uid: String,
+    pub resource_version: String,
+    pub generation: Option<i64>,
+    pub recorded_at: Option<Timestamp>,
+    pub deleted_at: Option<Timestamp>,
+    pub restored_at: Option<Timestamp>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeRecordError {
+    #[error("record has no field {0:?}")]
+    Missing(&'static str),
+    #[error("record field \"status\" is not JSON")]
+    Status(#[source] serde_json::Error),
+}
+
+impl Record {
+    /// Decodes the fields of a record hash (as returned by HGETALL).
+    pub fn from_fields(mut fields: HashMap<String, String>) -> Result<Self, DecodeRecordError> {
+        let status_text = fields
+            .remove("status")
+            .ok_or(DecodeRecordError::Missing("status"))?;
+        let status = serde_json::from_str(&status_text).map_err(DecodeRecordError::Status)?;
+        let mut take = |k: &str| fields.remove(k).unwrap_or_default();
+        let time = |s: String| s.parse::<Timestamp>().ok();
+        Ok(Self {
+            status,
+            digest: take("digest"),
+            api_version: take("apiVersion"),
+            kind: take("kind"),
+            uid: take("uid"),
+            resource_version: take("resourceVersion"),
+            generation: take("generation").parse().ok(),
+            recorded_at: time(take("recordedAt")),
+            deleted_at: time(take("deletedAt")),
+            restored_at: time(take("restoredAt")),
+        })
+    }
+}
+
+/// Digest of a status: SHA-256 of its JSON text with object keys sorted, so the same status
+/// always has the same digest whatever order the API server wrote its keys in.
+pub fn digest(status: &Value) -> String {
+    let mut hasher = Sha256::new();
+    feed(&mut hasher, status);
+    let out = hasher.finalize();
+    let mut hex = String::with_capacity(out.len() * 2);
+    for b in out.iter() {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex
+}
+
+fn feed(hasher: &mut Sha256, value: &Value) {
+    match value {
+        Value::Object(map) => {
+            hasher.update(b"{");
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    hasher.update(b",");
+                }
+                feed(hasher, &Value::String(k.clone()));
+                hasher.update(b":");
+                feed(hasher, &map[k]);
+            }
+            hasher.update(b"}");
+        }
+        Value::Array(items) => {
+            hasher.update(b"[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    hasher.update(b",");
+                }
+                feed(hasher, item);
+            }
+            hasher.update(b"]");
+        }
+        scalar => hasher.update(scalar.to_string().as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn digest_ignores_key_order_but_not_content() {
+        let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":[1,2],"x":"s"}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a":{"x":"s","y":[1,2]},"b":1}"#).unwrap();
+        assert_eq!(digest(&a), digest(&b));
+        assert_ne!(digest(&a), digest(&json!({"b":1,"a":{"y":[2,1],"x":"s"}})));
+        assert_ne!(digest(&json!({})), digest(&json!(null)));
+        assert_ne!(digest(&json!({"a":"1"})), digest(&json!({"a":1})));
+        assert_eq!(digest(&json!({})).len(), 64);
+    }
+
+    #[test]
+    fn sources_order_observed_written_deleted() {
+        assert!(Source::Observed < Source::Written);
+        assert!(Source::Written < Source::Deleted);
+    }
+
+    #[test]
+    fn decodes_fields() {
+        let fields: HashMap<String, String> = [
+            ("status", r#"{"phase":"Ready"}"#),
+            ("digest", "d"),
+            ("apiVersion", "v1"),
+            ("kind", "Service"),
+            ("uid", "u1"),
+            ("resourceVersion", "42"),
+            ("generation", "3"),
+            ("recordedAt", "2026-11-24T04:00:00Z"),
+            ("deletedAt", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let r = Record::from_fields(fields).unwrap();
+        assert_eq!(r.status, json!({"phase":"Ready"}));
+        assert_eq!(r.generation, Some(3));
+        assert!(r.recorded_at.is_some());
+        assert_eq!(r.deleted_at, None);
+        assert!(Record::from_fields(HashMap::new()).is_err());
+    }
+}

@@ -1,0 +1,481 @@
+//! The webhook router driven in-process with AdmissionReview fixtures shaped as the API server
+//! sends them, recording into a real `redis-server`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    body::{Body, to_bytes},
+    http::{Request, StatusCode},
+};
+use restatus::{
+    admission::{self, Admission},
+    policy::{CrdCache, RestoreMode, RestorePolicy},
+    store::{KeySchema, ObjectIdentity, Store},
+    telemetry::Metrics,
+};
+use serde_json::{Value, json};
+use support::{fixture, redis::RedisServer};
+use tower::ServiceExt;
+
+struct Harness {
+    router: Router,
+    metrics: Arc<Metrics>,
+    keys: KeySchema,
+}
+
+fn settings() -> admission::Settings {
+    admission::Settings {
+        redis_timeout: Duration::from_millis(100),
+        retention: Duration::from_secs(30 * 86_400),
+        restore_deadline: Duration::from_secs(60),
+        policy: RestorePolicy {
+            mode: RestoreMode::Fill,
+            fields: vec![],
+            exclude_fields: vec![
+                "/observedGeneration".parse().unwrap(),
+                "/conditions/*/observedGeneration".parse().unwrap(),
+            ],
+        },
+        field_manager: "restatus".into(),
+    }
+}
+
+fn harness(redis: &RedisServer, max_body: usize) -> Harness {
+    let metrics = Arc::new(Metrics::new());
+    let keys = KeySchema::new(&support::unique("router"), "default");
+    let store = Store::connect(&redis.url(), keys.clone(), metrics.clone()).unwrap();
+    let admission = Arc::new(Admission::new(
+        store,
+        CrdCache::empty(),
+        metrics.clone(),
+        settings(),
+    ));
+    Harness {
+        router: admission::router(admission, max_body),
+        metrics,
+        keys,
+    }
+}
+
+async fn post(router: &Router, body: impl Into<Body>) -> (StatusCode, Vec<u8>) {
+    let resp = router
+        .clone()
+        .oneshot(
+            Request::post("/mutate")
+                .header("content-type", "application/json")
+                .body(body.into())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    (status, body.to_vec())
+}
+
+/// Sends a review and returns its `response`, checking the envelope.
+async fn review(router: &Router, review: &Value) -> Value {
+    let (status, body) = post(router, review.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(answer["kind"], "AdmissionReview");
+    let response = answer["response"].clone();
+    assert_eq!(response["uid"], review["request"]["uid"], "uid copied");
+    assert_eq!(response["allowed"], true);
+    response
+}
+
+fn patch_of(response: &Value) -> Option<Value> {
+    let bytes: Vec<u8> = serde_json::from_value(response.get("patch")?.clone()).ok()?;
+    assert_eq!(response["patchType"], "JSONPatch");
+    Some(serde_json::from_slice(&bytes).unwrap())
+}
+
+fn kc(name: &str) -> ObjectIdentity {
+    ObjectIdentity {
+        group: "infra.example.com".into(),
+        resource: "kubernetesclusters".into(),
+        namespace: Some("team-a".into()),
+        name: name.into(),
+    }
+}
+
+fn metric(metrics: &Metrics, sample: &str) -> f64 {
+    support::restatus::parse_metrics(&metrics.encode())
+        .get(sample)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn status_subresource_update_records_the_new_status() {
+    let redis = RedisServer::start().await;
+    let h = harness(&redis, 8 << 20);
+    let rv = fixture("reviews/kc-update-status.json");
+    let response = review(&h.router, &rv).await;
+    assert!(patch_of(&response).is_none());
+
+    let rec = redis.hgetall(&h.keys.record(&kc("prod-eu-1"))).await;
+    let status: Value = serde_json::from_str(&rec["status"]).unwrap();
+    assert_eq!(status, rv["request"]["object"]["status"]);
+    assert_eq!(rec["uid"], "0f4c7a52-3b1e-4d0a-9a7e-5c1f3e2b8d11");
+    assert_eq!(rec["apiVersion"], "infra.example.com/v1alpha1");
+    assert_eq!(rec["kind"], "KubernetesCluster");
+    assert_eq!(rec["resourceVersion"], "4711");
+    assert!(!rec.contains_key("deletedAt"));
+    assert_eq!(
+        redis.pttl(&h.keys.record(&kc("prod-eu-1"))).await,
+        -1,
+        "a live object's record does not expire"
+    );
+    assert_eq!(metric(&h.metrics, "restatus_records_written_total"), 1.0);
+    assert_eq!(
+        metric(
+            &h.metrics,
+            "restatus_admission_requests_total{operation=\"UPDATE\",outcome=\"recorded\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn main_resource_update_records_the_stored_status_not_the_sent_one() {
+    let redis = RedisServer::start().await;
+    let h = harness(&redis, 8 << 20);
+    let rv = fixture("reviews/kc-update-main.json");
+    review(&h.router, &rv).await;
+    let rec = redis.hgetall(&h.keys.record(&kc("prod-eu-1"))).await;
+    let status: Value = serde_json::from_str(&rec["status"]).unwrap();
+    assert_eq!(status, rv["request"]["oldObject"]["status"]);
+    assert_ne!(status, rv["request"]["object"]["status"]);
+}
+
+#[tokio::test]
+async fn unchanged_status_is_not_written_again() {
+    let redis = RedisServer::start().await;
+    let h = harness(&redis, 8 << 20);
+    let mut rv = fixture("reviews/kc-update-status.json");
+    review(&h.router, &rv).await;
+    let key = h.keys.record(&kc("prod-eu-1"));
+    let first = redis.hgetall(&key).await;
+    // The same status again (a later resourceVersion, keys in another order).
+    rv["request"]["uid"] = json!("b3a1f0e2-0001-4c5d-9e8f-0000000000ff");
+    rv["request"]["object"]["metadata"]["resourceVersion"] = json!("4712");
+    let status = rv["request"]["object"]["status"].clone();
+    let reordered: serde_json::Map<String, Value> = status
+        .as_object()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    rv["request"]["object"]["status"] = Value::Object(reordered);
+    review(&h.router, &rv).await;
+    assert_eq!(redis.hgetall(&key).await["recordedAt"], first["recordedAt"]);
+    assert_eq!(metric(&h.metrics, "restatus_records_written_total"), 1.0);
+    assert_eq!(
+        metric(
+            &h.metrics,
+            "restatus_records_skipped_total{reason=\"unchanged\"}"
+        ),
+        1.0
+    );
+    // A different status is written.
+    rv["request"]["object"]["status"]["phase"] = json!("Degraded");
+    review(&h.router, &rv).await;
+    assert_eq!(metric(&h.metrics, "restatus_records_written_total"), 2.0);
+}
+
+#[tokio::test]
+async fn an_older_observation_does_not_overwrite_a_newer_status() {
+    let redis = RedisServer::start().await;
+    let h = harness(&redis, 8 << 20);
+    let mut newer = fixture("reviews/kc-update-status.json");
+    newer["request"]["object"]["metadata"]["resourceVersion"] = json!("5000");
+    review(&h.router, &newer).await;
+    // A main-resource update whose oldObject is older arrives late.
+    let mut late = fixture("reviews/kc-update-main.json");
+    late["request"]["oldObject"]["status"] = json!({"phase": "Provisioning"});
+    late["request"]["oldObject"]["metadata"]["resourceVersion"] = json!("4000");
+    review(&h.router, &late).await;
+    let rec = redis.hgetall(&h.keys.record(&kc("prod-eu-1"))).await;
+    let status: Value = serde_json::from_str(&rec["status"]).unwrap();
+    assert_eq!(status["phase"], "Running");
+    assert_eq!(
+        metric(
+            &h.metrics,
+            "restatus_records_skipped_total{reason=\"stale\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn delete_records_the_final_status_with_an_expiry() {
+    let redis = RedisServer::start().await;
+    let h = harness(&redis, 8 << 20);
+    review(&h.router, &fixture("reviews/kc-update-status.json")).await;
+    let rv = fixture("reviews/kc-delete.json");
+    let response = review(&h.router, &rv).await;
+    assert!(patch_of(&response).is_none());
+    let key = h.keys.record(&kc("prod-eu-1"));
+    let rec = redis.hgetall(&key).await;
+    let status: Value = serde_json::from_str(&rec["status"]).unwrap();
+    assert_eq!(status, rv["request"]["oldObject"]["status"]);
+    assert!(
+        rec["deletedAt"].parse::<jiff::Timestamp>().is_ok(),
+        "{rec:?}"
+    );
+    let ttl = redis.pttl(&key).await;
+    let thirty_days = 30 * 86_400_000;
+    assert!(
+        ttl > thirty_days - 60_000 && ttl <= thirty_days,
+        "ttl {ttl}"
+    );
+}
+
+#[tokio::test]
+async fn dry_run_writes_nothing() {
+    let redis = RedisServer::start().await;
+    let h = harness(&redis, 8 << 20);
+    let response = review(&h.router, &fixture("reviews/kc-update-status-dryrun.json")).await;
+    assert!(patch_of(&response).is_none());
+    let mut delete = fixture("reviews/kc-delete.json");
+    delete["request"]["dryRun"] = json!(true);
+    review(&h.router, &delete).await;
+    assert!(redis.keys("*").await.is_empty());
+    assert_eq!(
+        metric(
+            &h.metrics,
+            "restatus_admission_requests_total{operation=\"UPDATE\",outcome=\"dry_run\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn cluster_scoped_objects_are_recorded_without_a_namespace() {
+    let redis = RedisServer::start().await;
+    let h = harness(&redis, 8 << 20);
+    let rv = fixture("reviews/region-update-status-cluster-scoped.json");
+    review(&h.router, &rv).await;
+    let id = ObjectIdentity {
+        group: "infra.example.com".into(),
+        resource: "regions".into(),
+        namespace: None,
+        name: "eu-west".into(),
+    };
+    let key = h.keys.record(&id);
+    assert!(
+        key.ends_with("|infra.example.com|regions||eu-west}"),
+        "{key}"
+    );
+    let rec = redis.hgetall(&key).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&rec["status"]).unwrap(),
+        json!({"zones": 3, "quotaID": "q-1234"})
+    );
+}
+
+#[tokio::test]
+async fn core_group_service_status_is_recorded() {
+    let redis = RedisServer::start().await;
+    let h = harness(&redis, 8 << 20);
+    let rv = fixture("reviews/svc-update-status.json");
+    review(&h.router, &rv).await;
+    let id = ObjectIdentity {
+        group: String::new(),
+        resource: "services".into(),
+        namespace: Some("web".into()),
+        name: "ingress".into(),
+    };
+    let rec = redis.hgetall(&h.keys.record(&id)).await;
+    let status: Value = serde_json::from_str(&rec["status"]).unwrap();
+    assert_eq!(status["loadBalancer"]["ingress"][0]["ip"], "198.51.100.7");
+    assert_eq!(rec["apiVersion"], "v1");
+}
+
+#[tokio::test]
+async fn create_of_an_unknown_object_is_allowed_unchanged() {
+    let redis = RedisServer::start().await;
+    let h = harness(&redis, 8 << 20);
+    let response = review(&h.router, &fixture("reviews/kc-create.json")).await;
+    assert!(patch_of(&response).is_none());
+    assert!(
+        redis.keys("*").await.is_empty(),
+        "nothing recorded on create"
+    );
+    assert_eq!(
+        metric(
+            &h.metrics,
+            "restatus_admission_requests_total{operation=\"CREATE\",outcome=\"no_record\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn create_of_a_known_object_is_marked_pending_and_queued() {
+    let redis = RedisServer::start().await;
+    let h = harness(&redis, 8 << 20);
+    review(&h.router, &fixture("reviews/kc-update-status.json")).await;
+    review(&h.router, &fixture("reviews/kc-delete.json")).await;
+    let response = review(&h.router, &fixture("reviews/kc-create.json")).await;
+    let patch = patch_of(&response).expect("a patch");
+    assert_eq!(
+        patch,
+        json!([{"op": "add", "path": "/metadata/annotations", "value": {"restatus.io/restore": "pending"}}])
+    );
+    let mut conn = redis.conn().await;
+    let len: u64 = redis::cmd("XLEN")
+        .arg(h.keys.queue())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 1);
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(h.keys.queue())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let job: Value = serde_json::from_str(&entries.ids[0].get::<String>("job").unwrap()).unwrap();
+    assert_eq!(job["identity"]["name"], "prod-eu-1");
+    assert_eq!(job["recordUid"], "0f4c7a52-3b1e-4d0a-9a7e-5c1f3e2b8d11");
+    assert_eq!(job["apiVersion"], "infra.example.com/v1alpha1");
+    assert_eq!(job["inline"], false);
+
+    // With annotations already present, the key is added with an escaped pointer.
+    let mut with_annotations = fixture("reviews/kc-create.json");
+    with_annotations["request"]["object"]["metadata"]["annotations"] = json!({"team": "a"});
+    let patch = patch_of(&review(&h.router, &with_annotations).await).unwrap();
+    assert_eq!(
+        patch,
+        json!([{"op": "add", "path": "/metadata/annotations/restatus.io~1restore", "value": "pending"}])
+    );
+}
+
+#[tokio::test]
+async fn status_write_to_a_pending_object_is_merged_with_the_saved_status() {
+    let redis = RedisServer::start().await;
+    let h = harness(&redis, 8 << 20);
+    review(&h.router, &fixture("reviews/kc-update-status.json")).await;
+    review(&h.router, &fixture("reviews/kc-delete.json")).await;
+    // The owner writes a fresh phase to the new incarnation before the restore.
+    let mut write = fixture("reviews/kc-update-status.json");
+    for o in ["object", "oldObject"] {
+        write["request"][o]["metadata"]["uid"] = json!("new-incarnation");
+        write["request"][o]["metadata"]["annotations"] = json!({"restatus.io/restore": "pending"});
+    }
+    write["request"]["object"]["status"] = json!({"phase": "Provisioning"});
+    let patch = patch_of(&review(&h.router, &write).await).expect("merge patch");
+    let mut merged = write["request"]["object"].clone();
+    json_patch::patch(
+        &mut merged,
+        &serde_json::from_value::<json_patch::Patch>(patch).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        merged["status"]["phase"], "Provisioning",
+        "the writer's fact wins"
+    );
+    assert_eq!(
+        merged["status"]["apiServerURL"],
+        "https://203.0.113.10:6443"
+    );
+    assert_eq!(merged["status"]["masterVersion"], "1.31.4");
+    assert!(merged["status"].get("observedGeneration").is_none());
+    assert!(
+        merged["status"]["conditions"][0]
+            .get("observedGeneration")
+            .is_none()
+    );
+    let rec = redis.hgetall(&h.keys.record(&kc("prod-eu-1"))).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&rec["status"]).unwrap(),
+        merged["status"]
+    );
+    assert_eq!(rec["uid"], "new-incarnation");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_with_a_reason() {
+    let redis = RedisServer::start().await;
+    let h = harness(&redis, 8 << 20);
+    let mut no_uid = fixture("reviews/kc-update-status.json");
+    no_uid["request"]["uid"] = json!("");
+    let mut wrong_version = fixture("reviews/kc-update-status.json");
+    wrong_version["apiVersion"] = json!("admission.k8s.io/v1beta1");
+    let mut no_request = fixture("reviews/kc-update-status.json");
+    no_request.as_object_mut().unwrap().remove("request");
+    let mut bad_operation = fixture("reviews/kc-update-status.json");
+    bad_operation["request"]["operation"] = json!("EXPLODE");
+    let cases = [
+        ("{not json".to_owned(), "body is not JSON"),
+        ("".to_owned(), "body is not JSON"),
+        ("42".to_owned(), "body is not a JSON object"),
+        (
+            wrong_version.to_string(),
+            "apiVersion must be admission.k8s.io/v1",
+        ),
+        (no_request.to_string(), "AdmissionReview has no request"),
+        (no_uid.to_string(), "request.uid is missing or empty"),
+        (
+            bad_operation.to_string(),
+            "request is not a valid AdmissionRequest",
+        ),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = post(&h.router, body.clone()).await;
+        let text = String::from_utf8(answer).unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(text.starts_with(expected), "{body:?} -> {text:?}");
+        assert_eq!(text.trim_end().lines().count(), 1, "one line: {text:?}");
+    }
+    assert!(redis.keys("*").await.is_empty());
+    // Still serving.
+    review(&h.router, &fixture("reviews/kc-update-status.json")).await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413() {
+    let redis = RedisServer::start().await;
+    let h = harness(&redis, 64 * 1024);
+    let mut big = fixture("reviews/kc-update-status.json");
+    big["request"]["object"]["status"]["blob"] = json!("x".repeat(100 * 1024));
+    let (status, body) = post(&h.router, big.to_string()).await;
+    assert_eq!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(
+        metric(
+            &h.metrics,
+            "restatus_admission_invalid_requests_total{reason=\"too_large\"}"
+        ),
+        1.0
+    );
+    // Under the limit is fine.
+    review(&h.router, &fixture("reviews/kc-update-status.json")).await;
+}
+
+#[tokio::test]
+async fn only_post_is_served() {
+    let redis = RedisServer::start().await;
+    let h = harness(&redis, 8 << 20);
+    let resp = h
+        .router
+        .clone()
+        .oneshot(Request::get("/mutate").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+}

@@ -1,0 +1,104 @@
+//! Small HTTP clients: plain HTTP for the admin port, and HTTPS that trusts only a given CA.
+
+use std::path::Path;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub version: http::Version,
+    pub body: String,
+}
+
+/// GET over plain HTTP.
+pub async fn get(url: &str) -> Result<Response, String> {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let resp = client
+        .get(url.parse().map_err(|e| format!("{e}"))?)
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let version = resp.version();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Response {
+        status,
+        version,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// Which HTTP version the HTTPS client offers by ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpn {
+    Http2,
+    Http1,
+}
+
+/// An HTTPS client that trusts only the CA in `ca_file`.
+pub struct TlsClient {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl TlsClient {
+    pub fn new(ca_file: &Path, alpn: Alpn) -> Self {
+        super::init_crypto();
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca_file).expect("read ca.crt") {
+            roots.add(cert.expect("parse ca.crt")).expect("add CA");
+        }
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only();
+        let (connector, http2_only) = match alpn {
+            Alpn::Http2 => (builder.enable_http2().build(), true),
+            Alpn::Http1 => (builder.enable_http1().build(), false),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(http2_only)
+            .build(connector);
+        Self { client }
+    }
+
+    /// POSTs `body` as JSON.
+    pub async fn post(&self, url: &str, body: impl Into<Bytes>) -> Result<Response, String> {
+        let req = http::Request::post(url)
+            .header("content-type", "application/json")
+            .body(Full::new(body.into()))
+            .map_err(|e| e.to_string())?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("POST {url}: {e:?}"))?;
+        let status = resp.status().as_u16();
+        let version = resp.version();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Response {
+            status,
+            version,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}

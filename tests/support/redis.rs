@@ -1,0 +1,161 @@
+//! A real `redis-server` on a free loopback port, stopped when dropped.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use redis::AsyncCommands;
+
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+fn redis_server_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("REDIS_SERVER") {
+        return PathBuf::from(path);
+    }
+    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
+        let p = PathBuf::from(dir).join("redis-server");
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("redis-server")
+}
+
+impl RedisServer {
+    /// Starts a throwaway Redis (no persistence) and waits until it answers PING.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut server = Self {
+            port: super::free_port(),
+            dir,
+            child: None,
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let log = self.dir.path().join("redis.log");
+        let child = Command::new(redis_server_binary())
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &self.dir.path().display().to_string(),
+                "--logfile",
+                &log.display().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect(
+                "cannot start redis-server: install Debian's redis-server package (bash .ci/run does)",
+            );
+        self.child = Some(child);
+        let url = self.url();
+        super::eventually(
+            Duration::from_secs(10),
+            "redis-server to answer PING",
+            || {
+                let url = url.clone();
+                async move {
+                    let client = redis::Client::open(url).ok()?;
+                    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .ok()
+                }
+            },
+        )
+        .await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGKILL) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("redis-server is not running")
+            .id();
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {sig} {pid} failed");
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test redis")
+    }
+
+    /// All fields of a hash.
+    pub async fn hgetall(&self, key: &str) -> std::collections::HashMap<String, String> {
+        self.conn().await.hgetall(key).await.unwrap()
+    }
+
+    /// Time to live in ms (-1: none, -2: no key).
+    pub async fn pttl(&self, key: &str) -> i64 {
+        self.conn().await.pttl(key).await.unwrap()
+    }
+
+    /// Keys matching a pattern.
+    pub async fn keys(&self, pattern: &str) -> Vec<String> {
+        self.conn().await.keys(pattern).await.unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A paused server would ignore SIGKILL only until resumed; resume first.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+        }
+        self.stop();
+    }
+}
