@@ -134,6 +134,11 @@ pub struct RecordArgs {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Restore")]
 pub struct RestoreArgs {
+    /// Run the restore worker in this process (`--restore-worker=false` makes a webhook-only
+    /// replica; restores then need at least one other replica with a worker).
+    #[arg(long, env = "RESTATUS_RESTORE_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub restore_worker: bool,
+
     /// fill: restore only fields absent from the live status; replace: write the saved status as it was.
     #[arg(long, env = "RESTATUS_RESTORE_MODE", value_enum, default_value_t = RestoreMode::Fill)]
     pub restore_mode: RestoreMode,

@@ -162,7 +162,7 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), S
         },
     ));
 
-    if let Some(client) = client {
+    if let Some(client) = client.filter(|_| args.restore.restore_worker) {
         let worker = Worker::new(
             store.clone(),
             client,

@@ -396,12 +396,14 @@ async fn status_write_to_a_pending_object_is_merged_with_the_saved_status() {
             .get("observedGeneration")
             .is_none()
     );
+    // The record keeps the earlier incarnation's status for the restore.
     let rec = redis.hgetall(&h.keys.record(&kc("prod-eu-1"))).await;
     assert_eq!(
         serde_json::from_str::<Value>(&rec["status"]).unwrap(),
-        merged["status"]
+        fixture("reviews/kc-delete.json")["request"]["oldObject"]["status"]
     );
-    assert_eq!(rec["uid"], "new-incarnation");
+    assert_eq!(rec["uid"], "0f4c7a52-3b1e-4d0a-9a7e-5c1f3e2b8d11");
+    assert!(rec.contains_key("deletedAt"));
 }
 
 #[tokio::test]

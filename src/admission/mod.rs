@@ -24,7 +24,6 @@ use kube::core::{
     DynamicObject,
     admission::{AdmissionRequest, AdmissionResponse, Operation},
 };
-use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::{
@@ -221,23 +220,8 @@ impl Admission {
     ) -> Result<(Outcome, Vec<PatchOperation>), StoreError> {
         let budget = self.settings.redis_timeout;
         let Some(record) = self.store.get(&check.identity, budget).await? else {
-            // A type that keeps status on create stores what the body carries.
-            if let (TypeInfo::KeepsStatusOnCreate, Some(status), Some(obj)) =
-                (check.type_info, &check.status, &req.object)
-            {
-                let write = RecordWrite {
-                    identity: check.identity,
-                    status: status.clone(),
-                    api_version: check.api_version,
-                    kind: check.kind,
-                    uid: String::new(),
-                    resource_version: String::new(),
-                    generation: obj.metadata.generation,
-                    source: crate::store::Source::Written,
-                    deleting: false,
-                };
-                return Ok((self.record(&write).await?, Vec::new()));
-            }
+            // Nothing is recorded on create: the create may still fail, and the first update
+            // or the delete records what the API server kept.
             return Ok((Outcome::NoRecord, Vec::new()));
         };
 
@@ -295,30 +279,31 @@ impl Admission {
     /// A status write to an object waiting for its restore: the saved fields the writer did
     /// not set are filled in, so the saved facts get in even if the writer is first, and the
     /// writer's fresh facts win.
+    ///
+    /// The merged status is not recorded: until the restore is done the record keeps the
+    /// earlier incarnation's status, which the worker restores from (in `replace` mode it
+    /// must win over what the writer set). Once restored, writes are recorded again.
     async fn merge_pending(
         &self,
-        mut write: RecordWrite,
+        write: RecordWrite,
     ) -> Result<(Outcome, Vec<PatchOperation>), StoreError> {
         let record = self
             .store
             .get(&write.identity, self.settings.redis_timeout)
             .await?;
-        let mut ops = Vec::new();
-        let mut outcome = None;
-        if let Some(record) = record.filter(|r| r.uid != write.uid) {
-            let saved = self.settings.policy.restorable(&record.status);
-            let written = Some(&write.status).filter(|s| !s.is_null());
-            if let Some(merged) = decide(&saved, written, RestoreMode::Fill) {
-                ops.push(patch::set_status(merged.clone()));
-                write.status = merged;
-                outcome = Some(Outcome::Merged);
+        let Some(record) = record.filter(|r| r.uid != write.uid) else {
+            // Nothing saved from an earlier incarnation: an ordinary status write.
+            if write.status.is_null() {
+                return Ok((Outcome::Skipped(Skip::NoStatus), Vec::new()));
             }
+            return Ok((self.record(&write).await?, Vec::new()));
+        };
+        let saved = self.settings.policy.restorable(&record.status);
+        let written = Some(&write.status).filter(|s| !s.is_null());
+        match decide(&saved, written, RestoreMode::Fill) {
+            Some(merged) => Ok((Outcome::Merged, vec![patch::set_status(merged)])),
+            None => Ok((Outcome::Skipped(Skip::PendingRestore), Vec::new())),
         }
-        if write.status == Value::Null {
-            return Ok((Outcome::Skipped(Skip::NoStatus), ops));
-        }
-        let recorded = self.record(&write).await?;
-        Ok((outcome.unwrap_or(recorded), ops))
     }
 }
 

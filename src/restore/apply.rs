@@ -43,6 +43,8 @@ pub enum Finished {
     Gone,
     /// A duplicate delivery of a job that was already done.
     AlreadyRestored,
+    /// The record was forgotten meanwhile; the object is only unmarked.
+    NoRecord,
 }
 
 impl Finished {
@@ -53,6 +55,7 @@ impl Finished {
             Finished::Expired => "expired",
             Finished::Gone => "gone",
             Finished::AlreadyRestored => "already_restored",
+            Finished::NoRecord => "no_record",
         }
     }
 }
@@ -135,6 +138,13 @@ fn status_of(obj: &DynamicObject) -> Option<&Value> {
 }
 
 impl Applier<'_> {
+    fn params(&self) -> PatchParams {
+        PatchParams {
+            field_manager: Some(self.field_manager.to_owned()),
+            ..PatchParams::default()
+        }
+    }
+
     fn api(&self, job: &RestoreJob, ar: &ApiResource) -> Api<DynamicObject> {
         match &job.identity.namespace {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, ar),
@@ -142,11 +152,12 @@ impl Applier<'_> {
         }
     }
 
-    /// Performs one restore job with the record it refers to.
+    /// Performs one restore job with the record it refers to (`None` when the record was
+    /// forgotten meanwhile).
     pub async fn restore(
         &self,
         job: &RestoreJob,
-        record: &Record,
+        record: Option<&Record>,
     ) -> Result<(Finished, Option<DynamicObject>), ApplyError> {
         let ar = api_resource(job);
         let api = self.api(job, &ar);
@@ -157,6 +168,24 @@ impl Applier<'_> {
         {
             Ok(live) => live,
             Err(finished) => return Ok((finished, None)),
+        };
+        let Some(record) = record else {
+            // Nothing to restore: only take the pending mark off, so status writes are no
+            // longer merged.
+            if is_restore_pending(live.metadata.annotations.as_ref()) {
+                let unmark = json!({"metadata": {"annotations": {ANNOTATION_RESTORE: null}}});
+                match api
+                    .patch(&live.name_any(), &self.params(), &Patch::Merge(&unmark))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if api_status_code(&e) == Some(404) => {
+                        return Ok((Finished::Gone, None));
+                    }
+                    Err(e) => return Err(ApplyError::from_kube("unmarking", &identity, e)),
+                }
+            }
+            return Ok((Finished::NoRecord, Some(live)));
         };
         if job.inline {
             // The CREATE carried the saved status; report it.
@@ -197,13 +226,12 @@ impl Applier<'_> {
             ANNOTATION_RESTORE: null,
             ANNOTATION_RESTORED_AT: restored_at.to_string(),
         }}});
-        let params = PatchParams::default();
-        let params = PatchParams {
-            field_manager: Some(self.field_manager.to_owned()),
-            ..params
-        };
         match api
-            .patch(&live.name_any(), &params, &Patch::Merge(&annotations))
+            .patch(
+                &live.name_any(),
+                &self.params(),
+                &Patch::Merge(&annotations),
+            )
             .await
         {
             Ok(_) => {}
@@ -233,13 +261,12 @@ impl Applier<'_> {
         &self,
         api: &Api<DynamicObject>,
         job: &RestoreJob,
-        record: &Record,
+        record: Option<&Record>,
         identity: &str,
     ) -> Result<Result<DynamicObject, Finished>, ApplyError> {
-        let old_uid = if job.record_uid.is_empty() {
-            &record.uid
-        } else {
-            &job.record_uid
+        let old_uid = match record {
+            Some(record) if job.record_uid.is_empty() => record.uid.as_str(),
+            _ => job.record_uid.as_str(),
         };
         let not_before = job
             .created_at
@@ -286,10 +313,7 @@ impl Applier<'_> {
         identity: &str,
     ) -> Result<Option<DynamicObject>, ApplyError> {
         let saved = self.policy.restorable(&record.status);
-        let params = PatchParams {
-            field_manager: Some(self.field_manager.to_owned()),
-            ..PatchParams::default()
-        };
+        let params = self.params();
         let name = job.identity.name.as_str();
         let mut use_subresource = true;
         for _ in 0..=self.conflict_retries {
@@ -343,12 +367,8 @@ impl Applier<'_> {
         let ar = api_resource(job);
         let api = self.api(job, &ar);
         let patch = json!({"metadata": {"annotations": {ANNOTATION_RESTORE: RESTORE_FAILED}}});
-        let params = PatchParams {
-            field_manager: Some(self.field_manager.to_owned()),
-            ..PatchParams::default()
-        };
         match api
-            .patch(&job.identity.name, &params, &Patch::Merge(&patch))
+            .patch(&job.identity.name, &self.params(), &Patch::Merge(&patch))
             .await
         {
             Ok(obj) => {

@@ -274,22 +274,17 @@ impl Worker {
         let span = tracing::Span::current();
         span.record("job", tracing::field::display(&delivery.id));
         let record = match self.store.get(&job.identity, budget).await {
-            Ok(Some(record)) => record,
-            Ok(None) => {
-                tracing::info!(identity = %job.identity, "record no longer exists; restore dropped");
-                self.finish(delivery, "no_record").await;
-                return;
-            }
+            Ok(record) => record,
             Err(error) => {
                 self.retry_or_give_up(delivery, job, &error_chain(&error))
                     .await;
                 return;
             }
         };
-        match self.applier().restore(job, &record).await {
+        match self.applier().restore(job, record.as_ref()).await {
             Ok((finished, live)) => {
                 if finished == Finished::Restored
-                    && let Some(live) = &live
+                    && let (Some(live), Some(record)) = (&live, &record)
                 {
                     let new_uid = live.uid().unwrap_or_default();
                     if let Err(error) = self
