@@ -117,6 +117,11 @@ pub async fn serve_tls(
                 }
             },
         };
+        // Responses are small and written in several pieces; without TCP_NODELAY the last one
+        // can wait for the client's delayed ACK (40 ms on Linux).
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "could not set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let service = TowerToHyperService::new(router.clone());

@@ -12,8 +12,9 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use jiff::Timestamp;
 use redis::{
-    AsyncCommands, RedisError, Script,
+    AsyncCommands, IntoConnectionInfo, RedisError, Script,
     aio::{ConnectionManager, ConnectionManagerConfig},
+    io::tcp::TcpSettings,
 };
 use tokio::time::Instant;
 
@@ -119,7 +120,12 @@ impl Store {
     /// Prepares a connection to `url`. It connects lazily, so restatus starts (and answers
     /// reviews) while Redis is unreachable, and reconnects on its own.
     pub fn connect(url: &str, keys: KeySchema, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(StoreError::Url)?;
+        // Without TCP_NODELAY a small command can wait for a delayed ACK (40 ms on Linux).
+        let info = url
+            .into_connection_info()
+            .map_err(StoreError::Url)?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(StoreError::Url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             // Callers bound each call with their own budget.
