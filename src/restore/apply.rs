@@ -27,7 +27,10 @@ use crate::{
 /// Tolerated clock difference between restatus and the API server when telling a new
 /// incarnation (created after the job) from an old one.
 const CLOCK_SKEW: Duration = Duration::from_secs(5);
-const FIRST_POLL: Duration = Duration::from_millis(5);
+/// A CREATE usually lands a few milliseconds after its admission: poll every 5 ms for the
+/// first 100 ms, then back off to 500 ms.
+const FAST_POLL: Duration = Duration::from_millis(5);
+const FAST_POLL_FOR: Duration = Duration::from_millis(100);
 const MAX_POLL: Duration = Duration::from_millis(500);
 
 /// How a restore ended.
@@ -133,6 +136,11 @@ fn api_resource(job: &RestoreJob) -> ApiResource {
     )
 }
 
+/// Milliseconds since the job's CREATE was admitted, for debug logs.
+fn since(job: &RestoreJob) -> i64 {
+    Timestamp::now().duration_since(job.created_at).as_millis() as i64
+}
+
 fn status_of(obj: &DynamicObject) -> Option<&Value> {
     obj.data.get("status").filter(|s| !s.is_null())
 }
@@ -169,6 +177,7 @@ impl Applier<'_> {
             Ok(live) => live,
             Err(finished) => return Ok((finished, None)),
         };
+        tracing::debug!(since_create_ms = since(job), "new incarnation found");
         let Some(record) = record else {
             // Nothing to restore: only take the pending mark off, so status writes are no
             // longer merged.
@@ -218,6 +227,7 @@ impl Applier<'_> {
         else {
             return Ok((Finished::Gone, None));
         };
+        tracing::debug!(since_create_ms = since(job), "status patched");
 
         let restored_at = Timestamp::now()
             .round(Unit::Second)
@@ -255,8 +265,7 @@ impl Applier<'_> {
         Ok((Finished::Restored, Some(live)))
     }
 
-    /// Polls (5 ms, doubling up to 500 ms) until the object exists as a new incarnation, or
-    /// the job's deadline passes.
+    /// Polls until the object exists as a new incarnation, or the job's deadline passes.
     async fn wait_for_new_incarnation(
         &self,
         api: &Api<DynamicObject>,
@@ -272,9 +281,18 @@ impl Applier<'_> {
             .created_at
             .checked_sub(jiff::SignedDuration::try_from(CLOCK_SKEW).unwrap_or_default())
             .unwrap_or(job.created_at);
-        let mut delay = FIRST_POLL;
+        let started = tokio::time::Instant::now();
+        let mut delay = FAST_POLL;
         loop {
-            match api.get_opt(&job.identity.name).await {
+            let attempt = tokio::time::Instant::now();
+            let got = api.get_opt(&job.identity.name).await;
+            tracing::trace!(
+                since_create_ms = since(job),
+                get_ms = attempt.elapsed().as_millis() as u64,
+                found = matches!(got, Ok(Some(_))),
+                "looked for the new incarnation"
+            );
+            match got {
                 Ok(Some(obj)) => {
                     let uid = obj.metadata.uid.as_deref().unwrap_or("");
                     let created = obj.metadata.creation_timestamp.as_ref().map(|t| t.0);
@@ -296,7 +314,9 @@ impl Applier<'_> {
                 return Ok(Err(Finished::Expired));
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(MAX_POLL);
+            if started.elapsed() >= FAST_POLL_FOR {
+                delay = (delay * 2).min(MAX_POLL);
+            }
         }
     }
 
