@@ -98,15 +98,22 @@ pub struct Admission {
     crds: CrdCache,
     metrics: Arc<Metrics>,
     settings: Settings,
+    /// The policy with mode `fill`: status writes to pending objects are always filled.
+    merge_policy: RestorePolicy,
 }
 
 impl Admission {
     pub fn new(store: Store, crds: CrdCache, metrics: Arc<Metrics>, settings: Settings) -> Self {
+        let merge_policy = RestorePolicy {
+            mode: RestoreMode::Fill,
+            ..settings.policy.clone()
+        };
         Self {
             store,
             crds,
             metrics,
             settings,
+            merge_policy,
         }
     }
 
@@ -247,9 +254,10 @@ impl Admission {
         };
 
         if inline {
-            let saved = self.settings.policy.restorable(&record.status);
             let mut ops = Vec::new();
-            if let Some(status) = decide(&saved, check.status.as_ref(), self.settings.policy.mode) {
+            if let Some(status) =
+                decide(&record.status, check.status.as_ref(), &self.settings.policy)
+            {
                 ops.push(patch::set_status(status));
             }
             let restored_at = now.round(Unit::Second).unwrap_or(now).to_string();
@@ -298,9 +306,8 @@ impl Admission {
             }
             return Ok((self.record(&write).await?, Vec::new()));
         };
-        let saved = self.settings.policy.restorable(&record.status);
         let written = Some(&write.status).filter(|s| !s.is_null());
-        match decide(&saved, written, RestoreMode::Fill) {
+        match decide(&record.status, written, &self.merge_policy) {
             Some(merged) => Ok((Outcome::Merged, vec![patch::set_status(merged)])),
             None => Ok((Outcome::Skipped(Skip::PendingRestore), Vec::new())),
         }

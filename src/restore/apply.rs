@@ -332,12 +332,11 @@ impl Applier<'_> {
         mut live: DynamicObject,
         identity: &str,
     ) -> Result<Option<DynamicObject>, ApplyError> {
-        let saved = self.policy.restorable(&record.status);
         let params = self.params();
         let name = job.identity.name.as_str();
         let mut use_subresource = true;
         for _ in 0..=self.conflict_retries {
-            let Some(status) = decide(&saved, status_of(&live), self.policy.mode) else {
+            let Some(status) = decide(&record.status, status_of(&live), self.policy) else {
                 return Ok(Some(live));
             };
             let patch = JsonPatch(vec![

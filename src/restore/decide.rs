@@ -2,18 +2,23 @@
 
 use serde_json::Value;
 
-use crate::policy::RestoreMode;
+use crate::policy::{RestoreMode, RestorePolicy};
 
-/// The status to write so that `live` gets the `saved` facts, or `None` when `live` already
+/// The status to write so that `live` gets the saved facts, or `None` when `live` already
 /// has them.
 ///
-/// `saved` is the restorable part of the record (fields and exclusions already applied).
+/// Only the restorable part of `saved` counts: the policy's `fields`, minus its
+/// `exclude_fields`. Then, by the policy's mode:
 /// - `Fill` adds the saved fields absent from the live status, recursing into objects; a
 ///   list, a string or a number counts as one value, and a live value always wins. A `null`
 ///   counts as absent.
 /// - `Replace` writes every saved field over the live one; live fields the record does not
 ///   have are kept, so an excluded field such as `observedGeneration` is never erased.
-pub fn decide(saved: &Value, live: Option<&Value>, mode: RestoreMode) -> Option<Value> {
+pub fn decide(saved: &Value, live: Option<&Value>, policy: &RestorePolicy) -> Option<Value> {
+    merge(&policy.restorable(saved), live, policy.mode)
+}
+
+fn merge(saved: &Value, live: Option<&Value>, mode: RestoreMode) -> Option<Value> {
     let live = live.filter(|v| !v.is_null());
     let merged = match mode {
         RestoreMode::Fill => fill(saved, live),
@@ -56,18 +61,31 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn policy(mode: RestoreMode, exclude: &[&str]) -> RestorePolicy {
+        RestorePolicy {
+            mode,
+            fields: vec![],
+            exclude_fields: exclude.iter().map(|p| p.parse().unwrap()).collect(),
+        }
+    }
+
+    fn fill() -> RestorePolicy {
+        policy(RestoreMode::Fill, &[])
+    }
+
+    fn replace_all() -> RestorePolicy {
+        policy(RestoreMode::Replace, &[])
+    }
+
     #[test]
     fn fill_into_missing_status_restores_everything() {
         let saved = json!({"apiServerURL": "https://k", "masterVersion": "1.30"});
-        assert_eq!(decide(&saved, None, RestoreMode::Fill), Some(saved.clone()));
+        assert_eq!(decide(&saved, None, &fill()), Some(saved.clone()));
         assert_eq!(
-            decide(&saved, Some(&Value::Null), RestoreMode::Fill),
+            decide(&saved, Some(&Value::Null), &fill()),
             Some(saved.clone())
         );
-        assert_eq!(
-            decide(&saved, Some(&json!({})), RestoreMode::Fill),
-            Some(saved)
-        );
+        assert_eq!(decide(&saved, Some(&json!({})), &fill()), Some(saved));
     }
 
     #[test]
@@ -76,7 +94,7 @@ mod tests {
             json!({"phase": "Running", "apiServerURL": "https://k", "masterVersion": "1.30"});
         let live = json!({"phase": "Provisioning"});
         assert_eq!(
-            decide(&saved, Some(&live), RestoreMode::Fill),
+            decide(&saved, Some(&live), &fill()),
             Some(
                 json!({"phase": "Provisioning", "apiServerURL": "https://k", "masterVersion": "1.30"})
             )
@@ -94,7 +112,7 @@ mod tests {
             "conditions": []
         });
         assert_eq!(
-            decide(&saved, Some(&live), RestoreMode::Fill),
+            decide(&saved, Some(&live), &fill()),
             Some(json!({
                 "loadBalancer": {"ingress": [{"ip": "1.2.3.4"}], "class": "b"},
                 "conditions": []
@@ -107,7 +125,7 @@ mod tests {
         let saved = json!({"endpoint": "x"});
         let live = json!({"endpoint": null, "phase": "P"});
         assert_eq!(
-            decide(&saved, Some(&live), RestoreMode::Fill),
+            decide(&saved, Some(&live), &fill()),
             Some(json!({"endpoint": "x", "phase": "P"}))
         );
     }
@@ -116,13 +134,10 @@ mod tests {
     fn nothing_to_do_when_live_has_everything() {
         let saved = json!({"a": 1, "b": {"c": 2}});
         let live = json!({"a": 5, "b": {"c": 3, "d": 4}});
-        assert_eq!(decide(&saved, Some(&live), RestoreMode::Fill), None);
-        assert_eq!(decide(&saved, Some(&saved), RestoreMode::Replace), None);
-        assert_eq!(decide(&json!({}), None, RestoreMode::Fill), Some(json!({})));
-        assert_eq!(
-            decide(&json!({}), Some(&json!({})), RestoreMode::Fill),
-            None
-        );
+        assert_eq!(decide(&saved, Some(&live), &fill()), None);
+        assert_eq!(decide(&saved, Some(&saved), &replace_all()), None);
+        assert_eq!(decide(&json!({}), None, &fill()), Some(json!({})));
+        assert_eq!(decide(&json!({}), Some(&json!({})), &fill()), None);
     }
 
     #[test]
@@ -130,7 +145,7 @@ mod tests {
         let saved = json!({"phase": "Running", "endpoint": "x", "nested": {"a": 1}, "list": [1]});
         let live = json!({"phase": "Provisioning", "observedGeneration": 1, "nested": {"b": 2}, "list": [2, 3]});
         assert_eq!(
-            decide(&saved, Some(&live), RestoreMode::Replace),
+            decide(&saved, Some(&live), &replace_all()),
             Some(json!({
                 "phase": "Running",
                 "endpoint": "x",
@@ -139,5 +154,40 @@ mod tests {
                 "list": [1]
             }))
         );
+    }
+
+    #[test]
+    fn filters_apply_before_the_mode() {
+        let saved = json!({
+            "phase": "Running",
+            "observedGeneration": 4,
+            "conditions": [{"type": "Ready", "observedGeneration": 4}]
+        });
+        let p = policy(
+            RestoreMode::Fill,
+            &["/observedGeneration", "/conditions/*/observedGeneration"],
+        );
+        assert_eq!(
+            decide(&saved, None, &p),
+            Some(json!({"phase": "Running", "conditions": [{"type": "Ready"}]}))
+        );
+        // Replace never erases a live value the filters exclude.
+        let p = policy(RestoreMode::Replace, &["/observedGeneration"]);
+        let live = json!({"observedGeneration": 1, "phase": "Provisioning"});
+        assert_eq!(
+            decide(&saved, Some(&live), &p),
+            Some(json!({
+                "observedGeneration": 1,
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "observedGeneration": 4}]
+            }))
+        );
+        // Only selected fields are restored.
+        let p = RestorePolicy {
+            mode: RestoreMode::Fill,
+            fields: vec!["/phase".parse().unwrap()],
+            exclude_fields: vec![],
+        };
+        assert_eq!(decide(&saved, None, &p), Some(json!({"phase": "Running"})));
     }
 }
