@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     duration,
-    policy::{FieldPattern, RestoreMode},
+    policy::{FieldPatterns, RestoreMode},
     store::KeySchema,
 };
 
@@ -145,18 +145,18 @@ pub struct RestoreArgs {
 
     /// JSON pointers into .status to restore (comma-separated, `*` matches any key or index).
     /// Empty means the whole status.
-    #[arg(long, env = "RESTATUS_RESTORE_FIELDS", value_delimiter = ',', value_parser = parse_pattern)]
-    pub restore_fields: Vec<FieldPattern>,
+    #[arg(long, env = "RESTATUS_RESTORE_FIELDS", default_value = "", value_parser = parse_patterns)]
+    pub restore_fields: FieldPatterns,
 
-    /// JSON pointers into .status never restored (comma-separated, `*` matches any key or index).
+    /// JSON pointers into .status never restored (comma-separated, `*` matches any key or
+    /// index; an empty string excludes nothing).
     #[arg(
         long,
         env = "RESTATUS_RESTORE_EXCLUDE_FIELDS",
-        value_delimiter = ',',
-        value_parser = parse_pattern,
+        value_parser = parse_patterns,
         default_value = "/observedGeneration,/conditions/*/observedGeneration"
     )]
-    pub restore_exclude_fields: Vec<FieldPattern>,
+    pub restore_exclude_fields: FieldPatterns,
 
     /// How long a restore job waits for its CREATE to land before it is dropped.
     #[arg(long, env = "RESTATUS_RESTORE_DEADLINE", default_value = "60s", value_parser = parse_duration)]
@@ -178,8 +178,9 @@ pub struct RestoreArgs {
     #[arg(long, env = "RESTATUS_RESTORE_CONFLICT_RETRIES", default_value_t = 5)]
     pub restore_conflict_retries: u32,
 
-    /// Name of this replica's consumer in the restore queue (defaults to POD_NAME, else
-    /// hostname and process id).
+    /// Name of this replica's consumer in the restore queue (default: POD_NAME, else the
+    /// hostname, followed by `-<process id>`). A replica removes its consumer at shutdown
+    /// when it holds no jobs.
     #[arg(long, env = "RESTATUS_CONSUMER_NAME")]
     pub consumer_name: Option<String>,
 }
@@ -233,8 +234,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     duration::parse(s).map_err(|e| e.to_string())
 }
 
-fn parse_pattern(s: &str) -> Result<FieldPattern, String> {
-    s.parse::<FieldPattern>().map_err(|e| e.to_string())
+fn parse_patterns(s: &str) -> Result<FieldPatterns, String> {
+    s.parse::<FieldPatterns>().map_err(|e| e.to_string())
 }
 
 /// Parses a byte size: a plain number, or a number with `Ki` or `Mi`.
@@ -309,8 +310,8 @@ mod tests {
         assert_eq!(args.record.retention, Duration::from_secs(30 * 86_400));
         assert_eq!(args.restore.restore_deadline, Duration::from_secs(60));
         assert_eq!(args.restore.restore_mode, RestoreMode::Fill);
-        assert_eq!(args.restore.restore_exclude_fields.len(), 2);
-        assert!(args.restore.restore_fields.is_empty());
+        assert_eq!(args.restore.restore_exclude_fields.0.len(), 2);
+        assert!(args.restore.restore_fields.0.is_empty());
     }
 
     #[test]
@@ -325,6 +326,20 @@ mod tests {
         assert!(parse_cluster_name("-a").is_err());
         assert!(parse_key_prefix("restatus").is_ok());
         assert!(parse_key_prefix("a{b").is_err());
+    }
+
+    #[test]
+    fn the_exclude_list_can_be_emptied() {
+        let cli =
+            Cli::try_parse_from(["restatus", "serve", "--restore-exclude-fields", ""]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert!(args.restore.restore_exclude_fields.0.is_empty());
+        assert!(
+            Cli::try_parse_from(["restatus", "serve", "--restore-fields", "status"]).is_err(),
+            "a pattern must be a pointer"
+        );
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub enum ServeError {
     },
     #[error("could not build a Kubernetes client")]
     Kube(#[source] kube::Error),
+    #[error("stopped because {0}")]
+    Failed(String),
 }
 
 /// A Kubernetes client from `--kubeconfig`, or inferred (KUBECONFIG, ~/.kube/config,
@@ -132,14 +134,15 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), S
 
     let policy = RestorePolicy {
         mode: args.restore.restore_mode,
-        fields: args.restore.restore_fields.clone(),
-        exclude_fields: args.restore.restore_exclude_fields.clone(),
+        fields: args.restore.restore_fields.0.clone(),
+        exclude_fields: args.restore.restore_exclude_fields.0.clone(),
     };
 
     let webhook_listener = server::bind(args.server.listen).await?;
     let admin_listener = server::bind(args.server.admin_listen).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
+    let failure = Arc::new(std::sync::Mutex::new(None::<String>));
     let crds = match &client {
         Some(client) => {
             let (crds, watch) = CrdCache::start(client.clone(), shutdown.clone());
@@ -190,9 +193,16 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), S
     let ready = Arc::new(Readiness::default());
     let admin = server::admin_router(metrics.clone(), ready.clone());
     let admin_shutdown = shutdown.clone();
+    let admin_failure = failure.clone();
     tasks.spawn(async move {
-        if let Err(error) = server::serve_admin(admin_listener, admin, admin_shutdown).await {
-            tracing::error!(%error, "admin listener failed");
+        if let Err(error) = server::serve_admin(admin_listener, admin, admin_shutdown.clone()).await
+        {
+            tracing::error!(%error, "admin listener failed; shutting down");
+            record_failure(
+                &admin_failure,
+                format!("the admin listener failed: {error}"),
+            );
+            admin_shutdown.cancel();
         }
     });
 
@@ -214,12 +224,24 @@ pub async fn serve(args: ServeArgs, shutdown: CancellationToken) -> Result<(), S
 
     while let Some(result) = tasks.join_next().await {
         if let Err(error) = result {
-            tracing::error!(%error, "a restatus task failed");
+            tracing::error!(%error, "a restatus task failed; shutting down");
+            record_failure(&failure, format!("a task failed: {error}"));
             shutdown.cancel();
         }
     }
     tracing::info!("restatus stopped");
-    Ok(())
+    let failed = failure.lock().map(|mut f| f.take()).unwrap_or(None);
+    match failed {
+        Some(reason) => Err(ServeError::Failed(reason)),
+        None => Ok(()),
+    }
+}
+
+/// Keeps the first reason restatus had to stop on its own.
+fn record_failure(failure: &std::sync::Mutex<Option<String>>, reason: String) {
+    if let Ok(mut f) = failure.lock() {
+        f.get_or_insert(reason);
+    }
 }
 
 #[cfg(test)]

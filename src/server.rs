@@ -131,7 +131,8 @@ pub async fn serve_tls(
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(error)) => {
-                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        // A wrong caBundle in the webhook configuration shows up here.
+                        tracing::warn!(%peer, %error, "TLS handshake failed");
                         return;
                     }
                     Err(_) => {

@@ -178,7 +178,7 @@ impl Metrics {
         let restores = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "restores",
-            "Restore jobs finished, by outcome (restored, already_exists, expired, failed, dead_lettered, no_record)",
+            "Restore jobs finished, by outcome (restored, already_restored, already_exists, expired, gone, no_record, failed, dead_lettered)",
             restores.clone(),
         );
         let restore_latency = restore_histogram();

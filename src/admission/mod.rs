@@ -125,7 +125,7 @@ impl Admission {
             operation = operation_label(&req.operation),
             resource = %req.resource.resource,
             namespace = req.namespace.as_deref().unwrap_or(""),
-            name = %req.name,
+            object = %req.name,
         )
     )]
     pub async fn review(&self, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {

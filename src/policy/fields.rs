@@ -82,6 +82,24 @@ impl fmt::Display for FieldPattern {
     }
 }
 
+/// A comma-separated list of patterns, as flags and annotations write it. Empty entries are
+/// ignored, so an empty string is an empty list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FieldPatterns(pub Vec<FieldPattern>);
+
+impl FromStr for FieldPatterns {
+    type Err = PatternError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map(FieldPatterns)
+    }
+}
+
 fn unescape(raw: &str) -> Option<String> {
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars();
@@ -226,6 +244,17 @@ mod tests {
             "/a~2".parse::<FieldPattern>(),
             Err(PatternError::BadEscape { .. })
         ));
+    }
+
+    #[test]
+    fn lists_split_on_commas_and_may_be_empty() {
+        let list: FieldPatterns = " /a , /b/*,".parse().unwrap();
+        assert_eq!(list.0, patterns(&["/a", "/b/*"]));
+        assert_eq!(
+            "".parse::<FieldPatterns>().unwrap(),
+            FieldPatterns::default()
+        );
+        assert!("/a,b".parse::<FieldPatterns>().is_err());
     }
 
     #[test]

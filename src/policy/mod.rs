@@ -10,7 +10,7 @@ mod fields;
 use serde_json::Value;
 
 pub use crds::{CrdCache, TypeInfo};
-pub use fields::{FieldPattern, PatternError, exclude, select};
+pub use fields::{FieldPattern, FieldPatterns, PatternError, exclude, select};
 
 /// Annotation set on a recreated object until its status is restored.
 pub const ANNOTATION_RESTORE: &str = "restatus.io/restore";

@@ -97,7 +97,7 @@ impl ApplyError {
             return ApplyError::Permanent {
                 action,
                 identity: identity.to_owned(),
-                message: status.message.clone(),
+                message: describe_refusal(status),
             };
         }
         ApplyError::Transient {
@@ -105,6 +105,33 @@ impl ApplyError {
             identity: identity.to_owned(),
             source,
         }
+    }
+}
+
+/// Why the API server refused a write, without the values it may quote: a validation error
+/// (400, 422) names the offending fields only, since the message echoes status contents,
+/// which end up in logs, Events and the dead-letter stream. Other refusals (403 and the like)
+/// carry no object data and keep the API server's message.
+fn describe_refusal(status: &kube::core::Status) -> String {
+    if !matches!(status.code, 400 | 422) {
+        return status.message.clone();
+    }
+    let fields: Vec<&str> = status
+        .details
+        .iter()
+        .flat_map(|d| d.causes.iter())
+        .map(|c| c.field.as_str())
+        .filter(|f| !f.is_empty())
+        .collect();
+    let reason = if status.reason.is_empty() {
+        "Invalid"
+    } else {
+        status.reason.as_str()
+    };
+    if fields.is_empty() {
+        format!("HTTP {} {reason}", status.code)
+    } else {
+        format!("HTTP {} {reason}: {}", status.code, fields.join(", "))
     }
 }
 
@@ -463,6 +490,25 @@ mod tests {
         assert_eq!(ar.version, "v1alpha1");
         assert_eq!(ar.api_version, "infra.example.com/v1alpha1");
         assert_eq!(ar.plural, "kubernetesclusters");
+    }
+
+    #[test]
+    fn validation_refusals_name_fields_not_values() {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure",
+            "code": 422,
+            "reason": "Invalid",
+            "message": "KubernetesCluster.infra.example.com \"x\" is invalid: status.apiServerURL: Invalid value: \"secret-value\": must be a URL",
+            "details": {"causes": [{"reason": "FieldValueInvalid", "message": "Invalid value: \"secret-value\"", "field": "status.apiServerURL"}]}
+        }))
+        .unwrap();
+        let text = describe_refusal(&status);
+        assert_eq!(text, "HTTP 422 Invalid: status.apiServerURL");
+        let forbidden: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "code": 403, "reason": "Forbidden", "message": "user cannot patch resource"
+        }))
+        .unwrap();
+        assert_eq!(describe_refusal(&forbidden), "user cannot patch resource");
     }
 
     #[test]

@@ -266,21 +266,20 @@ impl Worker {
             Err(reason) => {
                 tracing::warn!(%reason, "restore job cannot be decoded; moved to the dead-letter stream");
                 self.metrics.restore_outcome("dead_lettered");
-                self.dead_letter(delivery, &format!("undecodable job: {reason}"))
+                self.dead_letter(delivery, &format!("undecodable job: {reason}"), None)
                     .await;
                 return;
             }
         };
-        let span = tracing::Span::current();
-        span.record("job", tracing::field::display(&delivery.id));
         let record = match self.store.get(&job.identity, budget).await {
             Ok(record) => record,
             Err(error) => {
-                self.retry_or_give_up(delivery, job, &error_chain(&error))
+                self.retry_or_give_up(delivery, job, None, &error_chain(&error))
                     .await;
                 return;
             }
         };
+        let saved = record.as_ref().map(|r| &r.status);
         match self.applier().restore(job, record.as_ref()).await {
             Ok((finished, live)) => {
                 if finished == Finished::Restored
@@ -309,10 +308,10 @@ impl Worker {
                 tracing::warn!(identity = %job.identity, %reason, "restore failed for good");
                 self.applier().report_failure(job, &reason).await;
                 self.metrics.restore_outcome("failed");
-                self.dead_letter(delivery, &reason).await;
+                self.dead_letter(delivery, &reason, saved).await;
             }
             Err(error) => {
-                self.retry_or_give_up(delivery, job, &error_chain(&error))
+                self.retry_or_give_up(delivery, job, saved, &error_chain(&error))
                     .await;
             }
         }
@@ -335,6 +334,7 @@ impl Worker {
         &self,
         delivery: &Delivery,
         job: &crate::store::RestoreJob,
+        saved: Option<&serde_json::Value>,
         reason: &str,
     ) {
         if delivery.deliveries >= self.settings.max_deliveries {
@@ -346,17 +346,22 @@ impl Worker {
                 )
                 .await;
             self.metrics.restore_outcome("dead_lettered");
-            self.dead_letter(delivery, reason).await;
+            self.dead_letter(delivery, reason, saved).await;
         } else {
             tracing::warn!(identity = %job.identity, deliveries = delivery.deliveries, %reason, "restore attempt failed; it will be retried");
         }
     }
 
-    async fn dead_letter(&self, delivery: &Delivery, reason: &str) {
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        saved: Option<&serde_json::Value>,
+    ) {
         self.metrics.restore_dead_letters.inc();
         if let Err(error) = self
             .store
-            .dead_letter(delivery, reason, self.settings.redis_timeout)
+            .dead_letter(delivery, reason, saved, self.settings.redis_timeout)
             .await
         {
             tracing::warn!(error = %error_chain(&error), "could not move a restore job to the dead-letter stream");

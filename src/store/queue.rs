@@ -18,6 +18,8 @@ use super::{ObjectIdentity, Store, StoreError};
 
 /// The consumer group every replica reads the queue through.
 pub const GROUP: &str = "restatus";
+/// About how many dead letters are kept (older ones are trimmed).
+pub const DEAD_LETTERS_KEPT: u64 = 10_000;
 const JOB_FIELD: &str = "job";
 
 /// One restore to perform: put the record of `identity` back into the incarnation created
@@ -76,19 +78,61 @@ impl Store {
     pub async fn ensure_queue_group(&self, budget: Duration) -> Result<(), StoreError> {
         let key = self.keys.queue();
         let mut conn = self.conn.clone();
-        // "0": jobs queued before the first worker started are processed too.
-        let result: Result<(), StoreError> = self
+        // "0": jobs queued before the first worker started are processed too. An existing
+        // group (BUSYGROUP) is the usual answer, not an error.
+        let create = async {
+            match conn
+                .xgroup_create_mkstream::<_, _, _, ()>(&key, GROUP, "0")
+                .await
+            {
+                Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+                other => other,
+            }
+        };
+        self.call("xgroup_create", &key, budget, create).await
+    }
+
+    /// Removes this consumer from the group if it holds no jobs (at shutdown), so restarts do
+    /// not leave consumers behind. A consumer that still holds jobs stays, for XAUTOCLAIM.
+    pub async fn remove_consumer_if_idle(
+        &self,
+        consumer: &str,
+        budget: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys.queue();
+        let mut conn = self.conn.clone();
+        let pending: StreamPendingCountReply = self
             .call(
-                "xgroup_create",
+                "xpending",
                 &key,
                 budget,
-                conn.xgroup_create_mkstream(&key, GROUP, "0"),
+                redis::cmd("XPENDING")
+                    .arg(&key)
+                    .arg(GROUP)
+                    .arg("-")
+                    .arg("+")
+                    .arg(1)
+                    .arg(consumer)
+                    .query_async(&mut conn),
             )
-            .await;
-        match result {
-            Err(StoreError::Redis { source, .. }) if source.code() == Some("BUSYGROUP") => Ok(()),
-            other => other,
+            .await?;
+        if !pending.ids.is_empty() {
+            return Ok(false);
         }
+        let _: i64 = self
+            .call(
+                "xgroup_delconsumer",
+                &key,
+                budget,
+                redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&key)
+                    .arg(GROUP)
+                    .arg(consumer)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(true)
     }
 
     /// Adds a job; returns its stream id.
@@ -119,28 +163,41 @@ impl Store {
             .await
     }
 
-    /// Moves a job to the dead-letter stream with the reason, atomically.
+    /// Moves a job to the dead-letter stream with the reason and, when known, the saved
+    /// status it was to restore (the new incarnation's writes replace the record, so the
+    /// dead letter keeps it for a restore by hand). The stream keeps about the newest
+    /// [`DEAD_LETTERS_KEPT`] entries.
     pub async fn dead_letter(
         &self,
         delivery: &Delivery,
         reason: &str,
+        saved_status: Option<&serde_json::Value>,
         budget: Duration,
     ) -> Result<(), StoreError> {
         let key = self.keys.queue();
         let dead = self.keys.dead_letters();
+        let deliveries = delivery.deliveries.to_string();
+        let failed_at = Timestamp::now().to_string();
+        let status = saved_status.map(ToString::to_string);
+        let mut fields: Vec<(&str, &str)> = vec![
+            (JOB_FIELD, delivery.raw.as_str()),
+            ("reason", reason),
+            ("id", delivery.id.as_str()),
+            ("deliveries", &deliveries),
+            ("failedAt", &failed_at),
+        ];
+        if let Some(status) = &status {
+            fields.push(("status", status));
+        }
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .xadd(
-                &dead,
-                "*",
-                &[
-                    (JOB_FIELD, delivery.raw.as_str()),
-                    ("reason", reason),
-                    ("id", delivery.id.as_str()),
-                    ("deliveries", &delivery.deliveries.to_string()),
-                    ("failedAt", &Timestamp::now().to_string()),
-                ],
-            )
+            .cmd("XADD")
+            .arg(&dead)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(DEAD_LETTERS_KEPT)
+            .arg("*")
+            .arg(&fields)
             .ignore()
             .xack(&key, GROUP, &[&delivery.id])
             .ignore()
