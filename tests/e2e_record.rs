@@ -179,34 +179,11 @@ async fn cluster_scoped_custom_resource_is_recorded_without_a_namespace() {
     let client = cluster::client().await;
     cluster::apply_crd(
         &client,
-        json!({
-            "apiVersion": "apiextensions.k8s.io/v1",
-            "kind": "CustomResourceDefinition",
-            "metadata": {"name": "regions.infra.example.com"},
-            "spec": {
-                "group": "infra.example.com",
-                "scope": "Cluster",
-                "names": {"plural": "regions", "singular": "region", "kind": "Region"},
-                "versions": [{
-                    "name": "v1alpha1", "served": true, "storage": true,
-                    "subresources": {"status": {}},
-                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                        "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
-                        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
-                    }}}
-                }]
-            }
-        }),
+        cluster::test_crd("regions", "Region", "v1alpha1", "Cluster", true),
     )
     .await;
     let env = Env::start(EnvOptions {
-        extra_rules: vec![json!({
-            "apiGroups": ["infra.example.com"],
-            "apiVersions": ["*"],
-            "resources": ["regions", "regions/status"],
-            "operations": ["CREATE", "UPDATE", "DELETE"],
-            "scope": "Cluster"
-        })],
+        extra_rules: vec![cluster::test_rule("regions", "Cluster")],
         ..Default::default()
     })
     .await;

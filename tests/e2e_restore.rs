@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use support::{
     cluster::{self, Env, EnvOptions, kubernetes_cluster, patch_status, status_of},
     eventually,
-    restatus::{Options, Restatus},
+    restatus::Restatus,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -91,9 +91,35 @@ async fn queue_len(env: &Env) -> u64 {
         .unwrap()
 }
 
+/// Waits until every job is acknowledged and gone (the last step of a job).
+async fn wait_queue_empty(env: &Env) {
+    eventually(WAIT, "the queue to be empty", || async {
+        (queue_len(env).await == 0).then_some(())
+    })
+    .await;
+}
+
 async fn outcome(r: &Restatus, outcome: &str) -> f64 {
     r.metric(&format!("restatus_restores_total{{outcome=\"{outcome}\"}}"))
         .await
+}
+
+/// Waits until `r` has counted `count` restores with `outcome` (it counts after the last step
+/// of a restore, a moment after the object shows it).
+async fn wait_outcome(r: &Restatus, name: &str, count: f64) {
+    eventually(
+        WAIT,
+        &format!("{count} restores counted as {name}"),
+        || async {
+            let seen = outcome(r, name).await;
+            assert!(
+                seen <= count,
+                "{seen} restores counted as {name}, expected {count}"
+            );
+            (seen == count).then_some(())
+        },
+    )
+    .await;
 }
 
 fn saved_status() -> Value {
@@ -148,7 +174,7 @@ async fn recreated_kubernetes_cluster_gets_its_status_back() {
     })
     .await;
     assert_eq!(env.redis.pttl(&env.keys.record(&id)).await, -1);
-    assert_eq!(queue_len(&env).await, 0, "the job is acknowledged and gone");
+    wait_queue_empty(&env).await;
     env.cleanup().await;
 }
 
@@ -262,12 +288,9 @@ async fn replace_mode_writes_the_saved_status_over_the_live_one() {
     assert_eq!(status_of(&live).unwrap()["phase"], "Provisioning");
     assert_eq!(live.annotations()[PENDING], "pending");
 
-    let mut opts = Options::new(env.redis.url());
-    opts.key_prefix = env.restatus[0].key_prefix.clone();
-    opts.kubeconfig = Some(cluster::control_plane().kubeconfig.clone());
-    opts.args = vec!["--restore-mode".into(), "replace".into()];
-    opts.name = format!("{}-replace-worker", env.ns);
-    let worker = Restatus::start(opts).await;
+    let worker = env
+        .start_replica("replace-worker", &["--restore-mode", "replace"])
+        .await;
     let restored = wait_restored(&api, "replaced").await;
     let status = status_of(&restored).unwrap();
     assert_eq!(
@@ -279,7 +302,7 @@ async fn replace_mode_writes_the_saved_status_over_the_live_one() {
         status["nodes"], 0,
         "a live field the record does not have is kept"
     );
-    assert_eq!(outcome(&worker, "restored").await, 1.0);
+    wait_outcome(&worker, "restored", 1.0).await;
     env.cleanup().await;
 }
 
@@ -312,33 +335,11 @@ async fn a_crd_without_the_status_subresource_gets_its_status_in_the_create_itse
     let client = cluster::client().await;
     cluster::apply_crd(
         &client,
-        json!({
-            "apiVersion": "apiextensions.k8s.io/v1",
-            "kind": "CustomResourceDefinition",
-            "metadata": {"name": "legacyclusters.infra.example.com"},
-            "spec": {
-                "group": "infra.example.com",
-                "scope": "Namespaced",
-                "names": {"plural": "legacyclusters", "singular": "legacycluster", "kind": "LegacyCluster"},
-                "versions": [{
-                    "name": "v1", "served": true, "storage": true,
-                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                        "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
-                        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
-                    }}}
-                }]
-            }
-        }),
+        cluster::test_crd("legacyclusters", "LegacyCluster", "v1", "Namespaced", false),
     )
     .await;
     let env = Env::start(EnvOptions {
-        extra_rules: vec![json!({
-            "apiGroups": ["infra.example.com"],
-            "apiVersions": ["*"],
-            "resources": ["legacyclusters", "legacyclusters/status"],
-            "operations": ["CREATE", "UPDATE", "DELETE"],
-            "scope": "Namespaced"
-        })],
+        extra_rules: vec![cluster::test_rule("legacyclusters", "Namespaced")],
         ..Default::default()
     })
     .await;
@@ -427,7 +428,7 @@ async fn create_of_an_object_that_still_exists_leaves_it_alone() {
     );
     assert!(!after.annotations().contains_key(RESTORED_AT));
     assert!(!after.annotations().contains_key(PENDING));
-    assert_eq!(queue_len(&env).await, 0);
+    wait_queue_empty(&env).await;
     assert_eq!(outcome(r, "restored").await, 0.0);
     env.cleanup().await;
 }
@@ -536,7 +537,7 @@ async fn a_create_rejected_after_restatus_expires_its_job_quietly() {
         (outcome(r, "expired").await == 1.0).then_some(())
     })
     .await;
-    assert_eq!(queue_len(&env).await, 0);
+    wait_queue_empty(&env).await;
     let noisy: Vec<Event> = [
         events(&env, "rejected", "StatusRestored").await,
         events(&env, "rejected", "StatusRestoreFailed").await,
@@ -607,17 +608,14 @@ async fn a_job_left_by_a_dead_consumer_is_reclaimed_and_applied() {
     let pending = cli(&["XPENDING", &queue, "restatus"]);
     assert!(pending.contains("ghost"), "{pending}");
 
-    let mut opts = Options::new(env.redis.url());
-    opts.key_prefix = env.restatus[0].key_prefix.clone();
-    opts.kubeconfig = Some(cluster::control_plane().kubeconfig.clone());
-    opts.args = vec!["--restore-claim-min-idle".into(), "1s".into()];
-    opts.name = format!("{}-reclaimer", env.ns);
-    let worker = Restatus::start(opts).await;
+    let worker = env
+        .start_replica("reclaimer", &["--restore-claim-min-idle", "1s"])
+        .await;
     let restored = wait_restored(&api, "orphan").await;
     assert_eq!(status_of(&restored), Some(&saved_status()));
-    assert_eq!(outcome(&worker, "restored").await, 1.0);
+    wait_outcome(&worker, "restored", 1.0).await;
     assert!(!cli(&["XPENDING", &queue, "restatus", "-", "+", "10"]).contains("ghost"));
-    assert_eq!(queue_len(&env).await, 0);
+    wait_queue_empty(&env).await;
     env.cleanup().await;
 }
 
@@ -657,11 +655,16 @@ async fn two_replicas_restore_fifty_recreated_objects_exactly_once_each() {
             .collect();
         assert_eq!(ours.len(), 1, "{name}: {ours:?}");
     }
-    let mut restored_total = 0.0;
-    for r in &env.restatus {
-        restored_total += outcome(r, "restored").await;
-    }
+    // The worker counts a restore once it has also swapped the annotation and reported it.
+    let restored_total = eventually(WAIT, "50 restores to be counted", || async {
+        let mut total = 0.0;
+        for r in &env.restatus {
+            total += outcome(r, "restored").await;
+        }
+        (total >= 50.0).then_some(total)
+    })
+    .await;
     assert_eq!(restored_total, 50.0, "each object restored exactly once");
-    assert_eq!(queue_len(&env).await, 0);
+    wait_queue_empty(&env).await;
     env.cleanup().await;
 }

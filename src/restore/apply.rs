@@ -208,37 +208,25 @@ impl Applier<'_> {
         let Some(record) = record else {
             // Nothing to restore: only take the pending mark off, so status writes are no
             // longer merged.
-            if is_restore_pending(live.metadata.annotations.as_ref()) {
-                let unmark = json!({"metadata": {"annotations": {ANNOTATION_RESTORE: null}}});
-                match api
-                    .patch(&live.name_any(), &self.params(), &Patch::Merge(&unmark))
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if api_status_code(&e) == Some(404) => {
-                        return Ok((Finished::Gone, None));
-                    }
-                    Err(e) => return Err(ApplyError::from_kube("unmarking", &identity, e)),
-                }
+            if is_restore_pending(live.metadata.annotations.as_ref())
+                && !self
+                    .patch_annotations(
+                        &api,
+                        &live,
+                        json!({ANNOTATION_RESTORE: null}),
+                        "unmarking",
+                        &identity,
+                    )
+                    .await?
+            {
+                return Ok((Finished::Gone, None));
             }
             return Ok((Finished::NoRecord, Some(live)));
         };
         if job.inline {
             // The CREATE carried the saved status; report it.
-            self.event(
-                &live,
-                &ar,
-                EventType::Normal,
-                "StatusRestored",
-                format!(
-                    "Status restored in the create from the record of {}",
-                    record
-                        .recorded_at
-                        .map(|t| t.to_string())
-                        .unwrap_or_else(|| "an earlier incarnation".into())
-                ),
-            )
-            .await;
+            self.event_restored(&live, &ar, record, "in the create ")
+                .await;
             return Ok((Finished::Restored, Some(live)));
         }
         let annotations = live.metadata.annotations.as_ref();
@@ -259,37 +247,55 @@ impl Applier<'_> {
         let restored_at = Timestamp::now()
             .round(Unit::Second)
             .unwrap_or_else(|_| Timestamp::now());
-        let annotations = json!({"metadata": {"annotations": {
+        let swap = json!({
             ANNOTATION_RESTORE: null,
             ANNOTATION_RESTORED_AT: restored_at.to_string(),
-        }}});
+        });
+        if !self
+            .patch_annotations(&api, &live, swap, "annotating", &identity)
+            .await?
+        {
+            return Ok((Finished::Gone, None));
+        }
+        self.event_restored(&live, &ar, record, "").await;
+        Ok((Finished::Restored, Some(live)))
+    }
+
+    /// Merge-patches annotations of the object (`null` removes one). Returns false when the
+    /// object is gone.
+    async fn patch_annotations(
+        &self,
+        api: &Api<DynamicObject>,
+        obj: &DynamicObject,
+        annotations: Value,
+        action: &'static str,
+        identity: &str,
+    ) -> Result<bool, ApplyError> {
+        let patch = json!({"metadata": {"annotations": annotations}});
         match api
-            .patch(
-                &live.name_any(),
-                &self.params(),
-                &Patch::Merge(&annotations),
-            )
+            .patch(&obj.name_any(), &self.params(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => {}
-            Err(e) if api_status_code(&e) == Some(404) => return Ok((Finished::Gone, None)),
-            Err(e) => return Err(ApplyError::from_kube("annotating", &identity, e)),
+            Ok(_) => Ok(true),
+            Err(e) if api_status_code(&e) == Some(404) => Ok(false),
+            Err(e) => Err(ApplyError::from_kube(action, identity, e)),
         }
-        self.event(
-            &live,
-            &ar,
-            EventType::Normal,
-            "StatusRestored",
-            format!(
-                "Status restored from the record of {}",
-                record
-                    .recorded_at
-                    .map(|t| t.to_string())
-                    .unwrap_or_else(|| "an earlier incarnation".into())
-            ),
-        )
-        .await;
-        Ok((Finished::Restored, Some(live)))
+    }
+
+    async fn event_restored(
+        &self,
+        obj: &DynamicObject,
+        ar: &ApiResource,
+        record: &Record,
+        how: &str,
+    ) {
+        let from = record
+            .recorded_at
+            .map(|t| t.round(Unit::Second).unwrap_or(t).to_string())
+            .unwrap_or_else(|| "an earlier incarnation".into());
+        let note = format!("Status restored {how}from the record of {from}");
+        self.event(obj, ar, EventType::Normal, "StatusRestored", note)
+            .await;
     }
 
     /// Polls until the object exists as a new incarnation, or the job's deadline passes.

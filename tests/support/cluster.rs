@@ -155,6 +155,48 @@ pub async fn apply_crd(client: &Client, crd: Value) -> CustomResourceDefinition 
     .await
 }
 
+/// A CRD in the group `infra.example.com` with free-form spec and status.
+pub fn test_crd(
+    plural: &str,
+    kind: &str,
+    version: &str,
+    scope: &str,
+    status_subresource: bool,
+) -> Value {
+    let mut version = json!({
+        "name": version, "served": true, "storage": true,
+        "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+            "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+        }}}
+    });
+    if status_subresource {
+        version["subresources"] = json!({"status": {}});
+    }
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{plural}.infra.example.com")},
+        "spec": {
+            "group": "infra.example.com",
+            "scope": scope,
+            "names": {"plural": plural, "singular": kind.to_lowercase(), "kind": kind},
+            "versions": [version]
+        }
+    })
+}
+
+/// A webhook rule for a resource of `infra.example.com` and its status subresource.
+pub fn test_rule(plural: &str, scope: &str) -> Value {
+    json!({
+        "apiGroups": ["infra.example.com"],
+        "apiVersions": ["*"],
+        "resources": [plural, format!("{plural}/status")],
+        "operations": ["CREATE", "UPDATE", "DELETE"],
+        "scope": scope
+    })
+}
+
 /// The example KubernetesCluster CRD from `examples/`.
 pub fn example_crd() -> Value {
     let text = std::fs::read_to_string(repo().join("examples/kubernetescluster-crd.yaml"))
@@ -278,6 +320,17 @@ impl Env {
         };
         env.wait_for_webhook().await;
         env
+    }
+
+    /// Another restatus process on this environment's Redis and key prefix, with `args`.
+    /// The webhook keeps calling the first one.
+    pub async fn start_replica(&self, name: &str, args: &[&str]) -> Restatus {
+        let mut opts = super::restatus::Options::new(self.redis.url());
+        opts.key_prefix = self.restatus[0].key_prefix.clone();
+        opts.kubeconfig = Some(control_plane().kubeconfig.clone());
+        opts.args = args.iter().map(|a| (*a).to_owned()).collect();
+        opts.name = format!("{}-{name}", self.ns);
+        Restatus::start(opts).await
     }
 
     /// Dry-run creates of a canary ConfigMap until restatus reports a review of one.
