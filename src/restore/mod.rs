@@ -234,7 +234,8 @@ impl Worker {
                                 count = reclaimed.len(),
                                 "reclaimed restore jobs left idle by another consumer"
                             );
-                            if let Ok(permit) = permits.clone().try_acquire_owned() {
+                            // Claimed jobs are ours now: wait for room rather than drop them.
+                            if let Ok(permit) = permits.clone().acquire_owned().await {
                                 self.dispatch(reclaimed, permit, &permits, &tracker).await;
                             }
                         }
