@@ -25,8 +25,9 @@ use kube::{
     api::{DeleteParams, DynamicObject, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
+use restatus::policy::status_of;
 use serde_json::json;
-use support::cluster::{Env, EnvOptions, kubernetes_cluster, patch_status, status_of};
+use support::cluster::{Env, EnvOptions, kubernetes_cluster, patch_status};
 use tokio::sync::Notify;
 
 const WAIT: Duration = Duration::from_secs(30);

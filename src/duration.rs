@@ -68,22 +68,6 @@ pub fn parse(input: &str) -> Result<Duration, ParseDurationError> {
     Ok(total)
 }
 
-/// Formats a duration in the largest unit that represents it exactly (`30d`, `90s`, `150ms`).
-pub fn format(d: Duration) -> String {
-    let ms = d.as_millis();
-    for (unit, size) in [
-        ("d", 86_400_000u128),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-    ] {
-        if ms >= size && ms.is_multiple_of(size) {
-            return format!("{}{unit}", ms / size);
-        }
-    }
-    format!("{ms}ms")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,17 +112,5 @@ mod tests {
         ));
         let msg = parse("3w").unwrap_err().to_string();
         assert!(msg.contains("\"w\""), "{msg}");
-    }
-
-    #[test]
-    fn formats_in_the_largest_exact_unit() {
-        assert_eq!(format(Duration::from_secs(30 * 86_400)), "30d");
-        assert_eq!(format(Duration::from_secs(90)), "90s");
-        assert_eq!(format(Duration::from_millis(150)), "150ms");
-        assert_eq!(format(Duration::from_secs(7200)), "2h");
-        for s in ["30d", "90s", "150ms", "2h", "1500ms"] {
-            let d = parse(s).unwrap();
-            assert_eq!(parse(&format(d)).unwrap(), d);
-        }
     }
 }

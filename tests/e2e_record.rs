@@ -11,10 +11,11 @@ use kube::{
     Api,
     api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
 };
+use restatus::policy::status_of;
 use restatus::store::ObjectIdentity;
 use serde_json::{Value, json};
 use support::{
-    cluster::{self, Env, EnvOptions, kubernetes_cluster, patch_status, status_of},
+    cluster::{self, Env, EnvOptions, kubernetes_cluster, patch_status},
     eventually,
 };
 

@@ -15,10 +15,11 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, DynamicObject, ListParams, PostParams},
 };
+use restatus::policy::status_of;
 use restatus::store::ObjectIdentity;
 use serde_json::{Value, json};
 use support::{
-    cluster::{self, Env, EnvOptions, kubernetes_cluster, patch_status, status_of},
+    cluster::{self, Env, EnvOptions, kubernetes_cluster, patch_status},
     eventually,
     restatus::Restatus,
 };

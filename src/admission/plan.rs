@@ -7,7 +7,7 @@ use kube::core::{
 use serde_json::Value;
 
 use crate::{
-    policy::{TypeInfo, is_restore_pending},
+    policy::{TypeInfo, is_restore_pending, status_of},
     store::{ObjectIdentity, RecordWrite, Source},
 };
 
@@ -88,10 +88,6 @@ pub fn api_version(req: &AdmissionRequest<DynamicObject>) -> String {
     } else {
         format!("{}/{}", req.kind.group, req.kind.version)
     }
-}
-
-fn status_of(obj: &DynamicObject) -> Option<&Value> {
-    obj.data.get("status").filter(|s| !s.is_null())
 }
 
 fn field_manager(req: &AdmissionRequest<DynamicObject>) -> Option<&str> {

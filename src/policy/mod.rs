@@ -51,6 +51,11 @@ impl RestorePolicy {
     }
 }
 
+/// An object's `.status`, `None` when absent or null.
+pub fn status_of(obj: &kube::core::DynamicObject) -> Option<&Value> {
+    obj.data.get("status").filter(|s| !s.is_null())
+}
+
 /// True when the object's annotations mark it as waiting for a restore.
 pub fn is_restore_pending(
     annotations: Option<&std::collections::BTreeMap<String, String>>,

@@ -19,7 +19,7 @@ use crate::{
     error_chain,
     policy::{
         ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT, RESTORE_FAILED, RestorePolicy,
-        is_restore_pending,
+        is_restore_pending, status_of,
     },
     store::{Record, RestoreJob},
 };
@@ -166,10 +166,6 @@ fn api_resource(job: &RestoreJob) -> ApiResource {
 /// Milliseconds since the job's CREATE was admitted, for debug logs.
 fn since(job: &RestoreJob) -> i64 {
     Timestamp::now().duration_since(job.created_at).as_millis() as i64
-}
-
-fn status_of(obj: &DynamicObject) -> Option<&Value> {
-    obj.data.get("status").filter(|s| !s.is_null())
 }
 
 impl Applier<'_> {

@@ -48,10 +48,6 @@ impl KeySchema {
         }
     }
 
-    pub fn cluster(&self) -> &str {
-        &self.cluster
-    }
-
     /// `<prefix>:rec:{<cluster>|<group>|<resource>|<namespace>|<name>}`; the core group and the
     /// namespace of a cluster-scoped object are empty. None of the parts can contain `|`, `{`
     /// or `}` (Kubernetes names are DNS subdomains), so the key is unambiguous.
@@ -67,11 +63,6 @@ impl KeySchema {
         )
     }
 
-    /// Pattern matching every record of this cluster (for SCAN).
-    pub fn record_pattern(&self) -> String {
-        format!("{}:rec:{{{}|*", self.prefix, self.cluster)
-    }
-
     /// The restore job stream.
     pub fn queue(&self) -> String {
         format!("{}:queue:{{{}}}", self.prefix, self.cluster)
@@ -80,32 +71,6 @@ impl KeySchema {
     /// Where jobs that kept failing go.
     pub fn dead_letters(&self) -> String {
         format!("{}:dead:{{{}}}", self.prefix, self.cluster)
-    }
-
-    /// Parses a record key back into an identity (for listing).
-    pub fn parse_record(&self, key: &str) -> Option<ObjectIdentity> {
-        let tag = key
-            .strip_prefix(&self.prefix)?
-            .strip_prefix(":rec:{")?
-            .strip_suffix('}')?;
-        let mut parts = tag.split('|');
-        let cluster = parts.next()?;
-        if cluster != self.cluster {
-            return None;
-        }
-        let group = parts.next()?.to_owned();
-        let resource = parts.next()?.to_owned();
-        let namespace = parts.next()?;
-        let name = parts.next()?.to_owned();
-        if parts.next().is_some() || resource.is_empty() || name.is_empty() {
-            return None;
-        }
-        Some(ObjectIdentity {
-            group,
-            resource,
-            namespace: (!namespace.is_empty()).then(|| namespace.to_owned()),
-            name,
-        })
     }
 }
 
@@ -165,19 +130,6 @@ mod tests {
             keys.record(&id("g", "r", None, "x")),
             keys.record(&id("g", "r", Some("x"), "x"))
         );
-    }
-
-    #[test]
-    fn keys_round_trip_through_parse() {
-        let keys = KeySchema::new("p", "c");
-        for identity in [
-            id("", "services", Some("web"), "lb"),
-            id("infra.example.com", "regions", None, "eu"),
-        ] {
-            assert_eq!(keys.parse_record(&keys.record(&identity)), Some(identity));
-        }
-        assert_eq!(keys.parse_record("p:rec:{other|g|r|ns|n}"), None);
-        assert_eq!(keys.parse_record("p:queue:{c}"), None);
     }
 
     #[test]

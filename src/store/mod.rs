@@ -145,10 +145,6 @@ impl Store {
         })
     }
 
-    pub fn keys(&self) -> &KeySchema {
-        &self.keys
-    }
-
     /// Runs one Redis call within `budget`, with its latency and errors counted.
     async fn call<T>(
         &self,
@@ -240,18 +236,6 @@ impl Store {
             .map_err(|source| StoreError::Corrupt { key, source })
     }
 
-    /// Time to live of a record, `None` when it does not expire or does not exist.
-    pub async fn ttl(
-        &self,
-        identity: &ObjectIdentity,
-        budget: Duration,
-    ) -> Result<Option<Duration>, StoreError> {
-        let key = self.keys.record(identity);
-        let mut conn = self.conn.clone();
-        let ms: i64 = self.call("pttl", &key, budget, conn.pttl(&key)).await?;
-        Ok(u64::try_from(ms).ok().map(Duration::from_millis))
-    }
-
     /// After a restore: the record now belongs to `new_uid` and no longer expires. A record
     /// that meanwhile belongs to a third incarnation is left alone.
     pub async fn mark_restored(
@@ -278,19 +262,5 @@ impl Store {
             )
             .await?;
         Ok(changed == 1)
-    }
-
-    /// Answers whether Redis is reachable (PING).
-    pub async fn ping(&self, budget: Duration) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: String = self
-            .call(
-                "ping",
-                "-",
-                budget,
-                redis::cmd("PING").query_async(&mut conn),
-            )
-            .await?;
-        Ok(())
     }
 }

@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, ChildStdin, Command, Stdio},
     sync::{Mutex, OnceLock},
     time::Duration,
@@ -19,7 +19,7 @@ use k8s_openapi::{
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client,
     api::{
         ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
     },
@@ -110,12 +110,8 @@ pub fn control_plane() -> &'static ControlPlane {
 /// A client of the test control plane.
 pub async fn client() -> Client {
     super::init_crypto();
-    let cp = control_plane();
-    client_for(&cp.kubeconfig).await
-}
-
-pub async fn client_for(kubeconfig: &Path) -> Client {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
+    let kc =
+        kube::config::Kubeconfig::read_from(&control_plane().kubeconfig).expect("read kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .expect("kubeconfig");
@@ -414,12 +410,4 @@ pub async fn patch_status(api: &Api<DynamicObject>, name: &str, status: Value) -
     )
     .await
     .unwrap_or_else(|e| panic!("patch status of {name}: {e}"))
-}
-
-pub fn status_of(obj: &DynamicObject) -> Option<&Value> {
-    obj.data.get("status").filter(|s| !s.is_null())
-}
-
-pub fn annotations(obj: &DynamicObject) -> std::collections::BTreeMap<String, String> {
-    obj.annotations().clone()
 }

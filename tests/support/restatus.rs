@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     fs::File,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -132,10 +132,6 @@ impl Restatus {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
     /// Samples of the Prometheus text, keyed by `name{labels}`.
     pub async fn metrics(&self) -> HashMap<String, f64> {
         let body = super::http::get(&self.admin_url("/metrics"))
@@ -148,12 +144,6 @@ impl Restatus {
     /// One sample, 0 when absent.
     pub async fn metric(&self, sample: &str) -> f64 {
         self.metrics().await.get(sample).copied().unwrap_or(0.0)
-    }
-
-    /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        self.send_sigterm();
-        self.wait_exit()
     }
 
     pub fn send_sigterm(&self) {
@@ -169,12 +159,6 @@ impl Restatus {
         let status = self.child.as_mut()?.wait().ok();
         self.child = None;
         status
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
