@@ -5,12 +5,12 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::{
     duration,
     policy::{FieldPatterns, RestoreMode},
-    store::KeySchema,
+    telemetry::LogFormat,
 };
 
 #[derive(Parser, Debug)]
@@ -117,12 +117,6 @@ pub struct StoreArgs {
     pub redis_worker_timeout: Duration,
 }
 
-impl StoreArgs {
-    pub fn key_schema(&self) -> KeySchema {
-        KeySchema::new(&self.key_prefix, &self.cluster_name)
-    }
-}
-
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Recording")]
 pub struct RecordArgs {
@@ -207,12 +201,6 @@ pub struct LogArgs {
     /// Log filter in tracing's EnvFilter syntax (e.g. `info`, `restatus=debug,info`).
     #[arg(long, env = "RESTATUS_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -89,27 +89,34 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_with_a_reason() {
-        assert_eq!(parse(""), Err(ParseDurationError::Empty));
-        assert!(matches!(
-            parse("30"),
-            Err(ParseDurationError::MissingUnit { .. })
-        ));
-        assert!(matches!(
-            parse("3w"),
-            Err(ParseDurationError::UnknownUnit { .. })
-        ));
-        assert!(matches!(
-            parse("h3"),
-            Err(ParseDurationError::Malformed { .. })
-        ));
-        assert!(matches!(
-            parse("-1s"),
-            Err(ParseDurationError::Malformed { .. })
-        ));
-        assert!(matches!(
-            parse("99999999999999999999d"),
-            Err(ParseDurationError::Overflow { .. })
-        ));
+        let input = |s: &str| s.to_owned();
+        let cases = [
+            ("", ParseDurationError::Empty),
+            ("30", ParseDurationError::MissingUnit { input: input("30") }),
+            ("h3", ParseDurationError::Malformed { input: input("h3") }),
+            (
+                "-1s",
+                ParseDurationError::Malformed {
+                    input: input("-1s"),
+                },
+            ),
+            (
+                "3w",
+                ParseDurationError::UnknownUnit {
+                    input: input("3w"),
+                    unit: input("w"),
+                },
+            ),
+            (
+                "99999999999999999999d",
+                ParseDurationError::Overflow {
+                    input: input("99999999999999999999d"),
+                },
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse(text), Err(expected), "{text:?}");
+        }
         let msg = parse("3w").unwrap_err().to_string();
         assert!(msg.contains("\"w\""), "{msg}");
     }

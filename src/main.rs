@@ -5,9 +5,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use restatus::{
+    app::App,
     certs,
-    config::{Cli, Command},
-    error_chain, telemetry,
+    config::{Cli, Command, ServeArgs},
+    error::error_chain,
+    telemetry,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -15,23 +17,8 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> ExitCode {
     // One crypto provider for every TLS user in the process (listener and Kubernetes client).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(args) => {
-            if let Err(error) = telemetry::init_logging(&args.log) {
-                eprintln!("restatus: {}", error_chain(&error));
-                return ExitCode::FAILURE;
-            }
-            let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(shutdown.clone()));
-            match restatus::serve(*args, shutdown).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    tracing::error!(error = %error_chain(&error), "restatus failed");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+    match Cli::parse().command {
+        Command::Serve(args) => serve(*args).await,
         Command::Certs(args) => {
             let written = certs::generate(&args.hosts, args.validity)
                 .and_then(|generated| certs::write(&args.out, &generated));
@@ -47,6 +34,29 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    if let Err(error) = telemetry::init_logging(args.log.log_format, &args.log.log_level) {
+        eprintln!("restatus: {}", error_chain(&error));
+        return ExitCode::FAILURE;
+    }
+    let app = match App::build(args).await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!(error = %error_chain(&error), "restatus could not start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match app.run(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %error_chain(&error), "restatus failed");
+            ExitCode::FAILURE
         }
     }
 }

@@ -21,12 +21,13 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
+use prometheus_client::registry::Registry;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry::Metrics;
+use crate::telemetry;
 
 /// How long a client has to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,17 +49,17 @@ impl Readiness {
 
 #[derive(Clone)]
 struct AdminState {
-    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
     ready: Arc<Readiness>,
 }
 
-/// `/livez`, `/readyz` and `/metrics`.
-pub fn admin_router(metrics: Arc<Metrics>, ready: Arc<Readiness>) -> Router {
+/// `/livez`, `/readyz` and `/metrics` (every metric group registered in `registry`).
+pub fn admin_router(registry: Arc<Registry>, ready: Arc<Readiness>) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AdminState { metrics, ready })
+        .with_state(AdminState { registry, ready })
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
@@ -75,7 +76,7 @@ async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.encode(),
+        telemetry::encode(&state.registry),
     )
 }
 

@@ -1,9 +1,11 @@
-//! Logs and metrics.
+//! Logs, and what every metric group shares.
 //!
 //! Logs name objects by identity and requests by uid; they never contain objects or status
-//! contents. Metrics are Prometheus text served on the admin port.
+//! contents. Each concern owns its metric group (`AdmissionMetrics`, `StoreMetrics`,
+//! `RestoreMetrics`, `CertMetrics`) with a `register` function and recording methods; this
+//! module holds the registry they register into and the histogram shapes they share.
 
-use std::{io::IsTerminal, sync::atomic::AtomicI64};
+use std::{fmt::Debug, hash::Hash, io::IsTerminal, sync::atomic::AtomicI64};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -13,11 +15,9 @@ use prometheus_client::{
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
-
-use crate::config::{LogArgs, LogFormat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -31,14 +31,22 @@ pub enum TelemetryError {
     AlreadyInstalled,
 }
 
-/// Installs the global tracing subscriber (text or JSON on stderr).
-pub fn init_logging(args: &LogArgs) -> Result<(), TelemetryError> {
-    let filter = EnvFilter::try_new(&args.log_level).map_err(|source| TelemetryError::Filter {
-        filter: args.log_level.clone(),
+/// How log lines are written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global tracing subscriber (text or JSON on stderr) with `filter` in
+/// tracing's EnvFilter syntax (`info`, `restatus=debug,info`).
+pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
+    let env_filter = EnvFilter::try_new(filter).map_err(|source| TelemetryError::Filter {
+        filter: filter.to_owned(),
         source,
     })?;
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match args.log_format {
+    let registry = tracing_subscriber::registry().with(env_filter);
+    let result = match format {
         LogFormat::Text => registry
             .with(
                 fmt::layer()
@@ -61,174 +69,100 @@ pub fn init_logging(args: &LogArgs) -> Result<(), TelemetryError> {
     result.map_err(|_| TelemetryError::AlreadyInstalled)
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AdmissionLabels {
-    pub operation: &'static str,
-    pub outcome: &'static str,
+/// The registry every metric group registers into; all names get the `restatus_` prefix.
+pub fn registry() -> Registry {
+    Registry::with_prefix("restatus")
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OperationLabels {
-    pub operation: &'static str,
+/// The metrics in Prometheus text exposition format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: &'static str,
+/// A family of histograms with one shape.
+pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Makes metrics and registers them in one step, so a metric group builds each of its fields
+/// with one call: `requests: r.counters("admission_requests", "Reviews answered")`.
+pub struct Registrar<'a> {
+    registry: &'a mut Registry,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    pub outcome: &'static str,
+impl<'a> Registrar<'a> {
+    pub fn new(registry: &'a mut Registry) -> Self {
+        Self { registry }
+    }
+
+    fn add<M: Metric + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
+        self.registry.register(name, help, metric.clone());
+        metric
+    }
+
+    /// A counter; its samples get the `_total` suffix.
+    pub fn counter(&mut self, name: &str, help: &str) -> Counter {
+        self.add(name, help, Counter::default())
+    }
+
+    /// Counters by label set `L`.
+    pub fn counters<L>(&mut self, name: &str, help: &str) -> Family<L, Counter>
+    where
+        L: Clone + Hash + Eq + EncodeLabelSet + Debug + Send + Sync + 'static,
+    {
+        self.add(name, help, Family::default())
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str) -> Gauge<i64, AtomicI64> {
+        self.add(name, help, Gauge::default())
+    }
+
+    /// A histogram with the buckets `shape` makes.
+    pub fn histogram(&mut self, name: &str, help: &str, shape: fn() -> Histogram) -> Histogram {
+        self.add(name, help, shape())
+    }
+
+    /// Histograms by label set `L`, each with the buckets `shape` makes.
+    pub fn histograms<L>(
+        &mut self,
+        name: &str,
+        help: &str,
+        shape: fn() -> Histogram,
+    ) -> HistogramFamily<L>
+    where
+        L: Clone + Hash + Eq + EncodeLabelSet + Debug + Send + Sync + 'static,
+    {
+        self.add(name, help, Family::new_with_constructor(shape))
+    }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CommandLabels {
-    pub command: &'static str,
-}
-
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    // 250 µs .. ~8 s
+/// Request-sized latencies: 250 µs .. ~8 s.
+pub fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.00025, 2.0, 16))
 }
 
-fn restore_histogram() -> Histogram {
-    // 1 ms .. ~65 s: a restore waits for its CREATE to land.
+/// Latencies that include waiting for the API server: 1 ms .. ~65 s.
+pub fn slow_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
-/// Every metric restatus exports. Cheap to clone behind an `Arc`.
-pub struct Metrics {
-    registry: Registry,
-    pub admission_requests: Family<AdmissionLabels, Counter>,
-    pub admission_duration: HistogramFamily<OperationLabels>,
-    pub admission_invalid: Family<ReasonLabels, Counter>,
-    pub records_written: Counter,
-    pub records_skipped: Family<ReasonLabels, Counter>,
-    pub redis_errors: Family<CommandLabels, Counter>,
-    pub redis_duration: HistogramFamily<CommandLabels>,
-    pub restore_jobs_enqueued: Counter,
-    pub restores: Family<OutcomeLabels, Counter>,
-    pub restore_latency: Histogram,
-    pub restore_queue_depth: Gauge<i64, AtomicI64>,
-    pub restore_dead_letters: Counter,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+/// Asserts that the text exposition of `registry` has every one of `samples` (whole lines
+/// or line prefixes such as `restatus_x_total{a="b"} 1`).
+#[cfg(test)]
+pub fn assert_samples(registry: &Registry, samples: &[&str]) {
+    let text = encode(registry);
+    for sample in samples {
+        assert!(text.contains(sample), "{sample} missing from\n{text}");
     }
 }
 
-impl Metrics {
-    pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("restatus");
-        let admission_requests = Family::<AdmissionLabels, Counter>::default();
-        registry.register(
-            "admission_requests",
-            "Admission reviews answered, by operation and outcome",
-            admission_requests.clone(),
-        );
-        let admission_duration: HistogramFamily<OperationLabels> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "admission_duration_seconds",
-            "Time to answer an admission review, by operation",
-            admission_duration.clone(),
-        );
-        let admission_invalid = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "admission_invalid_requests",
-            "Requests to /mutate answered 4xx because the body was not a usable AdmissionReview",
-            admission_invalid.clone(),
-        );
-        let records_written = Counter::default();
-        registry.register(
-            "records_written",
-            "Status records written to the store",
-            records_written.clone(),
-        );
-        let records_skipped = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "records_skipped",
-            "Status records not written, by reason (unchanged, stale)",
-            records_skipped.clone(),
-        );
-        let redis_errors = Family::<CommandLabels, Counter>::default();
-        registry.register(
-            "redis_errors",
-            "Redis calls that failed or ran out of time, by command",
-            redis_errors.clone(),
-        );
-        let redis_duration: HistogramFamily<CommandLabels> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "redis_duration_seconds",
-            "Latency of Redis calls, by command",
-            redis_duration.clone(),
-        );
-        let restore_jobs_enqueued = Counter::default();
-        registry.register(
-            "restore_jobs_enqueued",
-            "Restore jobs added to the queue by the webhook",
-            restore_jobs_enqueued.clone(),
-        );
-        let restores = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "restores",
-            "Restore jobs finished, by outcome (restored, already_restored, already_exists, expired, gone, no_record, failed, dead_lettered)",
-            restores.clone(),
-        );
-        let restore_latency = restore_histogram();
-        registry.register(
-            "restore_latency_seconds",
-            "Time from the CREATE admission to the restored status",
-            restore_latency.clone(),
-        );
-        let restore_queue_depth = Gauge::<i64, AtomicI64>::default();
-        registry.register(
-            "restore_queue_depth",
-            "Restore jobs in the queue (waiting or in progress)",
-            restore_queue_depth.clone(),
-        );
-        let restore_dead_letters = Counter::default();
-        registry.register(
-            "restore_dead_letters",
-            "Restore jobs moved to the dead-letter stream",
-            restore_dead_letters.clone(),
-        );
-        Self {
-            registry,
-            admission_requests,
-            admission_duration,
-            admission_invalid,
-            records_written,
-            records_skipped,
-            redis_errors,
-            redis_duration,
-            restore_jobs_enqueued,
-            restores,
-            restore_latency,
-            restore_queue_depth,
-            restore_dead_letters,
-        }
-    }
-
-    /// The metrics in Prometheus text exposition format.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
-
-    pub fn restore_outcome(&self, outcome: &'static str) {
-        self.restores
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
-    }
+/// A fresh registry with one metric group registered by `register`.
+#[cfg(test)]
+pub fn registered<G>(register: fn(&mut Registry) -> G) -> (Registry, G) {
+    let mut registry = registry();
+    let group = register(&mut registry);
+    (registry, group)
 }
 
 #[cfg(test)]
@@ -236,26 +170,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encodes_prometheus_text_with_prefix_and_labels() {
-        let m = Metrics::new();
-        m.admission_requests
-            .get_or_create(&AdmissionLabels {
-                operation: "UPDATE",
-                outcome: "recorded",
-            })
-            .inc();
-        m.admission_duration
-            .get_or_create(&OperationLabels {
-                operation: "UPDATE",
-            })
-            .observe(0.001);
-        m.restore_outcome("restored");
-        let text = m.encode();
-        assert!(text.contains(
-            "restatus_admission_requests_total{operation=\"UPDATE\",outcome=\"recorded\"} 1"
-        ));
-        assert!(text.contains("restatus_admission_duration_seconds_bucket"));
-        assert!(text.contains("restatus_restores_total{outcome=\"restored\"} 1"));
+    fn encodes_prometheus_text_with_the_prefix() {
+        let mut registry = registry();
+        let counter = Counter::<u64>::default();
+        registry.register("example", "An example", counter.clone());
+        let histogram = latency_histogram();
+        registry.register("example_seconds", "An example", histogram.clone());
+        counter.inc();
+        histogram.observe(0.001);
+        let text = encode(&registry);
+        assert!(text.contains("restatus_example_total 1"), "{text}");
+        assert!(
+            text.contains("restatus_example_seconds_bucket{le=\"0.001\"} 1"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn invalid_log_filters_are_named() {
+        let err = init_logging(LogFormat::Text, "restatus=loud").unwrap_err();
+        assert!(err.to_string().contains("restatus=loud"), "{err}");
     }
 }

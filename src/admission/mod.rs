@@ -4,7 +4,7 @@
 //! slow, a corrupt record) the answer is `allowed: true` without a patch, counted and logged
 //! with the request uid. Only a body that is not an AdmissionReview gets an HTTP error.
 
-mod patch;
+mod metrics;
 mod plan;
 pub mod review;
 
@@ -27,16 +27,16 @@ use kube::core::{
 use tokio::time::Instant;
 
 use crate::{
-    error_chain,
+    error::error_chain,
+    patch,
     policy::{
         ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT, CrdCache, RESTORE_PENDING, RestoreMode,
-        RestorePolicy, TypeInfo,
+        RestorePolicy, TypeInfo, decide,
     },
-    restore::decide,
     store::{RecordWrite, RestoreJob, Store, StoreError, WriteOutcome},
-    telemetry::{AdmissionLabels, Metrics, OperationLabels, ReasonLabels},
 };
 
+pub use metrics::AdmissionMetrics;
 pub use plan::{CreateCheck, Plan, Skip};
 
 /// Settings of the admission path.
@@ -96,14 +96,19 @@ fn operation_label(op: &Operation) -> &'static str {
 pub struct Admission {
     store: Store,
     crds: CrdCache,
-    metrics: Arc<Metrics>,
+    metrics: AdmissionMetrics,
     settings: Settings,
     /// The policy with mode `fill`: status writes to pending objects are always filled.
     merge_policy: RestorePolicy,
 }
 
 impl Admission {
-    pub fn new(store: Store, crds: CrdCache, metrics: Arc<Metrics>, settings: Settings) -> Self {
+    pub fn new(
+        store: Store,
+        crds: CrdCache,
+        metrics: AdmissionMetrics,
+        settings: Settings,
+    ) -> Self {
         let merge_policy = RestorePolicy {
             mode: RestoreMode::Fill,
             ..settings.policy.clone()
@@ -150,18 +155,11 @@ impl Admission {
                 (Outcome::Error, Vec::new())
             }
         };
-        let operation = operation_label(&req.operation);
-        self.metrics
-            .admission_requests
-            .get_or_create(&AdmissionLabels {
-                operation,
-                outcome: outcome.label(),
-            })
-            .inc();
-        self.metrics
-            .admission_duration
-            .get_or_create(&OperationLabels { operation })
-            .observe(start.elapsed().as_secs_f64());
+        self.metrics.answered(
+            operation_label(&req.operation),
+            outcome.label(),
+            start.elapsed(),
+        );
         tracing::debug!(outcome = outcome.label(), "review answered");
 
         let response = AdmissionResponse::from(req);
@@ -196,26 +194,10 @@ impl Admission {
             .record(write, self.settings.retention, self.settings.redis_timeout)
             .await?;
         Ok(match outcome {
-            WriteOutcome::Written => {
-                self.metrics.records_written.inc();
-                Outcome::Recorded
-            }
-            WriteOutcome::Unchanged => {
-                self.skipped("unchanged");
-                Outcome::Unchanged
-            }
-            WriteOutcome::Stale => {
-                self.skipped("stale");
-                Outcome::Stale
-            }
+            WriteOutcome::Written => Outcome::Recorded,
+            WriteOutcome::Unchanged => Outcome::Unchanged,
+            WriteOutcome::Stale => Outcome::Stale,
         })
-    }
-
-    fn skipped(&self, reason: &'static str) {
-        self.metrics
-            .records_skipped
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
     }
 
     /// A CREATE: if the object has a record, restore it, in the create itself when the type
@@ -271,14 +253,14 @@ impl Admission {
             if let Err(error) = self.store.enqueue(&job, budget).await {
                 tracing::warn!(error = %error_chain(&error), "restored in the create, but the confirmation job was not queued");
             } else {
-                self.metrics.restore_jobs_enqueued.inc();
+                self.metrics.job_enqueued();
             }
             tracing::info!(identity = %check.identity, "saved status restored in the create");
             return Ok((Outcome::RestoredInline, ops));
         }
 
         self.store.enqueue(&job, budget).await?;
-        self.metrics.restore_jobs_enqueued.inc();
+        self.metrics.job_enqueued();
         tracing::info!(identity = %check.identity, record_uid = %record.uid, "recreated object has a record; restore queued");
         let ops = patch::set_annotations(annotations, &[(ANNOTATION_RESTORE, RESTORE_PENDING)]);
         Ok((Outcome::RestoreEnqueued, ops))
@@ -335,11 +317,7 @@ async fn mutate(
             } else {
                 "unreadable"
             };
-            admission
-                .metrics
-                .admission_invalid
-                .get_or_create(&ReasonLabels { reason })
-                .inc();
+            admission.metrics.invalid(reason);
             tracing::warn!(%status, "request body rejected: {}", rejection.body_text());
             return (status, format!("{}\n", rejection.body_text())).into_response();
         }
@@ -347,13 +325,7 @@ async fn mutate(
     let req = match review::decode(&body) {
         Ok(req) => req,
         Err(error) => {
-            admission
-                .metrics
-                .admission_invalid
-                .get_or_create(&ReasonLabels {
-                    reason: error.reason(),
-                })
-                .inc();
+            admission.metrics.invalid(error.reason());
             tracing::warn!(%error, "invalid AdmissionReview");
             return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response();
         }

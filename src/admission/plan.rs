@@ -62,7 +62,8 @@ pub enum Plan {
     /// Look for a record of this object and restore it.
     Create(CreateCheck),
     /// A status write to an object still waiting for its restore: fill in the saved fields
-    /// the writer did not set, then record the result.
+    /// the writer did not set. The merged status is not recorded: the record keeps the earlier
+    /// incarnation's status for the worker to restore from.
     PendingStatusWrite(RecordWrite),
 }
 
@@ -200,6 +201,14 @@ mod tests {
         field_manager: "restatus",
     };
 
+    /// The record a review asks for; panics when it asks for something else.
+    fn recorded(review: Value, ctx: &Context<'_>) -> RecordWrite {
+        match plan(&request(review), ctx) {
+            Plan::Record(write) => write,
+            other => panic!("expected a record, got {other:?}"),
+        }
+    }
+
     fn request(review: Value) -> AdmissionRequest<DynamicObject> {
         crate::admission::review::decode(review.to_string().as_bytes()).unwrap()
     }
@@ -237,15 +246,15 @@ mod tests {
 
     #[test]
     fn status_update_records_the_new_status() {
-        let r = request(review(
-            "UPDATE",
-            Some("status"),
-            obj(json!({"phase": "Ready"}), "11"),
-            obj(json!({"phase": "Provisioning"}), "11"),
-        ));
-        let Plan::Record(w) = plan(&r, &CTX) else {
-            panic!("expected a record")
-        };
+        let w = recorded(
+            review(
+                "UPDATE",
+                Some("status"),
+                obj(json!({"phase": "Ready"}), "11"),
+                obj(json!({"phase": "Provisioning"}), "11"),
+            ),
+            &CTX,
+        );
         assert_eq!(w.status, json!({"phase": "Ready"}));
         assert_eq!(w.source, Source::Written);
         assert_eq!(w.uid, "uid-1");
@@ -258,49 +267,47 @@ mod tests {
 
     #[test]
     fn main_update_records_the_old_objects_status() {
-        let r = request(review(
-            "UPDATE",
-            None,
-            obj(json!({"phase": "Forged by client"}), "11"),
-            obj(json!({"phase": "Ready"}), "11"),
-        ));
-        let Plan::Record(w) = plan(&r, &CTX) else {
-            panic!("expected a record")
-        };
+        let w = recorded(
+            review(
+                "UPDATE",
+                None,
+                obj(json!({"phase": "Forged by client"}), "11"),
+                obj(json!({"phase": "Ready"}), "11"),
+            ),
+            &CTX,
+        );
         assert_eq!(w.status, json!({"phase": "Ready"}));
         assert_eq!(w.source, Source::Observed);
     }
 
     #[test]
     fn main_update_of_a_type_that_keeps_status_records_the_new_status() {
-        let r = request(review(
+        let keeps_status = Context {
+            type_info: TypeInfo::KeepsStatusOnCreate,
+            field_manager: "restatus",
+        };
+        let update = review(
             "UPDATE",
             None,
             obj(json!({"phase": "New"}), "11"),
             obj(json!({"phase": "Old"}), "11"),
-        ));
-        let ctx = Context {
-            type_info: TypeInfo::KeepsStatusOnCreate,
-            field_manager: "restatus",
-        };
-        let Plan::Record(w) = plan(&r, &ctx) else {
-            panic!("expected a record")
-        };
+        );
+        let w = recorded(update, &keeps_status);
         assert_eq!(w.status, json!({"phase": "New"}));
         assert_eq!(w.source, Source::Written);
     }
 
     #[test]
     fn delete_records_the_final_status_and_starts_retention() {
-        let r = request(review(
-            "DELETE",
-            None,
-            Value::Null,
-            obj(json!({"phase": "Ready"}), "12"),
-        ));
-        let Plan::Record(w) = plan(&r, &CTX) else {
-            panic!("expected a record")
-        };
+        let w = recorded(
+            review(
+                "DELETE",
+                None,
+                Value::Null,
+                obj(json!({"phase": "Ready"}), "12"),
+            ),
+            &CTX,
+        );
         assert_eq!(w.status, json!({"phase": "Ready"}));
         assert_eq!(w.source, Source::Deleted);
         assert!(w.deleting);
@@ -310,10 +317,7 @@ mod tests {
     fn an_update_of_an_object_being_deleted_keeps_the_retention_clock() {
         let mut old = obj(json!({"phase": "Terminating"}), "13");
         old["metadata"]["deletionTimestamp"] = json!("2026-11-24T04:00:00Z");
-        let r = request(review("UPDATE", None, old.clone(), old));
-        let Plan::Record(w) = plan(&r, &CTX) else {
-            panic!("expected a record")
-        };
+        let w = recorded(review("UPDATE", None, old.clone(), old), &CTX);
         assert!(w.deleting);
     }
 
@@ -338,15 +342,15 @@ mod tests {
             obj(Value::Null, "1"),
         ));
         assert_eq!(plan(&r, &CTX), Plan::Skip(Skip::NoStatus));
-        let r = request(review(
-            "UPDATE",
-            Some("status"),
-            obj(json!({}), "1"),
-            obj(Value::Null, "1"),
-        ));
-        let Plan::Record(w) = plan(&r, &CTX) else {
-            panic!("expected a record")
-        };
+        let w = recorded(
+            review(
+                "UPDATE",
+                Some("status"),
+                obj(json!({}), "1"),
+                obj(Value::Null, "1"),
+            ),
+            &CTX,
+        );
         assert_eq!(w.status, json!({}));
     }
 
@@ -409,9 +413,7 @@ mod tests {
         rv["request"]["resource"] =
             json!({"group": "", "version": "v1", "resource": "persistentvolumes"});
         rv["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "PersistentVolume"});
-        let Plan::Record(w) = plan(&request(rv), &CTX) else {
-            panic!("expected a record")
-        };
+        let w = recorded(rv, &CTX);
         assert_eq!(w.identity.namespace, None);
         assert_eq!(w.identity.group, "");
         assert_eq!(w.api_version, "v1");

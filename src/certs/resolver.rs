@@ -155,7 +155,7 @@ impl FileCertResolver {
                 }
                 Ok(Ok(false)) => {}
                 Ok(Err(error)) => {
-                    tracing::warn!(error = %crate::error_chain(&error), "serving certificate not reloaded; the previous one stays in service")
+                    tracing::warn!(error = %crate::error::error_chain(&error), "serving certificate not reloaded; the previous one stays in service")
                 }
                 Err(error) => tracing::warn!(%error, "certificate reload task failed"),
             }
@@ -191,12 +191,18 @@ mod tests {
         std::fs::write(dir.join("tls.key"), g.key_pem).unwrap();
     }
 
-    #[test]
-    fn loads_and_reloads_only_on_change() {
+    /// A resolver serving a fresh pair for `a.example` from files in a temporary directory.
+    fn resolver() -> (tempfile::TempDir, Arc<FileCertResolver>) {
         let dir = tempfile::tempdir().unwrap();
         write_pair(dir.path(), "a.example");
         let r = FileCertResolver::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
             .unwrap();
+        (dir, r)
+    }
+
+    #[test]
+    fn loads_and_reloads_only_on_change() {
+        let (dir, r) = resolver();
         let first = r.loaded().key.clone();
         assert!(!r.reload().unwrap(), "unchanged files are not reloaded");
         write_pair(dir.path(), "b.example");
@@ -206,10 +212,7 @@ mod tests {
 
     #[test]
     fn a_broken_pair_keeps_the_old_one() {
-        let dir = tempfile::tempdir().unwrap();
-        write_pair(dir.path(), "a.example");
-        let r = FileCertResolver::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
-            .unwrap();
+        let (dir, r) = resolver();
         let before = r.loaded().key.clone();
         // A key from another pair does not fit the certificate.
         let other =

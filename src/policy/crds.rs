@@ -29,22 +29,19 @@ pub struct CrdCache {
     store: Option<Store<CustomResourceDefinition>>,
 }
 
-impl CrdCache {
-    /// A cache that knows no CRDs; every type is treated as dropping status on create.
-    pub fn empty() -> Self {
-        Self::default()
-    }
+/// The watch that fills a [`CrdCache`]; [`CrdWatch::run`] is one of restatus's tasks.
+pub struct CrdWatch {
+    api: Api<CustomResourceDefinition>,
+    writer: reflector::store::Writer<CustomResourceDefinition>,
+}
 
-    /// Starts watching CRDs. The returned future runs the watch until `shutdown`.
-    pub fn start(
-        client: Client,
-        shutdown: CancellationToken,
-    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (reader, writer) = reflector::store();
-        let api: Api<CustomResourceDefinition> = Api::all(client);
+impl CrdWatch {
+    /// Keeps the cache in step with the API server until `shutdown`; a failing watch is
+    /// retried with backoff and logged, never fatal.
+    pub async fn run(self, shutdown: CancellationToken) {
         let stream = reflector::reflector(
-            writer,
-            watcher(api, watcher::Config::default()).default_backoff(),
+            self.writer,
+            watcher(self.api, watcher::Config::default()).default_backoff(),
         )
         .touched_objects()
         .for_each(|event| {
@@ -53,17 +50,31 @@ impl CrdCache {
             }
             future::ready(())
         });
-        let task = async move {
-            tokio::select! {
-                () = stream => {},
-                () = shutdown.cancelled() => {},
-            }
+        tokio::select! {
+            () = stream => {},
+            () = shutdown.cancelled() => {},
+        }
+    }
+}
+
+impl CrdCache {
+    /// A cache that knows no CRDs; every type is treated as dropping status on create.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// A cache of the cluster's CRDs, empty until its watch runs and syncs.
+    pub fn new(client: Client) -> (Self, CrdWatch) {
+        let (reader, writer) = reflector::store();
+        let watch = CrdWatch {
+            api: Api::all(client),
+            writer,
         };
         (
             Self {
                 store: Some(reader),
             },
-            task,
+            watch,
         )
     }
 

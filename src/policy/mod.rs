@@ -1,15 +1,18 @@
-//! What restatus does for an object: the restore mode and the fields it brings back, and
-//! facts about types (does a type keep `.status` on create?) kept in watch caches.
+//! What restatus does for an object, decided without I/O: the restore mode and the fields it
+//! brings back, what a restore writes ([`decide`]), and facts about types (does a type keep
+//! `.status` on create?) kept in watch caches.
 //!
 //! Today the policy comes from the global flags; annotations on objects, namespaces and CRDs
 //! refine it in the same shape.
 
 mod crds;
+mod decide;
 mod fields;
 
 use serde_json::Value;
 
-pub use crds::{CrdCache, TypeInfo};
+pub use crds::{CrdCache, CrdWatch, TypeInfo};
+pub use decide::decide;
 pub use fields::{FieldPattern, FieldPatterns, PatternError, exclude, select};
 
 /// Annotation set on a recreated object until its status is restored.

@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use jiff::{Timestamp, Unit};
-use json_patch::{
-    AddOperation, Patch as JsonPatch, PatchOperation, ReplaceOperation, jsonptr::PointerBuf,
-};
+use json_patch::Patch as JsonPatch;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
@@ -14,11 +12,11 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use super::decide;
 use crate::{
-    error_chain,
+    error::{api_status_code, error_chain},
+    patch,
     policy::{
-        ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT, RESTORE_FAILED, RestorePolicy,
+        ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT, RESTORE_FAILED, RestorePolicy, decide,
         is_restore_pending, status_of,
     },
     store::{Record, RestoreJob},
@@ -32,6 +30,18 @@ const CLOCK_SKEW: Duration = Duration::from_secs(5);
 const FAST_POLL: Duration = Duration::from_millis(5);
 const FAST_POLL_FOR: Duration = Duration::from_millis(100);
 const MAX_POLL: Duration = Duration::from_millis(500);
+
+/// What the worker found when it looked for the object a job is about.
+#[derive(Debug)]
+enum Incarnation {
+    /// A new incarnation, created after the job's CREATE was admitted.
+    Appeared(Box<DynamicObject>),
+    /// The object the record came from (or one older than the job) still exists: the CREATE
+    /// failed with AlreadyExists.
+    AlreadyExisted,
+    /// Nothing appeared before the job's deadline: the CREATE never landed.
+    NeverAppeared,
+}
 
 /// How a restore ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,13 +145,6 @@ fn describe_refusal(status: &kube::core::Status) -> String {
     }
 }
 
-fn api_status_code(error: &kube::Error) -> Option<u16> {
-    match error {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
-    }
-}
-
 /// Everything one restore needs, borrowed from the worker.
 pub struct Applier<'a> {
     pub client: &'a Client,
@@ -197,8 +200,9 @@ impl Applier<'_> {
             .wait_for_new_incarnation(&api, job, record, &identity)
             .await?
         {
-            Ok(live) => live,
-            Err(finished) => return Ok((finished, None)),
+            Incarnation::Appeared(live) => *live,
+            Incarnation::AlreadyExisted => return Ok((Finished::AlreadyExists, None)),
+            Incarnation::NeverAppeared => return Ok((Finished::Expired, None)),
         };
         tracing::debug!(since_create_ms = since(job), "new incarnation found");
         let Some(record) = record else {
@@ -301,7 +305,7 @@ impl Applier<'_> {
         job: &RestoreJob,
         record: Option<&Record>,
         identity: &str,
-    ) -> Result<Result<DynamicObject, Finished>, ApplyError> {
+    ) -> Result<Incarnation, ApplyError> {
         let old_uid = match record {
             Some(record) if job.record_uid.is_empty() => record.uid.as_str(),
             _ => job.record_uid.as_str(),
@@ -327,9 +331,9 @@ impl Applier<'_> {
                     let created = obj.metadata.creation_timestamp.as_ref().map(|t| t.0);
                     let older = created.is_some_and(|c| c < not_before);
                     if (!old_uid.is_empty() && uid == old_uid) || older {
-                        return Ok(Err(Finished::AlreadyExists));
+                        return Ok(Incarnation::AlreadyExisted);
                     }
-                    return Ok(Ok(obj));
+                    return Ok(Incarnation::Appeared(Box::new(obj)));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -340,7 +344,7 @@ impl Applier<'_> {
                 }
             }
             if Timestamp::now() >= job.deadline {
-                return Ok(Err(Finished::Expired));
+                return Ok(Incarnation::NeverAppeared);
             }
             tokio::time::sleep(delay).await;
             if started.elapsed() >= FAST_POLL_FOR {
@@ -369,14 +373,8 @@ impl Applier<'_> {
                 return Ok(Some(live));
             };
             let patch = JsonPatch(vec![
-                PatchOperation::Replace(ReplaceOperation {
-                    path: PointerBuf::from_tokens(["metadata", "resourceVersion"]),
-                    value: Value::String(live.resource_version().unwrap_or_default()),
-                }),
-                PatchOperation::Add(AddOperation {
-                    path: PointerBuf::from_tokens(["status"]),
-                    value: status,
-                }),
+                patch::expect_resource_version(&live.resource_version().unwrap_or_default()),
+                patch::set_status(status),
             ]);
             let result = if use_subresource {
                 api.patch_status(name, &params, &Patch::<()>::Json(patch))

@@ -1,10 +1,11 @@
 //! The restore worker: takes jobs from the queue and puts saved status back.
 //!
 //! Every `restatus serve` process runs one worker, a consumer in the queue's consumer group.
-//! `decide` is the pure part; `apply` talks to the API server.
+//! What to write is decided by the pure [`crate::policy::decide`]; `apply` talks to the API
+//! server.
 
 mod apply;
-mod decide;
+mod metrics;
 
 use std::{
     collections::HashSet,
@@ -21,13 +22,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use apply::{ApplyError, Finished};
-pub use decide::decide;
+pub use metrics::RestoreMetrics;
 
 use crate::{
-    error_chain,
+    error::error_chain,
     policy::RestorePolicy,
-    store::{Delivery, QueueReader, Store, StoreError},
-    telemetry::Metrics,
+    store::{Delivery, QueueReader, RestoreJob, Store, StoreError},
 };
 use apply::Applier;
 
@@ -52,7 +52,7 @@ pub struct Worker {
     store: Store,
     client: Client,
     recorder: Recorder,
-    metrics: Arc<Metrics>,
+    metrics: RestoreMetrics,
     settings: Settings,
     /// Jobs this replica is working on; their idle time is reset so no one reclaims them.
     inflight: Mutex<HashSet<String>>,
@@ -62,7 +62,7 @@ impl Worker {
     pub fn new(
         store: Store,
         client: Client,
-        metrics: Arc<Metrics>,
+        metrics: RestoreMetrics,
         settings: Settings,
     ) -> Arc<Self> {
         let reporter = Reporter {
@@ -144,7 +144,27 @@ impl Worker {
                 "restore jobs still running at the end of the shutdown grace period; they will be reclaimed by another replica"
             );
         }
+        self.leave_group().await;
         tracing::info!("restore worker stopped");
+    }
+
+    /// Removes this replica's consumer from the group unless it still holds jobs (those stay
+    /// for another replica to reclaim), so restarts do not leave consumers behind.
+    async fn leave_group(&self) {
+        let consumer = &self.settings.consumer;
+        match self
+            .store
+            .remove_consumer_if_idle(consumer, self.settings.redis_timeout)
+            .await
+        {
+            Ok(true) => tracing::info!(%consumer, "left the restore queue's consumer group"),
+            Ok(false) => {
+                tracing::info!(%consumer, "consumer still holds restore jobs; it stays in the group for another replica to reclaim them")
+            }
+            Err(error) => {
+                tracing::warn!(%consumer, error = %error_chain(&error), "could not leave the restore queue's consumer group")
+            }
+        }
     }
 
     async fn open_reader(&self) -> Result<QueueReader, StoreError> {
@@ -246,11 +266,7 @@ impl Worker {
                 }
             }
             match self.store.queue_depth(budget).await {
-                Ok(depth) => {
-                    self.metrics
-                        .restore_queue_depth
-                        .set(i64::try_from(depth).unwrap_or(i64::MAX));
-                }
+                Ok(depth) => self.metrics.queue_depth(depth),
                 Err(error) => {
                     tracing::debug!(error = %error_chain(&error), "could not read the queue depth")
                 }
@@ -264,11 +280,11 @@ impl Worker {
         let budget = self.settings.redis_timeout;
         let job = match &delivery.job {
             Ok(job) => job,
-            Err(reason) => {
+            Err(error) => {
+                let reason = error_chain(error);
                 tracing::warn!(%reason, "restore job cannot be decoded; moved to the dead-letter stream");
-                self.metrics.restore_outcome("dead_lettered");
-                self.dead_letter(delivery, &format!("undecodable job: {reason}"), None)
-                    .await;
+                self.metrics.finished("dead_lettered");
+                self.dead_letter(delivery, &reason, None).await;
                 return;
             }
         };
@@ -296,8 +312,7 @@ impl Worker {
                     }
                     let latency = Timestamp::now().duration_since(job.created_at);
                     self.metrics
-                        .restore_latency
-                        .observe(latency.as_secs_f64().max(0.0));
+                        .restored_after(Duration::try_from(latency).unwrap_or_default());
                     tracing::info!(identity = %job.identity, latency_ms = latency.as_millis(), "status restored");
                 } else {
                     tracing::info!(identity = %job.identity, outcome = finished.label(), "restore job finished without a restore");
@@ -308,7 +323,7 @@ impl Worker {
                 let reason = error_chain(&error);
                 tracing::warn!(identity = %job.identity, %reason, "restore failed for good");
                 self.applier().report_failure(job, &reason).await;
-                self.metrics.restore_outcome("failed");
+                self.metrics.finished("failed");
                 self.dead_letter(delivery, &reason, saved).await;
             }
             Err(error) => {
@@ -319,7 +334,7 @@ impl Worker {
     }
 
     async fn finish(&self, delivery: &Delivery, outcome: &'static str) {
-        self.metrics.restore_outcome(outcome);
+        self.metrics.finished(outcome);
         if let Err(error) = self
             .store
             .ack(&delivery.id, self.settings.redis_timeout)
@@ -334,7 +349,7 @@ impl Worker {
     async fn retry_or_give_up(
         &self,
         delivery: &Delivery,
-        job: &crate::store::RestoreJob,
+        job: &RestoreJob,
         saved: Option<&serde_json::Value>,
         reason: &str,
     ) {
@@ -346,7 +361,7 @@ impl Worker {
                     &format!("gave up after {} attempts: {reason}", delivery.deliveries),
                 )
                 .await;
-            self.metrics.restore_outcome("dead_lettered");
+            self.metrics.finished("dead_lettered");
             self.dead_letter(delivery, reason, saved).await;
         } else {
             tracing::warn!(identity = %job.identity, deliveries = delivery.deliveries, %reason, "restore attempt failed; it will be retried");
@@ -359,7 +374,7 @@ impl Worker {
         reason: &str,
         saved: Option<&serde_json::Value>,
     ) {
-        self.metrics.restore_dead_letters.inc();
+        self.metrics.dead_lettered();
         if let Err(error) = self
             .store
             .dead_letter(delivery, reason, saved, self.settings.redis_timeout)

@@ -5,6 +5,7 @@
 //! and written down in `docs/store.md`.
 
 mod keys;
+mod metrics;
 mod queue;
 mod record;
 
@@ -12,16 +13,15 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use jiff::Timestamp;
 use redis::{
-    AsyncCommands, IntoConnectionInfo, RedisError, Script,
+    FromRedisValue, IntoConnectionInfo, RedisError, Script, ScriptInvocation,
     aio::{ConnectionManager, ConnectionManagerConfig},
     io::tcp::TcpSettings,
 };
 use tokio::time::Instant;
 
-use crate::telemetry::{CommandLabels, Metrics};
-
 pub use keys::{KeySchema, ObjectIdentity};
-pub use queue::{Delivery, QueueReader, RestoreJob};
+pub use metrics::StoreMetrics;
+pub use queue::{Delivery, JobError, QueueReader, RestoreJob};
 pub use record::{DecodeRecordError, Record, RecordWrite, Source, WriteOutcome, digest};
 
 #[derive(Debug, thiserror::Error)]
@@ -105,21 +105,60 @@ redis.call('PERSIST', key)
 return 1
 "#;
 
+/// One Redis request: a command, a pipeline (a MULTI/EXEC transaction when built with
+/// `atomic()`), or a Lua script (EVALSHA, loading the script when Redis does not know it).
+enum Request<'a> {
+    Command(&'a redis::Cmd),
+    Pipeline(&'a redis::Pipeline),
+    Script(&'a ScriptInvocation<'a>),
+}
+
+impl<'a> From<&'a redis::Cmd> for Request<'a> {
+    fn from(cmd: &'a redis::Cmd) -> Self {
+        Request::Command(cmd)
+    }
+}
+
+impl<'a> From<&'a mut redis::Cmd> for Request<'a> {
+    fn from(cmd: &'a mut redis::Cmd) -> Self {
+        Request::Command(cmd)
+    }
+}
+
+impl<'a> From<&'a redis::Pipeline> for Request<'a> {
+    fn from(pipe: &'a redis::Pipeline) -> Self {
+        Request::Pipeline(pipe)
+    }
+}
+
+impl<'a> From<&'a ScriptInvocation<'a>> for Request<'a> {
+    fn from(invocation: &'a ScriptInvocation<'a>) -> Self {
+        Request::Script(invocation)
+    }
+}
+
 /// The store. Cheap to clone; clones share one multiplexed, self-reconnecting connection.
 #[derive(Clone)]
 pub struct Store {
     client: redis::Client,
     conn: ConnectionManager,
     keys: KeySchema,
-    metrics: Arc<Metrics>,
+    metrics: StoreMetrics,
     record_script: Arc<Script>,
     mark_restored_script: Arc<Script>,
 }
 
 impl Store {
-    /// Prepares a connection to `url`. It connects lazily, so restatus starts (and answers
-    /// reviews) while Redis is unreachable, and reconnects on its own.
-    pub fn connect(url: &str, keys: KeySchema, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+    /// Prepares a connection to `url` for the keys of cluster `cluster` under `key_prefix`
+    /// (see [`KeySchema`]). It connects lazily, so restatus starts (and answers reviews)
+    /// while Redis is unreachable, and reconnects on its own.
+    pub fn connect(
+        url: &str,
+        key_prefix: &str,
+        cluster: &str,
+        metrics: StoreMetrics,
+    ) -> Result<Self, StoreError> {
+        let keys = KeySchema::new(key_prefix, cluster);
         // Without TCP_NODELAY a small command can wait for a delayed ACK (40 ms on Linux).
         let info = url
             .into_connection_info()
@@ -153,28 +192,48 @@ impl Store {
         budget: Duration,
         fut: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, StoreError> {
-        let labels = CommandLabels { command };
         let start = Instant::now();
         let result = tokio::time::timeout(budget, fut).await;
         self.metrics
-            .redis_duration
-            .get_or_create(&labels)
-            .observe(start.elapsed().as_secs_f64());
-        let error = match result {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(source)) => StoreError::Redis {
+            .redis_call(command, start.elapsed(), matches!(result, Ok(Ok(_))));
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(source)) => Err(StoreError::Redis {
                 command,
                 key: key.to_owned(),
                 source,
-            },
-            Err(_) => StoreError::Timeout {
+            }),
+            Err(_) => Err(StoreError::Timeout {
                 command,
                 key: key.to_owned(),
                 budget,
-            },
-        };
-        self.metrics.redis_errors.get_or_create(&labels).inc();
-        Err(error)
+            }),
+        }
+    }
+
+    /// Sends one request on the shared connection, within `budget`.
+    async fn send<'a, T: FromRedisValue>(
+        &self,
+        command: &'static str,
+        key: &str,
+        budget: Duration,
+        request: impl Into<Request<'a>>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        match request.into() {
+            Request::Command(cmd) => {
+                self.call(command, key, budget, cmd.query_async(&mut conn))
+                    .await
+            }
+            Request::Pipeline(pipe) => {
+                self.call(command, key, budget, pipe.query_async(&mut conn))
+                    .await
+            }
+            Request::Script(invocation) => {
+                self.call(command, key, budget, invocation.invoke_async(&mut conn))
+                    .await
+            }
+        }
     }
 
     /// Records a status if it is newer than and different from the stored one.
@@ -205,16 +264,20 @@ impl Store {
                     .unwrap_or(u64::MAX)
                     .max(1),
             );
-        let mut conn = self.conn.clone();
-        let answer: String = self
-            .call("record", &key, budget, invocation.invoke_async(&mut conn))
-            .await?;
-        match answer.as_str() {
-            "written" => Ok(WriteOutcome::Written),
-            "unchanged" => Ok(WriteOutcome::Unchanged),
-            "stale" => Ok(WriteOutcome::Stale),
-            _ => Err(StoreError::UnexpectedAnswer { key, answer }),
-        }
+        let answer: String = self.send("record", &key, budget, &invocation).await?;
+        let outcome = match answer.as_str() {
+            "written" => WriteOutcome::Written,
+            "unchanged" => WriteOutcome::Unchanged,
+            "stale" => WriteOutcome::Stale,
+            _ => return Err(StoreError::UnexpectedAnswer { key, answer }),
+        };
+        self.metrics.record_written(outcome);
+        Ok(outcome)
+    }
+
+    /// The key schema this store writes with.
+    pub fn keys(&self) -> &KeySchema {
+        &self.keys
     }
 
     /// The record of an object, if there is one.
@@ -224,9 +287,8 @@ impl Store {
         budget: Duration,
     ) -> Result<Option<Record>, StoreError> {
         let key = self.keys.record(identity);
-        let mut conn = self.conn.clone();
         let fields: HashMap<String, String> = self
-            .call("hgetall", &key, budget, conn.hgetall(&key))
+            .send("hgetall", &key, budget, redis::cmd("HGETALL").arg(&key))
             .await?;
         if fields.is_empty() {
             return Ok(None);
@@ -252,14 +314,8 @@ impl Store {
             .arg(old_uid)
             .arg(new_uid)
             .arg(Timestamp::now().to_string());
-        let mut conn = self.conn.clone();
         let changed: i64 = self
-            .call(
-                "mark_restored",
-                &key,
-                budget,
-                invocation.invoke_async(&mut conn),
-            )
+            .send("mark_restored", &key, budget, &invocation)
             .await?;
         Ok(changed == 1)
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use redis::{
-    AsyncCommands,
+    Script,
     aio::MultiplexedConnection,
     streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply},
 };
@@ -21,6 +21,15 @@ pub const GROUP: &str = "restatus";
 /// About how many dead letters are kept (older ones are trimmed).
 pub const DEAD_LETTERS_KEPT: u64 = 10_000;
 const JOB_FIELD: &str = "job";
+
+/// Deletes a consumer from the group unless it has pending entries (which DELCONSUMER would
+/// discard). KEYS[1] the queue; ARGV: group, consumer. Returns 1 when it was removed.
+const LEAVE_GROUP_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local ok, pending = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if not ok or #pending > 0 then return 0 end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) == 0 and 1 or 0
+"#;
 
 /// One restore to perform: put the record of `identity` back into the incarnation created
 /// after `created_at`.
@@ -46,12 +55,21 @@ pub struct RestoreJob {
     pub request_uid: String,
 }
 
+/// Why a stream entry is not a restore job.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("the stream entry has no field {JOB_FIELD:?}")]
+    MissingField,
+    #[error("the stream entry's job is not a restore job")]
+    Invalid(#[source] serde_json::Error),
+}
+
 /// A job as read from the stream.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Delivery {
     pub id: String,
     /// The job, or why its entry could not be decoded.
-    pub job: Result<RestoreJob, String>,
+    pub job: Result<RestoreJob, JobError>,
     /// How many times the entry has been delivered, this time included.
     pub deliveries: u64,
     raw: String,
@@ -61,8 +79,8 @@ impl Delivery {
     fn from_entry(entry: &StreamId, deliveries: u64) -> Self {
         let raw: Option<String> = entry.get(JOB_FIELD);
         let job = match &raw {
-            Some(text) => serde_json::from_str(text).map_err(|e| e.to_string()),
-            None => Err(format!("entry has no field {JOB_FIELD:?}")),
+            Some(text) => serde_json::from_str(text).map_err(JobError::Invalid),
+            None => Err(JobError::MissingField),
         };
         Self {
             id: entry.id.clone(),
@@ -77,14 +95,18 @@ impl Store {
     /// Creates the consumer group (and the stream) unless they exist.
     pub async fn ensure_queue_group(&self, budget: Duration) -> Result<(), StoreError> {
         let key = self.keys.queue();
-        let mut conn = self.conn.clone();
         // "0": jobs queued before the first worker started are processed too. An existing
         // group (BUSYGROUP) is the usual answer, not an error.
+        let create = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&key)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .clone();
+        let mut conn = self.conn.clone();
         let create = async {
-            match conn
-                .xgroup_create_mkstream::<_, _, _, ()>(&key, GROUP, "0")
-                .await
-            {
+            match create.query_async::<()>(&mut conn).await {
                 Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
                 other => other,
             }
@@ -94,59 +116,31 @@ impl Store {
 
     /// Removes this consumer from the group if it holds no jobs (at shutdown), so restarts do
     /// not leave consumers behind. A consumer that still holds jobs stays, for XAUTOCLAIM.
+    /// The check and the removal are one script, so no job is lost in between.
     pub async fn remove_consumer_if_idle(
         &self,
         consumer: &str,
         budget: Duration,
     ) -> Result<bool, StoreError> {
         let key = self.keys.queue();
-        let mut conn = self.conn.clone();
-        let pending: StreamPendingCountReply = self
-            .call(
-                "xpending",
-                &key,
-                budget,
-                redis::cmd("XPENDING")
-                    .arg(&key)
-                    .arg(GROUP)
-                    .arg("-")
-                    .arg("+")
-                    .arg(1)
-                    .arg(consumer)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        if !pending.ids.is_empty() {
-            return Ok(false);
-        }
-        let _: i64 = self
-            .call(
-                "xgroup_delconsumer",
-                &key,
-                budget,
-                redis::cmd("XGROUP")
-                    .arg("DELCONSUMER")
-                    .arg(&key)
-                    .arg(GROUP)
-                    .arg(consumer)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        Ok(true)
+        let script = Script::new(LEAVE_GROUP_SCRIPT);
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&key).arg(GROUP).arg(consumer);
+        let removed: i64 = self.send("leave_group", &key, budget, &invocation).await?;
+        Ok(removed == 1)
     }
 
     /// Adds a job; returns its stream id.
     pub async fn enqueue(&self, job: &RestoreJob, budget: Duration) -> Result<String, StoreError> {
         let key = self.keys.queue();
         let payload = serde_json::to_string(job).map_err(StoreError::EncodeJob)?;
-        let mut conn = self.conn.clone();
-        self.call(
-            "xadd",
-            &key,
-            budget,
-            conn.xadd(&key, "*", &[(JOB_FIELD, payload)]),
-        )
-        .await
+        let add = redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg(JOB_FIELD)
+            .arg(payload)
+            .clone();
+        self.send("xadd", &key, budget, &add).await
     }
 
     /// Acknowledges and deletes a finished job, atomically.
@@ -158,9 +152,7 @@ impl Store {
             .ignore()
             .xdel(&key, &[id])
             .ignore();
-        let mut conn = self.conn.clone();
-        self.call("xack", &key, budget, pipe.query_async::<()>(&mut conn))
-            .await
+        self.send("xack", &key, budget, &pipe).await
     }
 
     /// Moves a job to the dead-letter stream with the reason and, when known, the saved
@@ -203,14 +195,7 @@ impl Store {
             .ignore()
             .xdel(&key, &[&delivery.id])
             .ignore();
-        let mut conn = self.conn.clone();
-        self.call(
-            "dead_letter",
-            &key,
-            budget,
-            pipe.query_async::<()>(&mut conn),
-        )
-        .await
+        self.send("dead_letter", &key, budget, &pipe).await
     }
 
     /// Takes over jobs that sat unacknowledged with any consumer for `min_idle`, with how
@@ -223,23 +208,16 @@ impl Store {
         budget: Duration,
     ) -> Result<Vec<Delivery>, StoreError> {
         let key = self.keys.queue();
-        let mut conn = self.conn.clone();
-        let reply: StreamAutoClaimReply = self
-            .call(
-                "xautoclaim",
-                &key,
-                budget,
-                redis::cmd("XAUTOCLAIM")
-                    .arg(&key)
-                    .arg(GROUP)
-                    .arg(consumer)
-                    .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(count)
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let claim = redis::cmd("XAUTOCLAIM")
+            .arg(&key)
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count)
+            .clone();
+        let reply: StreamAutoClaimReply = self.send("xautoclaim", &key, budget, &claim).await?;
         if reply.claimed.is_empty() {
             return Ok(Vec::new());
         }
@@ -252,9 +230,8 @@ impl Store {
                 .arg(&entry.id)
                 .arg(1);
         }
-        let counts: Vec<StreamPendingCountReply> = self
-            .call("xpending", &key, budget, pipe.query_async(&mut conn))
-            .await?;
+        let counts: Vec<StreamPendingCountReply> =
+            self.send("xpending", &key, budget, &pipe).await?;
         Ok(reply
             .claimed
             .iter()
@@ -281,32 +258,23 @@ impl Store {
             return Ok(());
         }
         let key = self.keys.queue();
-        let mut conn = self.conn.clone();
-        let _: Vec<String> = self
-            .call(
-                "xclaim",
-                &key,
-                budget,
-                redis::cmd("XCLAIM")
-                    .arg(&key)
-                    .arg(GROUP)
-                    .arg(consumer)
-                    .arg(0)
-                    .arg(ids)
-                    .arg("JUSTID")
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let claim = redis::cmd("XCLAIM")
+            .arg(&key)
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(0)
+            .arg(ids)
+            .arg("JUSTID")
+            .clone();
+        let _: Vec<String> = self.send("xclaim", &key, budget, &claim).await?;
         Ok(())
     }
 
     /// Jobs in the queue, waiting or in progress.
     pub async fn queue_depth(&self, budget: Duration) -> Result<u64, StoreError> {
         let key = self.keys.queue();
-        let mut conn = self.conn.clone();
-        self.call("xlen", &key, budget, conn.xlen(&key))
+        self.send("xlen", &key, budget, redis::cmd("XLEN").arg(&key))
             .await
-            .map(|n: usize| n as u64)
     }
 
     /// A reader with its own connection, for blocking reads that would otherwise hold up the

@@ -1,8 +1,14 @@
-//! JSON patches the webhook answers with.
+//! JSON Patch operations (RFC 6902) on objects: the webhook answers with them, and the
+//! restore worker sends them to the status subresource.
+//!
+//! Pointers are built from tokens, so keys with `/` or `~` are escaped (`restatus.io/restore`
+//! becomes `restatus.io~1restore`).
 
 use std::collections::BTreeMap;
 
-use json_patch::{AddOperation, PatchOperation, RemoveOperation, jsonptr::PointerBuf};
+use json_patch::{
+    AddOperation, PatchOperation, RemoveOperation, ReplaceOperation, jsonptr::PointerBuf,
+};
 use serde_json::Value;
 
 /// Operations that set `annotations` on an object whose current annotations are `existing`.
@@ -52,6 +58,15 @@ pub fn set_status(status: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation {
         path: PointerBuf::from_tokens(["status"]),
         value: status,
+    })
+}
+
+/// Makes the patch apply only to this resourceVersion: the API server answers 409 Conflict
+/// when the object changed meanwhile, since a patch's resourceVersion is a precondition.
+pub fn expect_resource_version(resource_version: &str) -> PatchOperation {
+    PatchOperation::Replace(ReplaceOperation {
+        path: PointerBuf::from_tokens(["metadata", "resourceVersion"]),
+        value: Value::String(resource_version.to_owned()),
     })
 }
 
@@ -109,5 +124,17 @@ mod tests {
         // "add" of /status replaces an existing one too.
         apply(&mut doc, vec![set_status(json!({"phase": "Other"}))]);
         assert_eq!(doc["status"], json!({"phase": "Other"}));
+    }
+
+    #[test]
+    fn resource_version_precondition_replaces_the_version() {
+        let op = expect_resource_version("42");
+        assert_eq!(
+            serde_json::to_value(&op).unwrap(),
+            json!({"op": "replace", "path": "/metadata/resourceVersion", "value": "42"})
+        );
+        let mut doc = json!({"metadata": {"resourceVersion": "41"}});
+        apply(&mut doc, vec![op]);
+        assert_eq!(doc["metadata"]["resourceVersion"], "42");
     }
 }

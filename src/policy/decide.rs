@@ -1,8 +1,9 @@
-//! What status a restore writes: pure, no I/O.
+//! What status a restore writes: pure, no I/O. The webhook uses it to merge a status write
+//! into a pending object, the worker to decide its status patch.
 
 use serde_json::Value;
 
-use crate::policy::{RestoreMode, RestorePolicy};
+use super::{RestoreMode, RestorePolicy};
 
 /// The status to write so that `live` gets the saved facts, or `None` when `live` already
 /// has them.

@@ -1,0 +1,105 @@
+//! Metrics of the webhook: reviews answered, how long they took, bodies refused, jobs queued.
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+
+use crate::telemetry::{HistogramFamily, Registrar, latency_histogram};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnsweredLabels {
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone)]
+pub struct AdmissionMetrics {
+    requests: Family<AnsweredLabels, Counter>,
+    duration: HistogramFamily<OperationLabels>,
+    invalid: Family<ReasonLabels, Counter>,
+    jobs_enqueued: Counter,
+}
+
+impl AdmissionMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let r = &mut Registrar::new(registry);
+        Self {
+            requests: r.counters(
+                "admission_requests",
+                "Admission reviews answered, by operation and outcome",
+            ),
+            duration: r.histograms(
+                "admission_duration_seconds",
+                "Time to answer an admission review, by operation",
+                latency_histogram,
+            ),
+            invalid: r.counters(
+                "admission_invalid_requests",
+                "Requests to /mutate answered 4xx because the body was not a usable AdmissionReview",
+            ),
+            jobs_enqueued: r.counter(
+                "restore_jobs_enqueued",
+                "Restore jobs added to the queue by the webhook",
+            ),
+        }
+    }
+
+    /// A review of `operation` answered with `outcome` after `elapsed`.
+    pub fn answered(&self, operation: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.requests
+            .get_or_create(&AnsweredLabels { operation, outcome })
+            .inc();
+        self.duration
+            .get_or_create(&OperationLabels { operation })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A body refused before it became a review.
+    pub fn invalid(&self, reason: &'static str) {
+        self.invalid.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn job_enqueued(&self) {
+        self.jobs_enqueued.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::{assert_samples, registered};
+
+    #[test]
+    fn counts_answers_by_operation_and_outcome() {
+        let (registry, m) = registered(AdmissionMetrics::register);
+        m.answered("UPDATE", "recorded", Duration::from_millis(1));
+        m.answered("UPDATE", "recorded", Duration::from_millis(1));
+        m.answered("CREATE", "no_record", Duration::from_millis(1));
+        m.invalid("not_json");
+        m.job_enqueued();
+        assert_samples(
+            &registry,
+            &[
+                "restatus_admission_requests_total{operation=\"UPDATE\",outcome=\"recorded\"} 2",
+                "restatus_admission_requests_total{operation=\"CREATE\",outcome=\"no_record\"} 1",
+                "restatus_admission_duration_seconds_count{operation=\"UPDATE\"} 2",
+                "restatus_admission_invalid_requests_total{reason=\"not_json\"} 1",
+                "restatus_restore_jobs_enqueued_total 1",
+            ],
+        );
+    }
+}

@@ -1,0 +1,403 @@
+//! `restatus serve`: [`App::build`] reads the flags, connects and loads everything the parts
+//! need; [`App::run`] runs the parts as tasks until shutdown, or until the first one fails.
+//!
+//! This is the only module that reads [`crate::config`]; it hands plain values down.
+
+use std::{collections::HashMap, future::Future, path::Path, sync::Arc, time::Duration};
+
+use axum::Router;
+use kube::{Client, config::KubeConfigOptions};
+use rustls::ServerConfig;
+use tokio::{
+    net::TcpListener,
+    task::{Id, JoinSet},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    admission::{self, Admission, AdmissionMetrics},
+    certs::{self, CertError, FileCertResolver},
+    config::ServeArgs,
+    error::error_chain,
+    policy::{CrdCache, CrdWatch, RestorePolicy},
+    restore::{self, RestoreMetrics, Worker},
+    server::{self, BindError, Readiness},
+    store::{Store, StoreError, StoreMetrics},
+    telemetry,
+};
+
+/// Why restatus could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(
+        "no serving certificate: pass --tls-cert-file and --tls-key-file (`restatus certs` writes a pair for local use)"
+    )]
+    NoCertificate,
+    #[error(transparent)]
+    Certificate(#[from] CertError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("could not set up the Redis store")]
+    Store(#[from] StoreError),
+    #[error("could not load the kubeconfig {path}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("could not build a Kubernetes client")]
+    Kube(#[source] kube::Error),
+}
+
+/// Why restatus stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("the admin listener failed")]
+    Admin(#[source] std::io::Error),
+    #[error("{task} stopped on its own")]
+    Stopped { task: &'static str },
+    #[error("{task} panicked")]
+    Panicked {
+        task: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// Everything `serve` runs, built and ready.
+pub struct App {
+    webhook_listener: TcpListener,
+    admin_listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    webhook: Router,
+    admin: Router,
+    ready: Arc<Readiness>,
+    resolver: Arc<FileCertResolver>,
+    crd_watch: Option<CrdWatch>,
+    worker: Option<Arc<Worker>>,
+    grace: Duration,
+    tls_reload_interval: Duration,
+}
+
+impl App {
+    /// Loads the serving certificate, prepares the store and the Kubernetes client, binds
+    /// both listeners and builds the webhook, the worker and the caches. Nothing runs yet.
+    pub async fn build(args: ServeArgs) -> Result<Self, BuildError> {
+        let mut registry = telemetry::registry();
+        let store_metrics = StoreMetrics::register(&mut registry);
+        let admission_metrics = AdmissionMetrics::register(&mut registry);
+        let restore_metrics = RestoreMetrics::register(&mut registry);
+
+        let (Some(cert), Some(key)) = (&args.tls.tls_cert_file, &args.tls.tls_key_file) else {
+            return Err(BuildError::NoCertificate);
+        };
+        let resolver = FileCertResolver::load(cert, key)?;
+        let tls = Arc::new(certs::server_config(resolver.clone())?);
+
+        let store = Store::connect(
+            &args.store.redis_url,
+            &args.store.key_prefix,
+            &args.store.cluster_name,
+            store_metrics,
+        )?;
+        let client = kube_client(args.kube.kubeconfig.as_deref()).await?;
+
+        let policy = RestorePolicy {
+            mode: args.restore.restore_mode,
+            fields: args.restore.restore_fields.0.clone(),
+            exclude_fields: args.restore.restore_exclude_fields.0.clone(),
+        };
+
+        let webhook_listener = server::bind(args.server.listen).await?;
+        let admin_listener = server::bind(args.server.admin_listen).await?;
+
+        let (crds, crd_watch) = match &client {
+            Some(client) => {
+                let (crds, watch) = CrdCache::new(client.clone());
+                (crds, Some(watch))
+            }
+            None => (CrdCache::empty(), None),
+        };
+
+        let admission = Arc::new(Admission::new(
+            store.clone(),
+            crds,
+            admission_metrics,
+            admission::Settings {
+                redis_timeout: args.store.redis_timeout,
+                retention: args.record.retention,
+                restore_deadline: args.restore.restore_deadline,
+                policy: policy.clone(),
+                field_manager: args.kube.field_manager.clone(),
+            },
+        ));
+
+        let worker = client
+            .filter(|_| args.restore.restore_worker)
+            .map(|client| {
+                Worker::new(
+                    store,
+                    client,
+                    restore_metrics,
+                    restore::Settings {
+                        consumer: consumer_name(args.restore.consumer_name.as_deref()),
+                        concurrency: args.restore.restore_concurrency as usize,
+                        max_deliveries: args.restore.restore_max_deliveries,
+                        claim_min_idle: args.restore.restore_claim_min_idle,
+                        conflict_retries: args.restore.restore_conflict_retries,
+                        redis_timeout: args.store.redis_worker_timeout,
+                        policy,
+                        field_manager: args.kube.field_manager.clone(),
+                    },
+                )
+            });
+
+        let ready = Arc::new(Readiness::default());
+        Ok(Self {
+            webhook_listener,
+            admin_listener,
+            tls,
+            webhook: admission::router(admission, args.server.max_request_bytes),
+            admin: server::admin_router(Arc::new(registry), ready.clone()),
+            ready,
+            resolver,
+            crd_watch,
+            worker,
+            grace: args.server.shutdown_grace,
+            tls_reload_interval: args.tls.tls_reload_interval,
+        })
+    }
+
+    /// Runs every part until `shutdown` is cancelled, then lets them drain. The first part to
+    /// fail (or to stop on its own) cancels `shutdown` for the others, and its error is the
+    /// result.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), TaskError> {
+        let mut tasks = Tasks::new(shutdown.clone());
+        let grace = self.grace;
+        tracing::info!(
+            listen = %local_addr(&self.webhook_listener),
+            admin_listen = %local_addr(&self.admin_listener),
+            worker = self.worker.is_some(),
+            "restatus serving"
+        );
+
+        if let Some(watch) = self.crd_watch {
+            let stop = shutdown.clone();
+            tasks.spawn("the CRD watch", async move {
+                watch.run(stop).await;
+                Ok(())
+            });
+        }
+        if let Some(worker) = self.worker {
+            let stop = shutdown.clone();
+            tasks.spawn("the restore worker", async move {
+                worker.run(stop, grace).await;
+                Ok(())
+            });
+        }
+        let (resolver, interval, stop) =
+            (self.resolver, self.tls_reload_interval, shutdown.clone());
+        tasks.spawn("the certificate reloader", async move {
+            resolver.watch(interval, stop).await;
+            Ok(())
+        });
+        let (listener, admin, stop) = (self.admin_listener, self.admin, shutdown.clone());
+        tasks.spawn("the admin listener", async move {
+            server::serve_admin(listener, admin, stop)
+                .await
+                .map_err(TaskError::Admin)
+        });
+        let (listener, tls, webhook, ready, stop) = (
+            self.webhook_listener,
+            self.tls,
+            self.webhook,
+            self.ready,
+            shutdown,
+        );
+        tasks.spawn("the webhook listener", async move {
+            server::serve_tls(listener, tls, webhook, ready, stop, grace).await;
+            Ok(())
+        });
+
+        let result = tasks.join().await;
+        tracing::info!("restatus stopped");
+        result
+    }
+}
+
+fn local_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
+}
+
+/// The running parts: each a named task that returns `Result<(), TaskError>`.
+struct Tasks {
+    set: JoinSet<Result<(), TaskError>>,
+    names: HashMap<Id, &'static str>,
+    shutdown: CancellationToken,
+}
+
+impl Tasks {
+    fn new(shutdown: CancellationToken) -> Self {
+        Self {
+            set: JoinSet::new(),
+            names: HashMap::new(),
+            shutdown,
+        }
+    }
+
+    /// Runs `part` as the task `name`. A part that returns before shutdown was asked for has
+    /// stopped on its own, which is a failure too: restatus would run without it.
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        part: impl Future<Output = Result<(), TaskError>> + Send + 'static,
+    ) {
+        let shutdown = self.shutdown.clone();
+        let handle = self.set.spawn(async move {
+            match part.await {
+                Ok(()) if !shutdown.is_cancelled() => Err(TaskError::Stopped { task: name }),
+                result => result,
+            }
+        });
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits for every task. The first failure cancels the shutdown token (the others drain)
+    /// and is returned; later ones are logged.
+    async fn join(mut self) -> Result<(), TaskError> {
+        let mut first = None;
+        while let Some(joined) = self.set.join_next_with_id().await {
+            let result = match joined {
+                Ok((_, result)) => result,
+                Err(source) => Err(TaskError::Panicked {
+                    task: self.names.get(&source.id()).copied().unwrap_or("a task"),
+                    source,
+                }),
+            };
+            let Err(error) = result else { continue };
+            if first.is_none() {
+                tracing::error!(error = %error_chain(&error), "restatus is shutting down");
+                self.shutdown.cancel();
+                first = Some(error);
+            } else {
+                tracing::warn!(error = %error_chain(&error), "another task failed during the shutdown");
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// A Kubernetes client from `--kubeconfig`, or inferred (KUBECONFIG, ~/.kube/config,
+/// in-cluster). Without an explicit kubeconfig, failing inference is not fatal: the webhook
+/// still records, but no restores are applied here.
+async fn kube_client(kubeconfig: Option<&Path>) -> Result<Option<Client>, BuildError> {
+    let Some(path) = kubeconfig else {
+        return match Client::try_default().await {
+            Ok(client) => Ok(Some(client)),
+            Err(error) => {
+                tracing::warn!(
+                    error = %error_chain(&error),
+                    "no Kubernetes API configured: status is recorded, but this process applies no restores"
+                );
+                Ok(None)
+            }
+        };
+    };
+    let kubeconfig_err = |source| BuildError::Kubeconfig {
+        path: path.display().to_string(),
+        source,
+    };
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(kubeconfig_err)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(kubeconfig_err)?;
+    Client::try_from(config).map(Some).map_err(BuildError::Kube)
+}
+
+/// This replica's consumer name in the restore queue: the flag, else `<pod or host>-<pid>`.
+fn consumer_name(configured: Option<&str>) -> String {
+    if let Some(name) = configured.filter(|n| !n.is_empty()) {
+        return name.to_owned();
+    }
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "restatus".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_name_prefers_the_flag() {
+        assert_eq!(consumer_name(Some("replica-a")), "replica-a");
+        assert!(consumer_name(None).ends_with(&format!("-{}", std::process::id())));
+        assert!(consumer_name(Some("")).ends_with(&format!("-{}", std::process::id())));
+    }
+
+    #[tokio::test]
+    async fn the_first_failure_cancels_the_rest_and_is_returned() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Tasks::new(shutdown.clone());
+        let stop = shutdown.clone();
+        tasks.spawn("a long-running part", async move {
+            stop.cancelled().await;
+            Ok(())
+        });
+        tasks.spawn("a failing part", async {
+            Err(TaskError::Admin(std::io::Error::other("boom")))
+        });
+        let error = tasks.join().await.unwrap_err();
+        assert!(matches!(error, TaskError::Admin(_)), "{error:?}");
+        assert_eq!(error_chain(&error), "the admin listener failed: boom");
+        assert!(shutdown.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_part_that_stops_on_its_own_or_panics_is_a_failure() {
+        let mut tasks = Tasks::new(CancellationToken::new());
+        tasks.spawn("the quitter", async { Ok(()) });
+        let error = tasks.join().await.unwrap_err();
+        assert_eq!(error.to_string(), "the quitter stopped on its own");
+
+        let mut tasks = Tasks::new(CancellationToken::new());
+        tasks.spawn("the panicker", async { panic!("on purpose") });
+        let error = tasks.join().await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                TaskError::Panicked {
+                    task: "the panicker",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn parts_that_end_at_shutdown_are_a_clean_stop() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Tasks::new(shutdown.clone());
+        for name in ["one", "two"] {
+            let stop = shutdown.clone();
+            tasks.spawn(name, async move {
+                stop.cancelled().await;
+                Ok(())
+            });
+        }
+        shutdown.cancel();
+        assert!(tasks.join().await.is_ok());
+    }
+}

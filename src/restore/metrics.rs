@@ -1,0 +1,104 @@
+//! Metrics of the restore worker: jobs by outcome, create-to-restored latency, the queue.
+
+use std::{sync::atomic::AtomicI64, time::Duration};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::telemetry::{Registrar, slow_histogram};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone)]
+pub struct RestoreMetrics {
+    restores: Family<OutcomeLabels, Counter>,
+    latency: Histogram,
+    queue_depth: Gauge<i64, AtomicI64>,
+    dead_letters: Counter,
+}
+
+impl RestoreMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let r = &mut Registrar::new(registry);
+        let restores = r.counters(
+            "restores",
+            "Restore jobs finished, by outcome (restored, already_restored, already_exists, expired, gone, no_record, failed, dead_lettered)",
+        );
+        let latency = r.histogram(
+            "restore_latency_seconds",
+            "Time from the CREATE admission to the restored status",
+            slow_histogram,
+        );
+        let queue_depth = r.gauge(
+            "restore_queue_depth",
+            "Restore jobs in the queue (waiting or in progress)",
+        );
+        let dead_letters = r.counter(
+            "restore_dead_letters",
+            "Restore jobs moved to the dead-letter stream",
+        );
+        Self {
+            restores,
+            latency,
+            queue_depth,
+            dead_letters,
+        }
+    }
+
+    /// A job finished with `outcome`.
+    pub fn finished(&self, outcome: &'static str) {
+        self.restores
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// A status restored `latency` after its CREATE was admitted.
+    pub fn restored_after(&self, latency: Duration) {
+        self.latency.observe(latency.as_secs_f64());
+    }
+
+    /// A job moved to the dead-letter stream.
+    pub fn dead_lettered(&self) {
+        self.dead_letters.inc();
+    }
+
+    /// Jobs in the queue, as last read from Redis.
+    pub fn queue_depth(&self, depth: u64) {
+        self.queue_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::{assert_samples, registered};
+
+    #[test]
+    fn counts_outcomes_latency_depth_and_dead_letters() {
+        let (registry, m) = registered(RestoreMetrics::register);
+        m.queue_depth(7);
+        m.finished("restored");
+        m.finished("expired");
+        m.finished("restored");
+        m.restored_after(Duration::from_millis(12));
+        m.dead_lettered();
+        assert_samples(
+            &registry,
+            &[
+                "restatus_restores_total{outcome=\"restored\"} 2",
+                "restatus_restores_total{outcome=\"expired\"} 1",
+                "restatus_restore_latency_seconds_count 1",
+                "restatus_restore_latency_seconds_bucket{le=\"0.016\"} 1",
+                "restatus_restore_queue_depth 7",
+                "restatus_restore_dead_letters_total 1",
+            ],
+        );
+    }
+}
