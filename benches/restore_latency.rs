@@ -204,5 +204,4 @@ async fn main() {
             0.0
         }
     );
-    env.cleanup().await;
 }

@@ -12,10 +12,11 @@ use axum::{
     http::{Request, StatusCode},
 };
 use restatus::{
-    admission::{self, Admission},
+    admission::{self, Admission, AdmissionMetrics},
     policy::{CrdCache, RestoreMode, RestorePolicy},
+    store::StoreMetrics,
     store::{KeySchema, ObjectIdentity, Store},
-    telemetry::Metrics,
+    telemetry,
 };
 use serde_json::{Value, json};
 use support::{fixture, redis::RedisServer};
@@ -23,7 +24,7 @@ use tower::ServiceExt;
 
 struct Harness {
     router: Router,
-    metrics: Arc<Metrics>,
+    metrics: prometheus_client::registry::Registry,
     keys: KeySchema,
 }
 
@@ -45,13 +46,20 @@ fn settings() -> admission::Settings {
 }
 
 fn harness(redis: &RedisServer, max_body: usize) -> Harness {
-    let metrics = Arc::new(Metrics::new());
-    let keys = KeySchema::new(&support::unique("router"), "default");
-    let store = Store::connect(&redis.url(), keys.clone(), metrics.clone()).unwrap();
+    let mut metrics = telemetry::registry();
+    let prefix = support::unique("router");
+    let store = Store::connect(
+        &redis.url(),
+        &prefix,
+        "default",
+        StoreMetrics::register(&mut metrics),
+    )
+    .unwrap();
+    let keys = store.keys().clone();
     let admission = Arc::new(Admission::new(
         store,
         CrdCache::empty(),
-        metrics.clone(),
+        AdmissionMetrics::register(&mut metrics),
         settings(),
     ));
     Harness {
@@ -105,8 +113,8 @@ fn kc(name: &str) -> ObjectIdentity {
     }
 }
 
-fn metric(metrics: &Metrics, sample: &str) -> f64 {
-    support::restatus::parse_metrics(&metrics.encode())
+fn metric(metrics: &prometheus_client::registry::Registry, sample: &str) -> f64 {
+    support::restatus::parse_metrics(&telemetry::encode(metrics))
         .get(sample)
         .copied()
         .unwrap_or(0.0)

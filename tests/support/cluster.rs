@@ -14,7 +14,7 @@ use std::{
 use k8s_openapi::{
     api::{
         admissionregistration::v1::MutatingWebhookConfiguration,
-        core::v1::{ConfigMap, Namespace},
+        core::v1::{ConfigMap, Namespace, Service},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
@@ -31,6 +31,8 @@ use serde_json::{Value, json};
 use super::{redis::RedisServer, restatus::Restatus};
 
 const STARTUP: Duration = Duration::from_secs(180);
+/// How long tests wait for restatus to record or restore something.
+pub const WAIT: Duration = Duration::from_secs(30);
 
 pub struct ControlPlane {
     pub kubeconfig: PathBuf,
@@ -151,46 +153,107 @@ pub async fn apply_crd(client: &Client, crd: Value) -> CustomResourceDefinition 
     .await
 }
 
-/// A CRD in the group `infra.example.com` with free-form spec and status.
-pub fn test_crd(
-    plural: &str,
-    kind: &str,
-    version: &str,
-    scope: &str,
-    status_subresource: bool,
-) -> Value {
-    let mut version = json!({
-        "name": version, "served": true, "storage": true,
-        "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-            "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
-            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
-        }}}
-    });
-    if status_subresource {
-        version["subresources"] = json!({"status": {}});
-    }
-    json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": format!("{plural}.infra.example.com")},
-        "spec": {
-            "group": "infra.example.com",
-            "scope": scope,
-            "names": {"plural": plural, "singular": kind.to_lowercase(), "kind": kind},
-            "versions": [version]
-        }
-    })
+/// A custom resource type of a test: a CRD in `infra.example.com` with free-form spec and
+/// status. [`EnvOptions::types`] applies the CRD and sends the type's reviews to restatus.
+#[derive(Debug, Clone, Copy)]
+pub struct TestType {
+    pub plural: &'static str,
+    pub kind: &'static str,
+    pub version: &'static str,
+    pub cluster_scoped: bool,
+    pub status_subresource: bool,
 }
 
-/// A webhook rule for a resource of `infra.example.com` and its status subresource.
-pub fn test_rule(plural: &str, scope: &str) -> Value {
-    json!({
-        "apiGroups": ["infra.example.com"],
-        "apiVersions": ["*"],
-        "resources": [plural, format!("{plural}/status")],
-        "operations": ["CREATE", "UPDATE", "DELETE"],
-        "scope": scope
-    })
+impl TestType {
+    pub const GROUP: &'static str = "infra.example.com";
+
+    /// A namespaced type with the status subresource, served as `v1`.
+    pub const fn namespaced(plural: &'static str, kind: &'static str) -> Self {
+        Self {
+            plural,
+            kind,
+            version: "v1",
+            cluster_scoped: false,
+            status_subresource: true,
+        }
+    }
+
+    /// The same type without the status subresource: `.status` is part of the object.
+    pub const fn without_status_subresource(self) -> Self {
+        Self {
+            status_subresource: false,
+            ..self
+        }
+    }
+
+    /// The same type, cluster-scoped.
+    pub const fn cluster_scoped(self) -> Self {
+        Self {
+            cluster_scoped: true,
+            ..self
+        }
+    }
+
+    fn scope(&self) -> &'static str {
+        if self.cluster_scoped {
+            "Cluster"
+        } else {
+            "Namespaced"
+        }
+    }
+
+    pub fn crd(&self) -> Value {
+        let mut version = json!({
+            "name": self.version, "served": true, "storage": true,
+            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+            }}}
+        });
+        if self.status_subresource {
+            version["subresources"] = json!({"status": {}});
+        }
+        json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("{}.{}", self.plural, Self::GROUP)},
+            "spec": {
+                "group": Self::GROUP,
+                "scope": self.scope(),
+                "names": {"plural": self.plural, "singular": self.kind.to_lowercase(), "kind": self.kind},
+                "versions": [version]
+            }
+        })
+    }
+
+    /// The webhook rule for the type and its status subresource.
+    pub fn rule(&self) -> Value {
+        json!({
+            "apiGroups": [Self::GROUP],
+            "apiVersions": ["*"],
+            "resources": [self.plural, format!("{}/status", self.plural)],
+            "operations": ["CREATE", "UPDATE", "DELETE"],
+            "scope": self.scope()
+        })
+    }
+
+    pub fn resource(&self) -> ApiResource {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(Self::GROUP, self.version, self.kind),
+            self.plural,
+        )
+    }
+
+    /// A manifest of this type without status.
+    pub fn object(&self, name: &str) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": format!("{}/{}", Self::GROUP, self.version),
+            "kind": self.kind,
+            "metadata": {"name": name},
+            "spec": {"region": "eu-west-1"}
+        }))
+        .unwrap()
+    }
 }
 
 /// The example KubernetesCluster CRD from `examples/`.
@@ -212,8 +275,8 @@ pub struct EnvOptions {
     pub args: Vec<String>,
     /// restatus processes sharing the Redis (the webhook calls the first).
     pub replicas: usize,
-    /// Extra webhook rules, e.g. for a cluster-scoped test type.
-    pub extra_rules: Vec<Value>,
+    /// Test types whose CRDs are applied and whose reviews go to restatus.
+    pub types: Vec<TestType>,
 }
 
 impl Default for EnvOptions {
@@ -221,11 +284,41 @@ impl Default for EnvOptions {
         Self {
             args: Vec::new(),
             replicas: 1,
-            extra_rules: Vec::new(),
+            types: Vec::new(),
         }
     }
 }
 
+impl EnvOptions {
+    /// restatus without a restore worker: the webhook queues jobs, nothing takes them until
+    /// a test starts a replica with a worker ([`Env::start_replica`]).
+    pub fn webhook_only() -> Self {
+        Self {
+            args: vec!["--restore-worker=false".into()],
+            ..Self::default()
+        }
+    }
+
+    /// restatus with the test types `types` applied and routed to it.
+    pub fn with_types(types: &[TestType]) -> Self {
+        Self {
+            types: types.to_vec(),
+            ..Self::default()
+        }
+    }
+
+    pub fn with_args(args: &[&str]) -> Self {
+        Self {
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            ..Self::default()
+        }
+    }
+}
+
+/// One test's world: a fresh namespace, a Redis, restatus processes and a webhook
+/// configuration for that namespace. Dropping it removes the webhook configuration, the
+/// namespace and the cluster-scoped objects registered with [`Env::delete_on_drop`], so a
+/// failing test leaves nothing behind for the next one.
 pub struct Env {
     pub client: Client,
     pub ns: String,
@@ -233,6 +326,7 @@ pub struct Env {
     pub restatus: Vec<Restatus>,
     pub webhook: String,
     pub keys: KeySchema,
+    cluster_objects: Mutex<Vec<(ApiResource, String)>>,
 }
 
 impl Env {
@@ -240,6 +334,9 @@ impl Env {
     pub async fn start(opts: EnvOptions) -> Env {
         let client = client().await;
         apply_crd(&client, example_crd()).await;
+        for t in &opts.types {
+            apply_crd(&client, t.crd()).await;
+        }
         let ns = super::unique("e2e");
         let namespaces: Api<Namespace> = Api::all(client.clone());
         namespaces
@@ -281,7 +378,7 @@ impl Env {
                 "scope": "Namespaced"
             }),
         ];
-        rules.extend(opts.extra_rules);
+        rules.extend(opts.types.iter().map(TestType::rule));
         let mut config: MutatingWebhookConfiguration = serde_json::from_value(json!({
             "metadata": {"name": webhook},
             "webhooks": [{
@@ -313,6 +410,7 @@ impl Env {
             redis,
             restatus,
             webhook,
+            cluster_objects: Mutex::new(Vec::new()),
         };
         env.wait_for_webhook().await;
         env
@@ -353,11 +451,30 @@ impl Env {
         .await;
     }
 
-    /// Removes the webhook configuration (namespaces stay; no controller deletes them here).
-    pub async fn cleanup(self) {
-        let _ = Api::<MutatingWebhookConfiguration>::all(self.client.clone())
-            .delete(&self.webhook, &DeleteParams::default())
-            .await;
+    /// Deletes the cluster-scoped object `name` of `resource` when the environment is dropped.
+    pub fn delete_on_drop(&self, resource: ApiResource, name: &str) {
+        self.cluster_objects
+            .lock()
+            .unwrap()
+            .push((resource, name.to_owned()));
+    }
+
+    /// Creates a cluster-scoped object that the environment deletes when dropped.
+    pub async fn create_cluster_scoped<K>(&self, obj: &K) -> K
+    where
+        K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        let created = Api::<K>::all(self.client.clone())
+            .create(&PostParams::default(), obj)
+            .await
+            .unwrap_or_else(|e| panic!("create {obj:?}: {e}"));
+        let name = created.meta().name.clone().unwrap_or_default();
+        self.delete_on_drop(ApiResource::erase::<K>(&()), &name);
+        created
     }
 
     pub fn identity(&self, group: &str, resource: &str, name: &str) -> ObjectIdentity {
@@ -367,6 +484,11 @@ impl Env {
             namespace: Some(self.ns.clone()),
             name: name.into(),
         }
+    }
+
+    /// The identity of a KubernetesCluster in this namespace.
+    pub fn kc_id(&self, name: &str) -> ObjectIdentity {
+        self.identity("infra.example.com", "kubernetesclusters", name)
     }
 
     /// The record hash of an object (empty when there is none).
@@ -381,12 +503,102 @@ impl Env {
             .map(|s| serde_json::from_str(s).expect("status JSON"))
     }
 
+    /// Waits until the record of `id` holds `status`.
+    pub async fn wait_recorded(&self, id: &ObjectIdentity, status: &Value) {
+        super::eventually(WAIT, &format!("record of {id} to be {status}"), || async {
+            (self.recorded_status(id).await.as_ref() == Some(status)).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until the record of `id` carries a deletion (its retention clock runs).
+    pub async fn wait_deletion_recorded(&self, id: &ObjectIdentity) {
+        super::eventually(
+            WAIT,
+            &format!("the deletion of {id} to be recorded"),
+            || async {
+                self.record(id)
+                    .await
+                    .contains_key("deletedAt")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Creates a KubernetesCluster, gives it `status`, waits until restatus has recorded it,
+    /// deletes it and waits until the deletion is recorded.
+    pub async fn create_record_delete(&self, name: &str, status: &Value) {
+        let api = self.clusters();
+        api.create(&PostParams::default(), &kubernetes_cluster(name))
+            .await
+            .unwrap();
+        patch_status(&api, name, status.clone()).await;
+        let id = self.kc_id(name);
+        self.wait_recorded(&id, status).await;
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+        self.wait_deletion_recorded(&id).await;
+    }
+
     pub fn clusters(&self) -> Api<DynamicObject> {
         Api::namespaced_with(
             self.client.clone(),
             &self.ns,
             &kubernetes_cluster_resource(),
         )
+    }
+
+    /// The API of a test type: in this namespace, or cluster-wide for a cluster-scoped type.
+    pub fn api(&self, t: &TestType) -> Api<DynamicObject> {
+        if t.cluster_scoped {
+            Api::all_with(self.client.clone(), &t.resource())
+        } else {
+            Api::namespaced_with(self.client.clone(), &self.ns, &t.resource())
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let webhook = self.webhook.clone();
+        let ns = self.ns.clone();
+        let objects = std::mem::take(&mut *self.cluster_objects.lock().unwrap());
+        // Drop cannot await, and the test's runtime may be the one running this drop: clean up
+        // on a thread of its own with its own runtime and client.
+        let cleaned = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let client = client().await;
+                let dp = DeleteParams::default();
+                let mut failures = Vec::new();
+                let hooks = Api::<MutatingWebhookConfiguration>::all(client.clone());
+                if let Err(e) = hooks.delete(&webhook, &dp).await {
+                    failures.push(format!("webhook configuration {webhook}: {e}"));
+                }
+                for (resource, name) in objects {
+                    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+                    if let Err(e) = api.delete(&name, &dp).await
+                        && !matches!(&e, kube::Error::Api(s) if s.code == 404)
+                    {
+                        failures.push(format!("{} {name}: {e}", resource.kind));
+                    }
+                }
+                let namespaces: Api<Namespace> = Api::all(client);
+                if let Err(e) = namespaces.delete(&ns, &dp).await {
+                    failures.push(format!("namespace {ns}: {e}"));
+                }
+                failures
+            })
+        })
+        .join();
+        match cleaned {
+            Ok(failures) if failures.is_empty() => {}
+            Ok(failures) => eprintln!("test cleanup could not delete: {}", failures.join("; ")),
+            Err(_) => eprintln!("test cleanup panicked"),
+        }
     }
 }
 
@@ -397,6 +609,16 @@ pub fn kubernetes_cluster(name: &str) -> DynamicObject {
         "kind": "KubernetesCluster",
         "metadata": {"name": name},
         "spec": {"region": "eu-west-1", "version": "1.31", "nodeCount": 3}
+    }))
+    .unwrap()
+}
+
+/// A LoadBalancer Service manifest (its status holds the address a cloud gave it).
+pub fn load_balancer_service(name: &str) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"type": "LoadBalancer", "selector": {"app": name},
+                 "ports": [{"name": "https", "port": 443, "targetPort": 8443, "protocol": "TCP"}]}
     }))
     .unwrap()
 }

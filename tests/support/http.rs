@@ -18,14 +18,8 @@ pub struct Response {
     pub body: String,
 }
 
-/// GET over plain HTTP.
-pub async fn get(url: &str) -> Result<Response, String> {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let resp = client
-        .get(url.parse().map_err(|e| format!("{e}"))?)
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+/// Reads a whole response.
+pub async fn collect(resp: http::Response<hyper::body::Incoming>) -> Result<Response, String> {
     let status = resp.status().as_u16();
     let version = resp.version();
     let body = resp
@@ -39,6 +33,17 @@ pub async fn get(url: &str) -> Result<Response, String> {
         version,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+/// GET over plain HTTP.
+pub async fn get(url: &str) -> Result<Response, String> {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let resp = client
+        .get(url.parse().map_err(|e| format!("{e}"))?)
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    collect(resp).await
 }
 
 /// Which HTTP version the HTTPS client offers by ALPN.
@@ -87,18 +92,6 @@ impl TlsClient {
             .request(req)
             .await
             .map_err(|e| format!("POST {url}: {e:?}"))?;
-        let status = resp.status().as_u16();
-        let version = resp.version();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok(Response {
-            status,
-            version,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
+        collect(resp).await
     }
 }

@@ -1,0 +1,184 @@
+//! Races and creates that do not go as planned: the owning controller writes first, the
+//! object still exists, the create is a dry run, a later admission step rejects it.
+
+use k8s_openapi::api::{
+    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
+    events::v1::Event,
+};
+use kube::{ResourceExt, api::PostParams};
+use restatus::policy::{ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT, status_of};
+use serde_json::json;
+
+use super::{events, outcome, queue_len, saved_status, wait_queue_empty, wait_restored};
+use crate::support::{
+    cluster::{Env, EnvOptions, WAIT, kubernetes_cluster, patch_status},
+    eventually,
+};
+
+#[tokio::test]
+async fn a_controller_writing_right_after_the_create_keeps_its_facts_and_gets_the_saved_ones() {
+    let env = Env::start(EnvOptions::default()).await;
+    env.create_record_delete("raced", &saved_status()).await;
+    let api = env.clusters();
+    api.create(&PostParams::default(), &kubernetes_cluster("raced"))
+        .await
+        .unwrap();
+    // The owning controller reacts to the new object at once.
+    patch_status(&api, "raced", json!({"phase": "Provisioning"})).await;
+    let restored = wait_restored(&api, "raced").await;
+    let status = status_of(&restored).unwrap();
+    assert_eq!(
+        status["phase"], "Provisioning",
+        "the controller's fresh fact wins"
+    );
+    assert_eq!(status["apiServerURL"], "https://203.0.113.10:6443");
+    assert_eq!(status["masterVersion"], "1.31.4");
+    assert_eq!(status["clusterID"], "c-7f3a9");
+}
+
+#[tokio::test]
+async fn create_of_an_object_that_still_exists_leaves_it_alone() {
+    let env = Env::start(EnvOptions::default()).await;
+    let api = env.clusters();
+    api.create(&PostParams::default(), &kubernetes_cluster("exists"))
+        .await
+        .unwrap();
+    let status = saved_status();
+    patch_status(&api, "exists", status.clone()).await;
+    env.wait_recorded(&env.kc_id("exists"), &status).await;
+    let before = api.get("exists").await.unwrap();
+
+    let err = api
+        .create(&PostParams::default(), &kubernetes_cluster("exists"))
+        .await
+        .expect_err("AlreadyExists");
+    match err {
+        kube::Error::Api(s) => assert_eq!(s.code, 409, "{s:?}"),
+        other => panic!("unexpected error {other}"),
+    }
+    let r = &env.restatus[0];
+    eventually(WAIT, "the job to be dropped as already-exists", || async {
+        (outcome(r, "already_exists").await == 1.0).then_some(())
+    })
+    .await;
+    let after = api.get("exists").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "untouched"
+    );
+    assert!(!after.annotations().contains_key(ANNOTATION_RESTORED_AT));
+    assert!(!after.annotations().contains_key(ANNOTATION_RESTORE));
+    wait_queue_empty(&env).await;
+    assert_eq!(outcome(r, "restored").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_dry_run_create_of_a_known_object_queues_nothing() {
+    let env = Env::start(EnvOptions::default()).await;
+    env.create_record_delete("dry", &saved_status()).await;
+    let api = env.clusters();
+    let r = &env.restatus[0];
+    let dry_before = r
+        .metric("restatus_admission_requests_total{operation=\"CREATE\",outcome=\"dry_run\"}")
+        .await;
+    let answer = api
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &kubernetes_cluster("dry"),
+        )
+        .await
+        .unwrap();
+    assert!(!answer.annotations().contains_key(ANNOTATION_RESTORE));
+    assert!(
+        r.metric("restatus_admission_requests_total{operation=\"CREATE\",outcome=\"dry_run\"}")
+            .await
+            > dry_before,
+        "the webhook saw the dry-run create"
+    );
+    assert!(api.get_opt("dry").await.unwrap().is_none());
+    assert_eq!(queue_len(&env).await, 0, "no job");
+    assert_eq!(r.metric("restatus_restore_jobs_enqueued_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_create_rejected_after_restatus_expires_its_job_quietly() {
+    let env = Env::start(EnvOptions::with_args(&["--restore-deadline", "2s"])).await;
+    // A policy that rejects creates labelled reject=yes in this namespace, evaluated after
+    // mutating admission.
+    let policy_name = format!("{}-reject", env.ns);
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
+        "metadata": {"name": policy_name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": ["infra.example.com"], "apiVersions": ["*"],
+                "operations": ["CREATE"], "resources": ["kubernetesclusters"]
+            }]},
+            "validations": [{
+                "expression": "!has(object.metadata.labels) || !('reject' in object.metadata.labels)",
+                "message": "rejected by the test policy"
+            }]
+        }
+    }))
+    .unwrap();
+    env.create_cluster_scoped(&policy).await;
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
+        "metadata": {"name": policy_name},
+        "spec": {
+            "policyName": policy_name,
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": env.ns}}}
+        }
+    }))
+    .unwrap();
+    env.create_cluster_scoped(&binding).await;
+
+    let api = env.clusters();
+    let mut rejected = kubernetes_cluster("rejected");
+    rejected.labels_mut().insert("reject".into(), "yes".into());
+    // Wait until the policy is in force (a dry-run is evaluated the same way).
+    let probe = rejected.clone();
+    eventually(WAIT, "the admission policy to reject creates", || async {
+        let dry = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        api.create(&dry, &probe).await.is_err().then_some(())
+    })
+    .await;
+
+    env.create_record_delete("rejected", &saved_status()).await;
+    let err = api
+        .create(&PostParams::default(), &rejected)
+        .await
+        .expect_err("the policy rejects the create");
+    assert!(
+        err.to_string().contains("rejected by the test policy"),
+        "{err}"
+    );
+    let r = &env.restatus[0];
+    assert_eq!(r.metric("restatus_restore_jobs_enqueued_total").await, 1.0);
+    eventually(WAIT, "the job to expire", || async {
+        (outcome(r, "expired").await == 1.0).then_some(())
+    })
+    .await;
+    wait_queue_empty(&env).await;
+    let noisy: Vec<Event> = [
+        events(&env, "rejected", "StatusRestored").await,
+        events(&env, "rejected", "StatusRestoreFailed").await,
+    ]
+    .concat();
+    assert!(
+        noisy.is_empty(),
+        "no events for a create that never landed: {noisy:?}"
+    );
+    // The record is still there for a create that does land.
+    assert!(
+        env.record(&env.kc_id("rejected"))
+            .await
+            .contains_key("deletedAt")
+    );
+}

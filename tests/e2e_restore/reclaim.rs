@@ -1,0 +1,220 @@
+//! The queue under failure: jobs of consumers that died, several replicas, jobs that fail for
+//! good, replicas leaving the group.
+
+use std::collections::BTreeMap;
+
+use kube::{
+    ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+};
+use restatus::policy::{ANNOTATION_RESTORE, RESTORE_FAILED, status_of};
+use serde_json::json;
+
+use super::{
+    outcome, queue_len, recreate_pending, saved_status, wait_event, wait_outcome, wait_queue_empty,
+    wait_restored,
+};
+use crate::support::{
+    cluster::{Env, EnvOptions, TestType, WAIT, apply_crd, kubernetes_cluster},
+    eventually,
+};
+
+/// redis-cli against the environment's Redis; its standard output.
+fn redis_cli(env: &Env, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &env.redis.port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (Debian package redis-tools)");
+    assert!(out.status.success(), "redis-cli {args:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_job_left_by_a_dead_consumer_is_reclaimed_and_applied() {
+    // The webhook-only replica queues the job; a consumer that then dies claims it with
+    // redis-cli; a worker started afterwards reclaims it once it has been idle long enough.
+    let env = Env::start(EnvOptions::webhook_only()).await;
+    recreate_pending(&env, "orphan", &saved_status()).await;
+    let api = env.clusters();
+    assert_eq!(queue_len(&env).await, 1);
+
+    let cli = |args: &[&str]| redis_cli(&env, args);
+    let queue = env.keys.queue();
+    // The group may not exist yet (no worker has run): create it as restatus would.
+    cli(&["XGROUP", "CREATE", &queue, "restatus", "0", "MKSTREAM"]);
+    let claimed = cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "restatus",
+        "ghost",
+        "COUNT",
+        "1",
+        "STREAMS",
+        &queue,
+        ">",
+    ]);
+    assert!(
+        claimed.contains("orphan"),
+        "ghost consumer got the job: {claimed}"
+    );
+    let pending = cli(&["XPENDING", &queue, "restatus"]);
+    assert!(pending.contains("ghost"), "{pending}");
+
+    let worker = env
+        .start_replica("reclaimer", &["--restore-claim-min-idle", "1s"])
+        .await;
+    let restored = wait_restored(&api, "orphan").await;
+    assert_eq!(status_of(&restored), Some(&saved_status()));
+    wait_outcome(&worker, "restored", 1.0).await;
+    assert!(!cli(&["XPENDING", &queue, "restatus", "-", "+", "10"]).contains("ghost"));
+    wait_queue_empty(&env).await;
+}
+
+#[tokio::test]
+async fn two_replicas_restore_fifty_recreated_objects_exactly_once_each() {
+    let env = Env::start(EnvOptions {
+        replicas: 2,
+        ..Default::default()
+    })
+    .await;
+    let api = env.clusters();
+    let names: Vec<String> = (0..50).map(|i| format!("fleet-{i:02}")).collect();
+    let status_for = |i: usize| json!({"apiServerURL": format!("https://203.0.113.{i}:6443"), "masterVersion": "1.31.4", "clusterID": format!("c-{i}")});
+    futures::future::join_all(names.iter().enumerate().map(|(i, name)| {
+        let env = &env;
+        async move { env.create_record_delete(name, &status_for(i)).await }
+    }))
+    .await;
+
+    futures::future::join_all(names.iter().map(|name| {
+        let api = api.clone();
+        async move {
+            api.create(&PostParams::default(), &kubernetes_cluster(name))
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+
+    for (i, name) in names.iter().enumerate() {
+        let restored = wait_restored(&api, name).await;
+        assert_eq!(status_of(&restored), Some(&status_for(i)), "{name}");
+        let ours: BTreeMap<&String, &String> = restored
+            .annotations()
+            .iter()
+            .filter(|(k, _)| k.starts_with("restatus.io/"))
+            .collect();
+        assert_eq!(ours.len(), 1, "{name}: {ours:?}");
+    }
+    // The worker counts a restore once it has also swapped the annotation and reported it.
+    let restored_total = eventually(WAIT, "50 restores to be counted", || async {
+        let mut total = 0.0;
+        for r in &env.restatus {
+            total += outcome(r, "restored").await;
+        }
+        (total >= 50.0).then_some(total)
+    })
+    .await;
+    assert_eq!(restored_total, 50.0, "each object restored exactly once");
+    wait_queue_empty(&env).await;
+}
+
+const STRICT: TestType = TestType::namespaced("strictclusters", "StrictCluster");
+
+#[tokio::test]
+async fn a_saved_status_the_type_no_longer_accepts_is_dead_lettered_and_reported() {
+    let env = Env::start(EnvOptions::with_types(&[STRICT])).await;
+    let api = env.api(&STRICT);
+    api.create(&PostParams::default(), &STRICT.object("strict"))
+        .await
+        .unwrap();
+    let saved = json!({"port": "https", "endpoint": "203.0.113.9"});
+    api.patch_status(
+        "strict",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": saved})),
+    )
+    .await
+    .unwrap();
+    let id = env.identity(TestType::GROUP, STRICT.plural, "strict");
+    env.wait_recorded(&id, &saved).await;
+    api.delete("strict", &Default::default()).await.unwrap();
+    env.wait_deletion_recorded(&id).await;
+
+    // The type's schema is tightened meanwhile: status.port must now be an integer.
+    let mut crd = STRICT.crd();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"] = json!({
+        "type": "object",
+        "properties": {"port": {"type": "integer"}},
+        "x-kubernetes-preserve-unknown-fields": true
+    });
+    apply_crd(&env.client, crd).await;
+    api.create(&PostParams::default(), &STRICT.object("probe"))
+        .await
+        .unwrap();
+    eventually(WAIT, "the tightened schema to be enforced", || async {
+        let dry = PatchParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let patch = Patch::Merge(json!({"status": {"port": "x"}}));
+        api.patch_status("probe", &dry, &patch)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+
+    api.create(&PostParams::default(), &STRICT.object("strict"))
+        .await
+        .unwrap();
+    let r = &env.restatus[0];
+    wait_outcome(r, "failed", 1.0).await;
+    let failed = api.get("strict").await.unwrap();
+    assert_eq!(
+        failed
+            .annotations()
+            .get(ANNOTATION_RESTORE)
+            .map(String::as_str),
+        Some(RESTORE_FAILED)
+    );
+    assert_eq!(status_of(&failed), None, "nothing was restored");
+    let evs = wait_event(&env, "strict", "StatusRestoreFailed").await;
+    let note = evs[0].note.clone().unwrap_or_default();
+    assert!(
+        note.contains("status.port"),
+        "the note names the field: {note}"
+    );
+    assert!(!note.contains("https"), "the note quotes no value: {note}");
+
+    // The dead letter keeps the saved status for a restore by hand.
+    let dead = redis_cli(&env, &["XRANGE", &env.keys.dead_letters(), "-", "+"]);
+    assert!(dead.contains("203.0.113.9"), "{dead}");
+    assert_eq!(r.metric("restatus_restore_dead_letters_total").await, 1.0);
+    wait_queue_empty(&env).await;
+}
+
+#[tokio::test]
+async fn a_replica_leaves_the_consumer_group_when_it_stops() {
+    let mut env = Env::start(EnvOptions::default()).await;
+    // A consumer exists in the group once it has been handed a job.
+    recreate_pending(&env, "member", &saved_status()).await;
+    wait_restored(&env.clusters(), "member").await;
+    wait_queue_empty(&env).await;
+    let consumer = format!("{}-0", env.ns);
+    let queue = env.keys.queue();
+    let consumers = redis_cli(&env, &["XINFO", "CONSUMERS", &queue, "restatus"]);
+    assert!(consumers.contains(&consumer), "{consumers}");
+
+    let r = &mut env.restatus[0];
+    r.send_sigterm();
+    let status = r.wait_exit().expect("exit status");
+    assert!(status.success(), "{}", r.log_text());
+    assert!(
+        r.log_text()
+            .contains("left the restore queue's consumer group")
+    );
+    let consumers = redis_cli(&env, &["XINFO", "CONSUMERS", &queue, "restatus"]);
+    assert!(!consumers.contains(&consumer), "{consumers}");
+}
