@@ -1,9 +1,12 @@
 // Command kube-cluster runs a local Kubernetes control plane for tests: an
-// embedded etcd and the real kube-apiserver, both on 127.0.0.1. No
-// controllers, scheduler or kubelet run; it serves the Kubernetes API only.
+// embedded etcd and the real kube-apiserver, both on 127.0.0.1. With
+// --controllers it also runs those kube-controller-manager controllers
+// in-process (e.g. --controllers namespace,garbagecollector); by default no
+// controllers run. No scheduler or kubelet ever runs.
 //
-// Once the API server is ready it writes an admin kubeconfig to the path given
-// by --kubeconfig and prints one line, "ready <server-url>", to stdout.
+// Once the API server (and the controllers, if any) are ready it writes an
+// admin kubeconfig to the path given by --kubeconfig and prints one line,
+// "ready <server-url>", to stdout.
 // SIGINT, SIGTERM (and, with --exit-on-stdin-eof, EOF on stdin) shut it down
 // cleanly.
 //
@@ -24,6 +27,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -39,6 +43,7 @@ type cliOptions struct {
 	port           int
 	logFile        string
 	exitOnStdinEOF bool
+	controllers    string
 	apiserverArgs  []string
 }
 
@@ -49,8 +54,9 @@ func parseFlags(args []string) (*cliOptions, error) {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "path to write the admin kubeconfig to once the API server is ready (required)")
 	fs.StringVar(&o.dataDir, "data-dir", "", "directory for etcd data, certificates and keys (default: a fresh temporary directory, removed on exit)")
 	fs.IntVar(&o.port, "port", 0, "secure port of the API server on 127.0.0.1 (0: pick a free port)")
-	fs.StringVar(&o.logFile, "log-file", "", "write API server and etcd logs to this file instead of stderr")
+	fs.StringVar(&o.logFile, "log-file", "", "write API server, controller manager and etcd logs to this file instead of stderr")
 	fs.BoolVar(&o.exitOnStdinEOF, "exit-on-stdin-eof", false, "shut down when stdin reaches EOF")
+	fs.StringVar(&o.controllers, "controllers", "", "comma-separated kube-controller-manager controllers to run in-process, e.g. namespace,garbagecollector (default: none, no controller manager)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: kube-cluster --kubeconfig PATH [flags] [-- kube-apiserver flags]\n\n")
 		fs.PrintDefaults()
@@ -64,6 +70,13 @@ func parseFlags(args []string) (*cliOptions, error) {
 	}
 	if o.port < 0 || o.port > 65535 {
 		return nil, fmt.Errorf("--port %d out of range", o.port)
+	}
+	if o.controllers = strings.TrimSpace(o.controllers); o.controllers != "" {
+		list, err := normalizeControllers(o.controllers)
+		if err != nil {
+			return nil, err
+		}
+		o.controllers = list
 	}
 	o.apiserverArgs = fs.Args()
 	return o, nil
@@ -167,8 +180,21 @@ func run() int {
 		apiserverDone <- runAPIServer(ctx, ln, port, etcd.clientURL, pki, opts.apiserverArgs)
 	}()
 
+	// The controller manager, if any, starts once the API server is ready.
+	// controllersDone stays nil (never ready in a select) without it.
+	var controllersDone chan error
+
 	code := 0
 	readyErr := waitReady(ctx, serverURL, pki, readyTimeout, apiserverDone, etcd.Err())
+	if readyErr != nil {
+		readyErr = fmt.Errorf("control plane did not become ready: %w", readyErr)
+	} else if opts.controllers != "" {
+		controllersDone = make(chan error, 1)
+		readyErr = startControllerManager(ctx, dataDir, serverURL, opts.controllers, pki, controllersDone, apiserverDone, etcd.Err())
+		if readyErr != nil {
+			readyErr = fmt.Errorf("controller manager did not start: %w", readyErr)
+		}
+	}
 	switch {
 	case readyErr == nil:
 		if err := writeKubeconfig(opts.kubeconfig, serverURL, pki); err != nil {
@@ -188,6 +214,11 @@ func run() int {
 			logf("API server exited: %v", err)
 			code = 1
 			cancel(errors.New("API server exited"))
+		case err := <-controllersDone:
+			controllersDone <- err
+			logf("controller manager exited: %v", err)
+			code = 1
+			cancel(errors.New("controller manager exited"))
 		case err := <-etcd.Err():
 			logf("etcd failed: %v", err)
 			code = 1
@@ -196,21 +227,34 @@ func run() int {
 	case ctx.Err() != nil:
 		logf("shutting down before ready: %v", context.Cause(ctx))
 	default:
-		logf("control plane did not become ready: %v", readyErr)
+		logf("%v", readyErr)
 		code = 1
 		cancel(readyErr)
 	}
 
-	// Bounded shutdown: stop the API server (ctx is cancelled), then etcd.
+	// Bounded shutdown: the controllers and the API server stop together (ctx
+	// is cancelled); etcd is closed once both have returned.
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		stopCtx, stopCancel := context.WithTimeout(context.Background(), shutdownTimeout-2*time.Second)
+		defer stopCancel()
+		if controllersDone != nil {
+			select {
+			case err := <-controllersDone:
+				if err != nil && code == 0 {
+					logf("controller manager: %v", err)
+				}
+			case <-stopCtx.Done():
+				logf("controller manager did not stop in time")
+			}
+		}
 		select {
 		case err := <-apiserverDone:
 			if err != nil && code == 0 {
 				logf("API server: %v", err)
 			}
-		case <-time.After(shutdownTimeout - 2*time.Second):
+		case <-stopCtx.Done():
 			logf("API server did not stop in time")
 		}
 		etcd.Close()
@@ -224,4 +268,46 @@ func run() int {
 		}
 	}
 	return code
+}
+
+// startControllerManager writes a kubeconfig for the controller manager to
+// the data directory and starts it (see runControllerManager). It waits, at
+// most readyTimeout, until the controllers run; done receives the result of
+// runControllerManager, which the caller waits for on shutdown. It fails
+// early when the controller manager, the API server or etcd exits.
+func startControllerManager(ctx context.Context, dataDir, serverURL, controllers string, p *pki, done chan error, apiserverDone chan error, etcdErr <-chan error) error {
+	kubeconfig := filepath.Join(dataDir, "controller-manager.kubeconfig")
+	if err := writeKubeconfig(kubeconfig, serverURL, p); err != nil {
+		done <- nil // nothing started
+		return fmt.Errorf("writing %s: %w", kubeconfig, err)
+	}
+	ready := make(chan struct{})
+	go func() {
+		done <- runControllerManager(ctx, kubeconfig, controllers, p, ready)
+	}()
+
+	timer := time.NewTimer(readyTimeout)
+	defer timer.Stop()
+	select {
+	case <-ready:
+		return nil
+	case err := <-done:
+		done <- err // leave it for the caller's shutdown
+		if err == nil {
+			err = errors.New("exited")
+		}
+		return err
+	case err := <-apiserverDone:
+		apiserverDone <- err
+		if err == nil {
+			err = errors.New("exited")
+		}
+		return fmt.Errorf("API server: %w", err)
+	case err := <-etcdErr:
+		return fmt.Errorf("etcd: %w", err)
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-timer.C:
+		return fmt.Errorf("controllers not running after %v", readyTimeout)
+	}
 }
