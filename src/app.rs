@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     admission::{self, Admission, AdmissionMetrics},
-    certs::{self, CertError, FileCertResolver},
-    config::ServeArgs,
+    certs::{
+        self, CertError, CertMetrics, FileSource, ManagerError, SelfManaged, SelfManagedSettings,
+    },
+    config::{CertMode, ServeArgs, TlsArgs},
     error::error_chain,
     policy::{CrdCache, CrdWatch, RestorePolicy},
     restore::{self, RestoreMetrics, Worker},
@@ -35,6 +37,10 @@ pub enum BuildError {
     NoCertificate,
     #[error(transparent)]
     Certificate(#[from] CertError),
+    #[error("could not set up self-managed certificates")]
+    SelfManaged(#[from] ManagerError),
+    #[error("--cert-mode self-managed {0}")]
+    SelfManagedConfig(&'static str),
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error("could not set up the Redis store")]
@@ -72,11 +78,92 @@ pub struct App {
     webhook: Router,
     admin: Router,
     ready: Arc<Readiness>,
-    resolver: Arc<FileCertResolver>,
+    certificates: Certificates,
     crd_watch: Option<CrdWatch>,
     worker: Option<Arc<Worker>>,
     grace: Duration,
-    tls_reload_interval: Duration,
+}
+
+/// Where the serving certificate comes from, and the task that keeps it fresh.
+enum Certificates {
+    Files {
+        source: FileSource,
+        reload_interval: Duration,
+    },
+    SelfManaged(Arc<SelfManaged>),
+}
+
+/// The namespace of the in-cluster service account, when running in a pod.
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+impl Certificates {
+    async fn build(
+        tls: &TlsArgs,
+        client: Option<&Client>,
+        instance: &str,
+        field_manager: &str,
+        metrics: CertMetrics,
+    ) -> Result<Self, BuildError> {
+        if tls.cert_mode == CertMode::Files {
+            let (Some(cert), Some(key)) = (&tls.tls_cert_file, &tls.tls_key_file) else {
+                return Err(BuildError::NoCertificate);
+            };
+            return Ok(Certificates::Files {
+                source: FileSource::load(cert, key, metrics)?,
+                reload_interval: tls.tls_reload_interval,
+            });
+        }
+        let client = client.ok_or(BuildError::SelfManagedConfig(
+            "needs the Kubernetes API: pass --kubeconfig or run in a cluster",
+        ))?;
+        let namespace = tls
+            .namespace
+            .clone()
+            .or_else(|| {
+                std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+                    .ok()
+                    .map(|ns| ns.trim().to_owned())
+            })
+            .filter(|ns| !ns.is_empty())
+            .ok_or(BuildError::SelfManagedConfig(
+                "needs --namespace outside a cluster",
+            ))?;
+        if tls.cert_hosts.is_empty() {
+            return Err(BuildError::SelfManagedConfig(
+                "needs --cert-hosts, the names the API server calls the webhook by",
+            ));
+        }
+        if tls.cert_validity >= tls.ca_validity {
+            return Err(BuildError::SelfManagedConfig(
+                "needs --cert-validity shorter than --ca-validity",
+            ));
+        }
+        if tls.cert_check_interval * 3 > tls.cert_validity {
+            return Err(BuildError::SelfManagedConfig(
+                "needs --cert-check-interval under a third of --cert-validity, or renewals come too late",
+            ));
+        }
+        let settings = SelfManagedSettings {
+            namespace,
+            ca_secret: tls.ca_secret.clone(),
+            webhook_configuration: tls.webhook_configuration.clone(),
+            hosts: tls.cert_hosts.clone(),
+            ca_validity: tls.ca_validity,
+            cert_validity: tls.cert_validity,
+            check_interval: tls.cert_check_interval,
+            field_manager: field_manager.to_owned(),
+            instance: instance.to_owned(),
+        };
+        let manager = SelfManaged::start(client.clone(), settings, metrics).await?;
+        Ok(Certificates::SelfManaged(manager))
+    }
+
+    fn serving(&self) -> Arc<certs::ServingCert> {
+        match self {
+            Certificates::Files { source, .. } => source.serving(),
+            Certificates::SelfManaged(manager) => manager.serving(),
+        }
+    }
 }
 
 impl App {
@@ -87,12 +174,19 @@ impl App {
         let store_metrics = StoreMetrics::register(&mut registry);
         let admission_metrics = AdmissionMetrics::register(&mut registry);
         let restore_metrics = RestoreMetrics::register(&mut registry);
+        let cert_metrics = CertMetrics::register(&mut registry);
+        let instance = consumer_name(args.restore.consumer_name.as_deref());
 
-        let (Some(cert), Some(key)) = (&args.tls.tls_cert_file, &args.tls.tls_key_file) else {
-            return Err(BuildError::NoCertificate);
-        };
-        let resolver = FileCertResolver::load(cert, key)?;
-        let tls = Arc::new(certs::server_config(resolver.clone())?);
+        let client = kube_client(args.kube.kubeconfig.as_deref()).await?;
+        let certificates = Certificates::build(
+            &args.tls,
+            client.as_ref(),
+            &instance,
+            &args.kube.field_manager,
+            cert_metrics,
+        )
+        .await?;
+        let tls = Arc::new(certs::server_config(certificates.serving())?);
 
         let store = Store::connect(
             &args.store.redis_url,
@@ -100,7 +194,6 @@ impl App {
             &args.store.cluster_name,
             store_metrics,
         )?;
-        let client = kube_client(args.kube.kubeconfig.as_deref()).await?;
 
         let policy = RestorePolicy {
             mode: args.restore.restore_mode,
@@ -140,7 +233,7 @@ impl App {
                     client,
                     restore_metrics,
                     restore::Settings {
-                        consumer: consumer_name(args.restore.consumer_name.as_deref()),
+                        consumer: instance,
                         concurrency: args.restore.restore_concurrency as usize,
                         max_deliveries: args.restore.restore_max_deliveries,
                         claim_min_idle: args.restore.restore_claim_min_idle,
@@ -160,11 +253,10 @@ impl App {
             webhook: admission::router(admission, args.server.max_request_bytes),
             admin: server::admin_router(Arc::new(registry), ready.clone()),
             ready,
-            resolver,
+            certificates,
             crd_watch,
             worker,
             grace: args.server.shutdown_grace,
-            tls_reload_interval: args.tls.tls_reload_interval,
         })
     }
 
@@ -195,12 +287,22 @@ impl App {
                 Ok(())
             });
         }
-        let (resolver, interval, stop) =
-            (self.resolver, self.tls_reload_interval, shutdown.clone());
-        tasks.spawn("the certificate reloader", async move {
-            resolver.watch(interval, stop).await;
-            Ok(())
-        });
+        let stop = shutdown.clone();
+        match self.certificates {
+            Certificates::Files {
+                source,
+                reload_interval,
+            } => tasks.spawn("the certificate reloader", async move {
+                source.watch(reload_interval, stop).await;
+                Ok(())
+            }),
+            Certificates::SelfManaged(manager) => {
+                tasks.spawn("the certificate manager", async move {
+                    manager.run(stop).await;
+                    Ok(())
+                })
+            }
+        }
         let (listener, admin, stop) = (self.admin_listener, self.admin, shutdown.clone());
         tasks.spawn("the admin listener", async move {
             server::serve_admin(listener, admin, stop)

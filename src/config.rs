@@ -74,17 +74,66 @@ pub struct ServerArgs {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "TLS")]
 pub struct TlsArgs {
-    /// PEM certificate chain served by the webhook listener.
+    /// Where the serving certificate comes from: `files` (--tls-cert-file/--tls-key-file,
+    /// e.g. from cert-manager) or `self-managed` (a CA shared through --ca-secret, the
+    /// webhook's caBundle kept in step).
+    #[arg(long, env = "RESTATUS_CERT_MODE", value_enum, default_value_t = CertMode::Files)]
+    pub cert_mode: CertMode,
+
+    /// PEM certificate chain served by the webhook listener (files mode).
     #[arg(long, env = "RESTATUS_TLS_CERT_FILE", requires = "tls_key_file")]
     pub tls_cert_file: Option<PathBuf>,
 
-    /// PEM private key of the serving certificate.
+    /// PEM private key of the serving certificate (files mode).
     #[arg(long, env = "RESTATUS_TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
 
     /// How often the certificate files are re-read; a changed pair is served without a restart.
-    #[arg(long, env = "RESTATUS_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "RESTATUS_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_interval)]
     pub tls_reload_interval: Duration,
+
+    /// The namespace restatus runs in, where its CA Secret is (self-managed mode; default:
+    /// the service account's namespace when in a cluster).
+    #[arg(long, env = "RESTATUS_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// The Secret holding the CA every replica shares (self-managed mode).
+    #[arg(long, env = "RESTATUS_CA_SECRET", default_value = "restatus-ca")]
+    pub ca_secret: String,
+
+    /// restatus's own MutatingWebhookConfiguration, whose caBundle it keeps equal to its CA
+    /// (self-managed mode).
+    #[arg(
+        long,
+        env = "RESTATUS_WEBHOOK_CONFIGURATION",
+        default_value = "restatus"
+    )]
+    pub webhook_configuration: String,
+
+    /// DNS names and IP addresses of the serving certificate, comma-separated
+    /// (self-managed mode), e.g. `restatus.restatus.svc,restatus.restatus.svc.cluster.local`.
+    #[arg(long, env = "RESTATUS_CERT_HOSTS", value_delimiter = ',')]
+    pub cert_hosts: Vec<String>,
+
+    /// Validity of the self-managed CA; it is rotated with a third of it left.
+    #[arg(long, env = "RESTATUS_CA_VALIDITY", default_value = "1825d", value_parser = parse_interval)]
+    pub ca_validity: Duration,
+
+    /// Validity of a serving certificate; it is renewed with a third of it left.
+    #[arg(long, env = "RESTATUS_CERT_VALIDITY", default_value = "30d", value_parser = parse_interval)]
+    pub cert_validity: Duration,
+
+    /// How often the CA Secret, the caBundle and the expiries are checked (self-managed
+    /// mode); after a CA rotation, replicas wait this long before serving from the new CA.
+    #[arg(long, env = "RESTATUS_CERT_CHECK_INTERVAL", default_value = "1m", value_parser = parse_interval)]
+    pub cert_check_interval: Duration,
+}
+
+/// Where the serving certificate comes from.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertMode {
+    Files,
+    SelfManaged,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -222,6 +271,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     duration::parse(s).map_err(|e| e.to_string())
 }
 
+/// A duration that must not be zero: an interval or a validity.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?} must be longer than zero")),
+        d => Ok(d),
+    }
+}
+
 fn parse_patterns(s: &str) -> Result<FieldPatterns, String> {
     s.parse::<FieldPatterns>().map_err(|e| e.to_string())
 }
@@ -327,6 +384,32 @@ mod tests {
         assert!(
             Cli::try_parse_from(["restatus", "serve", "--restore-fields", "status"]).is_err(),
             "a pattern must be a pointer"
+        );
+    }
+
+    #[test]
+    fn self_managed_flags_and_their_defaults() {
+        let cli = Cli::try_parse_from([
+            "restatus",
+            "serve",
+            "--cert-mode",
+            "self-managed",
+            "--cert-hosts",
+            "restatus.ns.svc,127.0.0.1",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(args.tls.cert_mode, CertMode::SelfManaged);
+        assert_eq!(args.tls.cert_hosts, ["restatus.ns.svc", "127.0.0.1"]);
+        assert_eq!(args.tls.ca_secret, "restatus-ca");
+        assert_eq!(args.tls.ca_validity, Duration::from_secs(1825 * 86_400));
+        assert_eq!(args.tls.cert_validity, Duration::from_secs(30 * 86_400));
+        assert_eq!(args.tls.cert_check_interval, Duration::from_secs(60));
+        assert!(
+            Cli::try_parse_from(["restatus", "serve", "--cert-check-interval", "0s"]).is_err(),
+            "a zero interval is refused"
         );
     }
 

@@ -118,6 +118,14 @@ impl<'a> Registrar<'a> {
         self.add(name, help, Gauge::default())
     }
 
+    /// Gauges by label set `L`.
+    pub fn gauges<L>(&mut self, name: &str, help: &str) -> Family<L, Gauge<i64, AtomicI64>>
+    where
+        L: Clone + Hash + Eq + EncodeLabelSet + Debug + Send + Sync + 'static,
+    {
+        self.add(name, help, Family::default())
+    }
+
     /// A histogram with the buckets `shape` makes.
     pub fn histogram(&mut self, name: &str, help: &str, shape: fn() -> Histogram) -> Histogram {
         self.add(name, help, shape())

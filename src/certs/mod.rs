@@ -1,15 +1,26 @@
-//! Certificates: generation with rcgen, and the serving certificate behind the TLS listener.
+//! Certificates: generation with rcgen, the serving certificate behind the TLS listener, and
+//! the self-managed mode that keeps a shared CA in a Secret and the webhook's caBundle in step.
+//!
+//! - [`ServingCert`] is what the listener serves from: a certified key swapped in place.
+//! - [`FileSource`] fills it from `--tls-cert-file`/`--tls-key-file`, polled by content.
+//! - [`SelfManaged`] fills it with a certificate it issues from the shared CA.
 
+mod manager;
+mod metrics;
 mod resolver;
+mod rotation;
 
 use std::{net::IpAddr, path::Path, time::Duration};
 
+use jiff::Timestamp;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-pub use resolver::{CertError, FileCertResolver, server_config};
+pub use manager::{ManagerError, SelfManaged, SelfManagedSettings};
+pub use metrics::CertMetrics;
+pub use resolver::{CertError, FileSource, ServingCert, server_config};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
@@ -48,6 +59,22 @@ fn is_dns_name(name: &str) -> bool {
         })
 }
 
+/// A certificate and its private key, PEM encoded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Pair {
+    /// Never prints the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pair")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A CA and a serving certificate it signed, PEM encoded.
 pub struct Generated {
     pub ca_pem: String,
@@ -63,34 +90,52 @@ fn validity_window(
     let not_after = now
         .checked_add(span)
         .ok_or(GenerateError::Validity(validity))?;
-    // A little slack for clocks that are behind.
-    Ok((now - time::Duration::minutes(5), not_after))
+    // A little slack for clocks that are behind: five minutes, or a tenth of a short validity
+    // (so that a short-lived certificate is not due for renewal the moment it is made).
+    let slack = std::cmp::min(span / 10_i32, time::Duration::minutes(5));
+    Ok((now - slack, not_after))
 }
 
-/// Makes a CA and a serving certificate for `hosts` (DNS names or IP addresses).
-pub fn generate(hosts: &[String], validity: Duration) -> Result<Generated, GenerateError> {
-    let (not_before, not_after) = validity_window(validity)?;
-    let rcgen_err = |what| move |source| GenerateError::Rcgen { what, source };
+fn rcgen_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> GenerateError {
+    move |source| GenerateError::Rcgen { what, source }
+}
 
-    let ca_key = KeyPair::generate().map_err(rcgen_err("CA key"))?;
-    let mut ca_params = CertificateParams::default();
-    let mut ca_name = DistinguishedName::new();
-    ca_name.push(DnType::CommonName, "restatus CA");
-    ca_name.push(DnType::OrganizationName, "restatus");
-    ca_params.distinguished_name = ca_name;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![
+/// Makes a self-signed CA valid for `validity` that may sign serving certificates only.
+pub fn generate_ca(validity: Duration) -> Result<Pair, GenerateError> {
+    let (not_before, not_after) = validity_window(validity)?;
+    let key = KeyPair::generate().map_err(rcgen_err("CA key"))?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, "restatus CA");
+    name.push(DnType::OrganizationName, "restatus");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    ca_params.not_before = not_before;
-    ca_params.not_after = not_after;
-    let ca_cert = ca_params
-        .self_signed(&ca_key)
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let cert = params
+        .self_signed(&key)
         .map_err(rcgen_err("CA certificate"))?;
-    let issuer = Issuer::new(ca_params, ca_key);
+    Ok(Pair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
 
+/// Makes a serving certificate for `hosts` (DNS names or IP addresses) signed by `ca`.
+pub fn issue_serving(
+    ca: &Pair,
+    hosts: &[String],
+    validity: Duration,
+) -> Result<Pair, GenerateError> {
+    let (not_before, not_after) = validity_window(validity)?;
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(rcgen_err("CA key"))?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(rcgen_err("CA certificate"))?;
     let mut params = CertificateParams::default();
     params.subject_alt_names = hosts
         .iter()
@@ -121,12 +166,58 @@ pub fn generate(hosts: &[String], validity: Duration) -> Result<Generated, Gener
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(rcgen_err("serving certificate"))?;
-
-    Ok(Generated {
-        ca_pem: ca_cert.pem(),
+    Ok(Pair {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+/// Makes a CA and a serving certificate for `hosts` (DNS names or IP addresses).
+pub fn generate(hosts: &[String], validity: Duration) -> Result<Generated, GenerateError> {
+    let ca = generate_ca(validity)?;
+    let serving = issue_serving(&ca, hosts, validity)?;
+    Ok(Generated {
+        ca_pem: ca.cert_pem,
+        cert_pem: serving.cert_pem,
+        key_pem: serving.key_pem,
+    })
+}
+
+/// When a certificate starts and stops being valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: Timestamp,
+    pub not_after: Timestamp,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("not a PEM X.509 certificate")]
+pub struct ParseCertError;
+
+impl Validity {
+    /// The validity of the first certificate in `pem`.
+    pub fn of_pem(pem: &[u8]) -> Result<Self, ParseCertError> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|_| ParseCertError)?;
+        let cert = pem.parse_x509().map_err(|_| ParseCertError)?;
+        let time = |t: &x509_parser::time::ASN1Time| {
+            Timestamp::from_second(t.timestamp()).map_err(|_| ParseCertError)
+        };
+        Ok(Self {
+            not_before: time(&cert.validity().not_before)?,
+            not_after: time(&cert.validity().not_after)?,
+        })
+    }
+
+    /// Due for renewal: less than a third of the lifetime is left (or it expired).
+    pub fn due(&self, now: Timestamp) -> bool {
+        let lifetime = self.not_after.duration_since(self.not_before);
+        let left = self.not_after.duration_since(now);
+        left < lifetime / 3
+    }
+
+    pub fn expired(&self, now: Timestamp) -> bool {
+        now >= self.not_after
+    }
 }
 
 /// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`, creating it if needed.
@@ -184,6 +275,51 @@ mod tests {
     }
 
     #[test]
+    fn a_serving_certificate_chains_to_its_ca() {
+        let ca = generate_ca(Duration::from_secs(3600)).unwrap();
+        let serving = issue_serving(&ca, &["a.example".into()], Duration::from_secs(600)).unwrap();
+        let (_, ca_pem) = x509_parser::pem::parse_x509_pem(ca.cert_pem.as_bytes()).unwrap();
+        let ca_cert = ca_pem.parse_x509().unwrap();
+        let (_, leaf_pem) = x509_parser::pem::parse_x509_pem(serving.cert_pem.as_bytes()).unwrap();
+        let leaf = leaf_pem.parse_x509().unwrap();
+        assert_eq!(leaf.issuer(), ca_cert.subject());
+        leaf.verify_signature(Some(ca_cert.public_key())).unwrap();
+        let other = generate_ca(Duration::from_secs(3600)).unwrap();
+        let (_, other_pem) = x509_parser::pem::parse_x509_pem(other.cert_pem.as_bytes()).unwrap();
+        assert!(
+            leaf.verify_signature(Some(other_pem.parse_x509().unwrap().public_key()))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn validity_is_read_back_and_due_after_two_thirds() {
+        let ca = generate_ca(Duration::from_secs(3 * 3600)).unwrap();
+        let v = Validity::of_pem(ca.cert_pem.as_bytes()).unwrap();
+        let now = Timestamp::now();
+        let left = v.not_after.duration_since(now).as_secs();
+        assert!((3 * 3600 - 5..=3 * 3600).contains(&left), "{left}");
+        assert!(!v.due(now));
+        assert!(!v.expired(now));
+        // Five minutes of slack before now: lifetime is 3h05m, due with under 1h01m40s left.
+        // A short validity gets a tenth of itself as slack and is not due at once.
+        let short = generate_ca(Duration::from_secs(45)).unwrap();
+        assert!(
+            !Validity::of_pem(short.cert_pem.as_bytes())
+                .unwrap()
+                .due(now)
+        );
+        let later = |secs: i64| {
+            now.checked_add(jiff::SignedDuration::from_secs(secs))
+                .unwrap()
+        };
+        assert!(!v.due(later(3600 + 3600 - 120)));
+        assert!(v.due(later(3600 + 3600)));
+        assert!(v.expired(later(3 * 3600 + 1)));
+        assert!(Validity::of_pem(b"garbage").is_err());
+    }
+
+    #[test]
     fn dns_names_are_checked() {
         for ok in [
             "localhost",
@@ -204,6 +340,12 @@ mod tests {
             generate(&["bad name with spaces".into()], Duration::from_secs(60)),
             Err(GenerateError::Host(..))
         ));
+    }
+
+    #[test]
+    fn pairs_never_print_their_key() {
+        let ca = generate_ca(Duration::from_secs(60)).unwrap();
+        assert!(!format!("{ca:?}").contains("PRIVATE"));
     }
 
     #[test]

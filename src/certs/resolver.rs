@@ -1,7 +1,9 @@
-//! The serving certificate: read from files, swapped in place when their content changes.
+//! The serving certificate: a certified key the TLS listener resolves per handshake, swapped
+//! in place when it is renewed, so a new certificate is served without a restart and open
+//! connections keep theirs.
 //!
-//! Kubernetes updates Secret volumes by swapping a symlink, which file-event watchers miss;
-//! the files are polled by content instead.
+//! [`FileSource`] fills it from PEM files. Kubernetes updates Secret volumes by swapping a
+//! symlink, which file-event watchers miss; the files are polled by content instead.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use jiff::Timestamp;
 use rustls::{
     ServerConfig,
     server::{ClientHello, ResolvesServerCert},
@@ -16,6 +19,9 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio_util::sync::CancellationToken;
+
+use super::{CertMetrics, Validity};
+use crate::error::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -25,89 +31,92 @@ pub enum CertError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} holds no PEM certificate")]
-    NoCertificate { path: PathBuf },
-    #[error("{path} holds no usable PEM private key")]
+    #[error("{what} holds no PEM certificate")]
+    NoCertificate { what: String },
+    #[error("{what} holds no usable PEM private key")]
     NoKey {
-        path: PathBuf,
+        what: String,
         #[source]
         source: rustls_pki_types::pem::Error,
     },
-    #[error("the key in {key} does not fit the certificate in {cert}")]
+    #[error("the key does not fit the certificate in {what}")]
     Mismatch {
-        cert: PathBuf,
-        key: PathBuf,
+        what: String,
         #[source]
         source: rustls::Error,
+    },
+    #[error("the certificate in {what} has no readable validity")]
+    Validity {
+        what: String,
+        #[source]
+        source: super::ParseCertError,
     },
     #[error("TLS configuration failed")]
     Config(#[source] rustls::Error),
 }
 
+/// A certificate ready to serve, with what it was made from.
 #[derive(Debug)]
 struct Loaded {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
+    validity: Validity,
     key: Arc<CertifiedKey>,
 }
 
-/// Serves the certificate pair from two files and reloads it when they change.
-#[derive(Debug)]
-pub struct FileCertResolver {
-    cert_path: PathBuf,
-    key_path: PathBuf,
-    current: RwLock<Arc<Loaded>>,
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, CertError> {
-    std::fs::read(path).map_err(|source| CertError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn certified_key(
-    cert_path: &Path,
-    key_path: &Path,
-    cert_pem: &[u8],
-    key_pem: &[u8],
-) -> Result<Arc<CertifiedKey>, CertError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
-        .filter_map(Result::ok)
-        .collect();
-    if chain.is_empty() {
-        return Err(CertError::NoCertificate {
-            path: cert_path.to_owned(),
-        });
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| CertError::NoKey {
-        path: key_path.to_owned(),
-        source,
-    })?;
-    let provider = rustls::crypto::ring::default_provider();
-    CertifiedKey::from_der(chain, key, &provider)
-        .map(Arc::new)
-        .map_err(|source| CertError::Mismatch {
-            cert: cert_path.to_owned(),
-            key: key_path.to_owned(),
+impl Loaded {
+    /// `what` names the pair in errors (file names, or "the issued serving certificate").
+    fn parse(what: &str, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<Self, CertError> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+            .filter_map(Result::ok)
+            .collect();
+        if chain.is_empty() {
+            return Err(CertError::NoCertificate { what: what.into() });
+        }
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| CertError::NoKey {
+            what: what.into(),
             source,
+        })?;
+        let validity = Validity::of_pem(&cert_pem).map_err(|source| CertError::Validity {
+            what: what.into(),
+            source,
+        })?;
+        let provider = rustls::crypto::ring::default_provider();
+        let key = CertifiedKey::from_der(chain, key, &provider)
+            .map(Arc::new)
+            .map_err(|source| CertError::Mismatch {
+                what: what.into(),
+                source,
+            })?;
+        Ok(Self {
+            cert_pem,
+            key_pem,
+            validity,
+            key,
         })
+    }
 }
 
-impl FileCertResolver {
-    /// Loads the pair; fails when either file is unreadable or they do not belong together.
-    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, CertError> {
-        let cert_pem = read(cert_path)?;
-        let key_pem = read(key_path)?;
-        let key = certified_key(cert_path, key_path, &cert_pem, &key_pem)?;
+/// The certificate the webhook listener serves. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct ServingCert {
+    current: RwLock<Arc<Loaded>>,
+    metrics: CertMetrics,
+}
+
+impl ServingCert {
+    /// Serves the PEM pair from now on; `what` names it in errors.
+    pub fn new(
+        what: &str,
+        cert_pem: Vec<u8>,
+        key_pem: Vec<u8>,
+        metrics: CertMetrics,
+    ) -> Result<Arc<Self>, CertError> {
+        let loaded = Loaded::parse(what, cert_pem, key_pem)?;
+        metrics.expires("serving", loaded.validity.not_after);
         Ok(Arc::new(Self {
-            cert_path: cert_path.to_owned(),
-            key_path: key_path.to_owned(),
-            current: RwLock::new(Arc::new(Loaded {
-                cert_pem,
-                key_pem,
-                key,
-            })),
+            current: RwLock::new(Arc::new(loaded)),
+            metrics,
         }))
     }
 
@@ -118,21 +127,21 @@ impl FileCertResolver {
         }
     }
 
-    /// Re-reads the files; swaps the served pair if their content changed and is valid.
-    /// Returns whether a new pair is now served.
-    pub fn reload(&self) -> Result<bool, CertError> {
-        let cert_pem = read(&self.cert_path)?;
-        let key_pem = read(&self.key_path)?;
+    /// Serves a new pair if it differs from the served one and is valid. Returns whether a
+    /// new pair is now served; a broken pair leaves the old one in service.
+    pub fn replace(
+        &self,
+        what: &str,
+        cert_pem: Vec<u8>,
+        key_pem: Vec<u8>,
+    ) -> Result<bool, CertError> {
         let current = self.loaded();
         if current.cert_pem == cert_pem && current.key_pem == key_pem {
             return Ok(false);
         }
-        let key = certified_key(&self.cert_path, &self.key_path, &cert_pem, &key_pem)?;
-        let loaded = Arc::new(Loaded {
-            cert_pem,
-            key_pem,
-            key,
-        });
+        let loaded = Arc::new(Loaded::parse(what, cert_pem, key_pem)?);
+        self.metrics.expires("serving", loaded.validity.not_after);
+        self.metrics.rotated("serving");
         match self.current.write() {
             Ok(mut guard) => *guard = loaded,
             Err(poisoned) => *poisoned.into_inner() = loaded,
@@ -140,32 +149,96 @@ impl FileCertResolver {
         Ok(true)
     }
 
+    /// When the served certificate expires and when it was issued.
+    pub fn validity(&self) -> Validity {
+        self.loaded().validity
+    }
+
+    /// The served certificate chain, PEM encoded.
+    pub fn cert_pem(&self) -> Vec<u8> {
+        self.loaded().cert_pem.clone()
+    }
+
+    /// Due for renewal at `now`: less than a third of its lifetime left.
+    pub fn due(&self, now: Timestamp) -> bool {
+        self.validity().due(now)
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.loaded().key.clone())
+    }
+}
+
+/// The serving pair from `--tls-cert-file` and `--tls-key-file`, re-read when they change.
+#[derive(Debug)]
+pub struct FileSource {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    serving: Arc<ServingCert>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CertError> {
+    std::fs::read(path).map_err(|source| CertError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+impl FileSource {
+    /// Loads the pair; fails when either file is unreadable or they do not belong together.
+    pub fn load(
+        cert_path: &Path,
+        key_path: &Path,
+        metrics: CertMetrics,
+    ) -> Result<Self, CertError> {
+        let what = format!("{} and {}", cert_path.display(), key_path.display());
+        let serving = ServingCert::new(&what, read(cert_path)?, read(key_path)?, metrics)?;
+        Ok(Self {
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+            serving,
+        })
+    }
+
+    /// The certificate the listener serves.
+    pub fn serving(&self) -> Arc<ServingCert> {
+        self.serving.clone()
+    }
+
+    /// Re-reads the files; serves them if their content changed and is valid.
+    pub fn reload(&self) -> Result<bool, CertError> {
+        let what = format!(
+            "{} and {}",
+            self.cert_path.display(),
+            self.key_path.display()
+        );
+        self.serving
+            .replace(&what, read(&self.cert_path)?, read(&self.key_path)?)
+    }
+
     /// Polls the files every `interval` until `shutdown`. A pair that fails to load (for
     /// instance half-written) keeps the previous one in service and is retried.
-    pub async fn watch(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+    pub async fn watch(self, interval: Duration, shutdown: CancellationToken) {
+        let this = Arc::new(self);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(interval) => {},
             }
-            let this = self.clone();
-            match tokio::task::spawn_blocking(move || this.reload()).await {
+            let source = this.clone();
+            match tokio::task::spawn_blocking(move || source.reload()).await {
                 Ok(Ok(true)) => {
-                    tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded")
+                    tracing::info!(cert = %this.cert_path.display(), "serving certificate reloaded")
                 }
                 Ok(Ok(false)) => {}
                 Ok(Err(error)) => {
-                    tracing::warn!(error = %crate::error::error_chain(&error), "serving certificate not reloaded; the previous one stays in service")
+                    tracing::warn!(error = %error_chain(&error), "serving certificate not reloaded; the previous one stays in service")
                 }
                 Err(error) => tracing::warn!(%error, "certificate reload task failed"),
             }
         }
-    }
-}
-
-impl ResolvesServerCert for FileCertResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.loaded().key.clone())
     }
 }
 
@@ -184,6 +257,7 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<ServerConf
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::{assert_samples, registered};
 
     fn write_pair(dir: &Path, host: &str) {
         let g = super::super::generate(&[host.to_owned()], Duration::from_secs(3600)).unwrap();
@@ -191,44 +265,63 @@ mod tests {
         std::fs::write(dir.join("tls.key"), g.key_pem).unwrap();
     }
 
-    /// A resolver serving a fresh pair for `a.example` from files in a temporary directory.
-    fn resolver() -> (tempfile::TempDir, Arc<FileCertResolver>) {
+    /// A source serving a fresh pair for `a.example` from files in a temporary directory.
+    fn source(metrics: CertMetrics) -> (tempfile::TempDir, FileSource) {
         let dir = tempfile::tempdir().unwrap();
         write_pair(dir.path(), "a.example");
-        let r = FileCertResolver::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key"))
-            .unwrap();
-        (dir, r)
+        let s = FileSource::load(
+            &dir.path().join("tls.crt"),
+            &dir.path().join("tls.key"),
+            metrics,
+        )
+        .unwrap();
+        (dir, s)
     }
 
     #[test]
     fn loads_and_reloads_only_on_change() {
-        let (dir, r) = resolver();
-        let first = r.loaded().key.clone();
-        assert!(!r.reload().unwrap(), "unchanged files are not reloaded");
+        let (registry, metrics) = registered(CertMetrics::register);
+        let (dir, s) = source(metrics);
+        let first = s.serving().loaded().key.clone();
+        assert!(!s.reload().unwrap(), "unchanged files are not reloaded");
         write_pair(dir.path(), "b.example");
-        assert!(r.reload().unwrap());
-        assert!(!Arc::ptr_eq(&first, &r.loaded().key));
+        assert!(s.reload().unwrap());
+        assert!(!Arc::ptr_eq(&first, &s.serving().loaded().key));
+        assert_samples(
+            &registry,
+            &["restatus_certificate_rotations_total{certificate=\"serving\"} 1"],
+        );
+        let expiry = s.serving().validity().not_after.as_second();
+        assert_samples(
+            &registry,
+            &[&format!(
+                "restatus_certificate_expiry_timestamp_seconds{{certificate=\"serving\"}} {expiry}"
+            )],
+        );
     }
 
     #[test]
     fn a_broken_pair_keeps_the_old_one() {
-        let (dir, r) = resolver();
-        let before = r.loaded().key.clone();
+        let (_registry, metrics) = registered(CertMetrics::register);
+        let (dir, s) = source(metrics);
+        let before = s.serving().loaded().key.clone();
         // A key from another pair does not fit the certificate.
         let other =
             super::super::generate(&["c.example".to_owned()], Duration::from_secs(3600)).unwrap();
         std::fs::write(dir.path().join("tls.key"), other.key_pem).unwrap();
-        assert!(matches!(r.reload(), Err(CertError::Mismatch { .. })));
-        assert!(Arc::ptr_eq(&before, &r.loaded().key));
+        assert!(matches!(s.reload(), Err(CertError::Mismatch { .. })));
+        assert!(Arc::ptr_eq(&before, &s.serving().loaded().key));
         std::fs::write(dir.path().join("tls.crt"), "garbage").unwrap();
-        assert!(matches!(r.reload(), Err(CertError::NoCertificate { .. })));
+        assert!(matches!(s.reload(), Err(CertError::NoCertificate { .. })));
     }
 
     #[test]
     fn missing_files_are_named() {
-        let err = FileCertResolver::load(
+        let (_registry, metrics) = registered(CertMetrics::register);
+        let err = FileSource::load(
             Path::new("/nonexistent/tls.crt"),
             Path::new("/nonexistent/tls.key"),
+            metrics,
         )
         .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/tls.crt"));
