@@ -6,6 +6,9 @@
 # without a container engine use to check them natively.
 
 FROM rust:1.95-bookworm AS build
+# musl-tools comes from the Debian release the base image pins (bookworm); pinning its exact
+# version as well would break the build at each Debian point release.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/* \

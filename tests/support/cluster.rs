@@ -28,7 +28,11 @@ use kube::{
 use restatus::store::{KeySchema, ObjectIdentity};
 use serde_json::{Value, json};
 
-use super::{redis::RedisServer, restatus::Restatus};
+use super::{
+    identity::{self, Identity},
+    redis::RedisServer,
+    restatus::Restatus,
+};
 
 const STARTUP: Duration = Duration::from_secs(180);
 /// How long tests wait for restatus to record or restore something.
@@ -59,13 +63,7 @@ pub fn control_plane() -> &'static ControlPlane {
                 _dir: None,
             };
         }
-        let status = Command::new("bash")
-            .arg(repo().join("tests/cluster/build.sh"))
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .status()
-            .expect("run tests/cluster/build.sh");
-        assert!(status.success(), "tests/cluster/build.sh failed");
+        super::run_build_script("tests/cluster/build.sh");
 
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig");
@@ -77,6 +75,10 @@ pub fn control_plane() -> &'static ControlPlane {
             .arg(dir.path().join("data"))
             .arg("--log-file")
             .arg(&log)
+            // Namespace deletion and garbage collection as in a real cluster: tests delete
+            // their namespaces, and namespace deletion sends restatus per-object DELETEs.
+            .arg("--controllers")
+            .arg("namespace,garbagecollector")
             .arg("--exit-on-stdin-eof")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -320,13 +322,67 @@ impl EnvOptions {
 /// namespace and the cluster-scoped objects registered with [`Env::delete_on_drop`], so a
 /// failing test leaves nothing behind for the next one.
 pub struct Env {
+    // Fields drop in order: the restatus processes stop before their Redis.
+    pub restatus: Vec<Restatus>,
     pub client: Client,
     pub ns: String,
     pub redis: RedisServer,
-    pub restatus: Vec<Restatus>,
     pub webhook: String,
     pub keys: KeySchema,
+    /// What restatus runs as: the chart's ServiceAccount and RBAC for this test's resources.
+    pub identity: Identity,
     cluster_objects: Mutex<Vec<(ApiResource, String)>>,
+}
+
+/// `helm template` values that render the chart's identity for an environment: RBAC for the
+/// resources the environment's webhook sends to restatus, and certificates from files (the
+/// tests make them), so no Secret access.
+fn identity_values(types: &[TestType]) -> Vec<String> {
+    let mut custom = vec!["kubernetesclusters"];
+    custom.extend(types.iter().map(|t| t.plural));
+    let tracked = json!([
+        {"group": TestType::GROUP, "resources": custom},
+        {"group": "", "resources": ["services", "configmaps"]}
+    ]);
+    let ca = "-----BEGIN CERTIFICATE-----\nunused\n-----END CERTIFICATE-----\n";
+    [
+        "--set",
+        "certificates.mode=provided",
+        "--set",
+        "certificates.provided.secretName=unused",
+        "--set",
+        &format!("certificates.provided.caBundle={}", base64(ca)),
+        "--set",
+        "redis.mode=external",
+        "--set",
+        "redis.external.url=redis://127.0.0.1:6379",
+        "--set-json",
+        &format!("trackedResources={tracked}"),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// Standard base64 with padding.
+pub fn base64(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 impl Env {
@@ -347,13 +403,17 @@ impl Env {
             .await
             .expect("create namespace");
 
+        let values = identity_values(&opts.types);
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        let identity = identity::from_chart(&client, &ns, &ns, &values).await;
+
         let redis = RedisServer::start().await;
         let prefix = super::unique("e2e");
         let mut restatus = Vec::new();
         for i in 0..opts.replicas.max(1) {
             let mut o = super::restatus::Options::new(redis.url());
             o.key_prefix = prefix.clone();
-            o.kubeconfig = Some(control_plane().kubeconfig.clone());
+            o.kubeconfig = Some(identity.kubeconfig.clone());
             o.args = opts.args.clone();
             o.args
                 .extend(["--consumer-name".to_owned(), format!("{ns}-{i}")]);
@@ -403,6 +463,7 @@ impl Env {
             .await
             .expect("create MutatingWebhookConfiguration");
 
+        let cluster_objects = Mutex::new(identity.cluster_objects.clone());
         let env = Env {
             keys: KeySchema::new(&prefix, "default"),
             client,
@@ -410,7 +471,8 @@ impl Env {
             redis,
             restatus,
             webhook,
-            cluster_objects: Mutex::new(Vec::new()),
+            identity,
+            cluster_objects,
         };
         env.wait_for_webhook().await;
         env
@@ -421,7 +483,7 @@ impl Env {
     pub async fn start_replica(&self, name: &str, args: &[&str]) -> Restatus {
         let mut opts = super::restatus::Options::new(self.redis.url());
         opts.key_prefix = self.restatus[0].key_prefix.clone();
-        opts.kubeconfig = Some(control_plane().kubeconfig.clone());
+        opts.kubeconfig = Some(self.identity.kubeconfig.clone());
         opts.args = args.iter().map(|a| (*a).to_owned()).collect();
         opts.name = format!("{}-{name}", self.ns);
         Restatus::start(opts).await

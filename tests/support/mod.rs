@@ -3,7 +3,9 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cluster;
+pub mod helm;
 pub mod http;
+pub mod identity;
 pub mod redis;
 pub mod restatus;
 
@@ -14,6 +16,17 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
+
+/// Runs a build script of the repository (`tests/cluster/build.sh`, `hack/tools/build.sh`),
+/// which is cached and cheap when its outputs are up to date.
+pub fn run_build_script(script: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script);
+    let status = std::process::Command::new("bash")
+        .arg(&path)
+        .status()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(status.success(), "{script} failed");
+}
 
 /// Installs the process-wide rustls crypto provider (once).
 pub fn init_crypto() {

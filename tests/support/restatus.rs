@@ -39,8 +39,20 @@ pub struct Restatus {
     child: Option<Child>,
 }
 
+/// A `restatus` process to start: its arguments, environment and where it listens.
+pub struct Launch {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub port: u16,
+    pub admin_port: u16,
+    pub key_prefix: String,
+    /// Name used for the log file in `target/test-logs/`.
+    pub name: String,
+}
+
 impl Restatus {
-    /// Starts `restatus serve` and waits until `/readyz` answers 200.
+    /// Starts `restatus serve` with generated certificates and waits until `/readyz` answers
+    /// 200.
     pub async fn start(opts: Options) -> Self {
         super::init_crypto();
         let certs = tempfile::tempdir().expect("tempdir");
@@ -52,38 +64,55 @@ impl Restatus {
         restatus::certs::write(certs.path(), &generated).expect("write certs");
         let port = super::free_port();
         let admin_port = super::free_port();
-        let log = super::log_dir().join(format!("{}.log", opts.name));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_restatus"));
-        cmd.arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .args(["--redis-url", &opts.redis_url])
-            .args(["--key-prefix", &opts.key_prefix])
-            .args([
-                "--tls-cert-file",
-                &certs.path().join("tls.crt").display().to_string(),
-            ])
-            .args([
-                "--tls-key-file",
-                &certs.path().join("tls.key").display().to_string(),
-            ])
-            .args(["--log-level", "info,restatus=debug"])
-            .args(&opts.args)
-            // Never pick up the developer's own cluster.
-            .env_remove("KUBECONFIG")
-            .env("HOME", certs.path())
-            .stdin(Stdio::null())
-            .stdout(File::create(&log).expect("log file"))
-            .stderr(File::options().append(true).open(&log).expect("log file"));
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--admin-listen=127.0.0.1:{admin_port}"),
+            format!("--redis-url={}", opts.redis_url),
+            format!("--key-prefix={}", opts.key_prefix),
+            format!("--tls-cert-file={}", certs.path().join("tls.crt").display()),
+            format!("--tls-key-file={}", certs.path().join("tls.key").display()),
+            "--log-level=info,restatus=debug".into(),
+        ];
         if let Some(kubeconfig) = &opts.kubeconfig {
-            cmd.args(["--kubeconfig", &kubeconfig.display().to_string()]);
+            args.push(format!("--kubeconfig={}", kubeconfig.display()));
         }
-        let child = cmd.spawn().expect("start restatus");
-        let mut me = Self {
+        args.extend(opts.args);
+        let launch = Launch {
+            args,
+            env: Vec::new(),
             port,
             admin_port,
             key_prefix: opts.key_prefix,
-            certs,
+            name: opts.name,
+        };
+        Self::launch(launch, Some(certs)).await
+    }
+
+    /// Starts `restatus` with exactly `launch.args` and `launch.env` (nothing of this
+    /// process's environment but `PATH`) and waits until `/readyz` answers 200.
+    pub async fn launch(launch: Launch, certs: Option<tempfile::TempDir>) -> Self {
+        let home = match certs {
+            Some(dir) => dir,
+            None => tempfile::tempdir().expect("tempdir"),
+        };
+        let log = super::log_dir().join(format!("{}.log", launch.name));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_restatus"));
+        cmd.args(&launch.args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            // Never pick up the developer's own cluster.
+            .env("HOME", home.path())
+            .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(File::create(&log).expect("log file"))
+            .stderr(File::options().append(true).open(&log).expect("log file"));
+        let child = cmd.spawn().expect("start restatus");
+        let mut me = Self {
+            port: launch.port,
+            admin_port: launch.admin_port,
+            key_prefix: launch.key_prefix,
+            certs: home,
             log,
             child: Some(child),
         };

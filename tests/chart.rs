@@ -1,0 +1,896 @@
+//! The Helm chart: lint and render in every mode with Helm 3 and Helm 4, the rules every
+//! rendering follows, the values reference, `helm install` on the real API server, and the
+//! chart's own end to end: restatus run exactly as the chart's Deployment runs it, under the
+//! chart's ServiceAccount, with self-managed certificates.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use k8s_openapi::api::{
+    admissionregistration::v1::MutatingWebhookConfiguration,
+    apps::v1::Deployment,
+    authorization::v1::SubjectAccessReview,
+    core::v1::{Namespace, Secret},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use restatus::{
+    certs::Validity,
+    policy::{ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT, status_of},
+    store::{KeySchema, ObjectIdentity},
+};
+use serde_json::{Value, json};
+use support::{
+    cluster::{self, WAIT, kubernetes_cluster, patch_status},
+    eventually, free_port,
+    helm::{self, Output},
+    identity,
+    redis::RedisServer,
+    restatus::{Launch, Restatus},
+    unique,
+};
+
+fn ci_values() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(helm::chart().join("ci"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 8, "a values file per mode: {files:?}");
+    files
+}
+
+fn must(out: Output, what: &str) -> Output {
+    assert!(
+        out.success,
+        "{what} failed:\n{}\n{}",
+        out.stdout, out.stderr
+    );
+    out
+}
+
+#[test]
+fn the_chart_lints_and_renders_in_every_mode_with_helm_3_and_4() {
+    let chart = helm::chart();
+    let chart = chart.to_str().unwrap();
+    for bin in [helm::helm(), helm::helm3()] {
+        let name = bin.file_name().unwrap().to_string_lossy().into_owned();
+        must(
+            helm::run(&bin, &["lint", "--strict", chart]),
+            &format!("{name} lint"),
+        );
+        must(
+            helm::run(&bin, &["template", "r", chart, "-n", "restatus"]),
+            &format!("{name} template"),
+        );
+        for values in ci_values() {
+            let values = values.to_str().unwrap();
+            let what = format!("{name} with {values}");
+            must(
+                helm::run(&bin, &["lint", "--strict", chart, "-f", values]),
+                &format!("lint {what}"),
+            );
+            let out = must(
+                helm::run(
+                    &bin,
+                    &["template", "r", chart, "-n", "restatus", "-f", values],
+                ),
+                &format!("template {what}"),
+            );
+            assert!(
+                !helm::documents(&out.stdout).is_empty(),
+                "{what} renders nothing"
+            );
+        }
+    }
+}
+
+/// `helm template` with `args`, expected to fail; its error output.
+fn refused(args: &[&str]) -> String {
+    let chart = helm::chart();
+    let mut all = vec!["template", "r", chart.to_str().unwrap(), "-n", "restatus"];
+    all.extend_from_slice(args);
+    let mut messages = String::new();
+    for bin in [helm::helm(), helm::helm3()] {
+        let out = helm::run(&bin, &all);
+        assert!(!out.success, "{args:?} was accepted by {}", bin.display());
+        messages.push_str(&out.stderr);
+    }
+    messages
+}
+
+#[test]
+fn typos_wrong_types_and_forbidden_resources_are_refused_with_a_clear_message() {
+    let typo = refused(&["--set", "image.tagg=x"]);
+    assert!(typo.contains("tagg"), "{typo}");
+    let unknown = refused(&["--set", "replicas=3"]);
+    assert!(unknown.contains("replicas"), "{unknown}");
+    let wrong_type = refused(&["--set", "replicaCount=two"]);
+    assert!(wrong_type.contains("replicaCount"), "{wrong_type}");
+    for forbidden in [
+        "pods",
+        "nodes",
+        "leases",
+        "events",
+        "endpoints",
+        "endpointslices",
+        "tokenreviews",
+        "subjectaccessreviews",
+        "certificatesigningrequests",
+    ] {
+        let message = refused(&[
+            "--set",
+            &format!("trackedResources[0].resources[0]={forbidden}"),
+        ]);
+        assert!(
+            message.contains(&format!("\"{forbidden}\" cannot be tracked")),
+            "{forbidden}: {message}"
+        );
+    }
+    refused(&["--set", "trackedResources[0].resources[0]=*"]);
+    refused(&["--set", "trackedResources[0].group=*"]);
+}
+
+/// The defaults, rendered.
+fn defaults() -> Vec<Value> {
+    helm::template("r", "restatus", &[])
+}
+
+fn one<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    let found = helm::of_kind(objects, kind);
+    assert_eq!(found.len(), 1, "one {kind}");
+    found[0]
+}
+
+fn seconds(duration: &str) -> u64 {
+    restatus::duration::parse(duration).unwrap().as_secs()
+}
+
+#[test]
+fn the_deployment_runs_two_locked_down_replicas_spread_across_nodes() {
+    let objects = defaults();
+    let deployment = one(&objects, "Deployment");
+    let spec = &deployment["spec"]["template"]["spec"];
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let spread = &spec["topologySpreadConstraints"][0];
+    assert_eq!(spread["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(
+        spread["labelSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    let container = &spec["containers"][0];
+    let sc = &container["securityContext"];
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    assert!(spec["securityContext"]["runAsUser"].as_u64().unwrap() > 0);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert!(container["resources"]["requests"]["memory"].is_string());
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let grace = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--shutdown-grace="))
+        .expect("--shutdown-grace");
+    assert!(
+        spec["terminationGracePeriodSeconds"].as_u64().unwrap() > seconds(grace),
+        "the pod outlives the shutdown grace"
+    );
+    assert!(args.contains(&"--cert-mode=self-managed"));
+    // Every flag the chart passes is one restatus knows: the binary parses them.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_restatus"))
+        .args(&args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pdb = one(&objects, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+}
+
+#[test]
+fn the_webhook_configuration_never_blocks_and_skips_system_namespaces() {
+    let objects = defaults();
+    let config = one(&objects, "MutatingWebhookConfiguration");
+    let hook = &config["webhooks"][0];
+    assert_eq!(hook["failurePolicy"], "Ignore");
+    assert_eq!(hook["sideEffects"], "NoneOnDryRun");
+    assert_eq!(hook["timeoutSeconds"], 5);
+    assert_eq!(hook["reinvocationPolicy"], "Never");
+    assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
+    assert!(
+        hook["clientConfig"].get("caBundle").is_none(),
+        "restatus fills the caBundle in self-managed mode"
+    );
+    let selector = hook["namespaceSelector"]["matchExpressions"].to_string();
+    for ns in [
+        "kube-system",
+        "kube-node-lease",
+        "restatus",
+        "restatus.io/ignore",
+    ] {
+        assert!(selector.contains(ns), "{ns} excluded: {selector}");
+    }
+    assert!(
+        hook["matchConditions"][0]["expression"]
+            .as_str()
+            .unwrap()
+            .contains("system:serviceaccount:restatus:"),
+        "restatus's own main-resource writes are skipped"
+    );
+    let rules = &hook["rules"][0];
+    assert_eq!(rules["resources"], json!(["services", "services/status"]));
+    assert_eq!(rules["operations"], json!(["CREATE", "UPDATE", "DELETE"]));
+}
+
+/// Every string anywhere in a JSON value.
+fn strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+        Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn rbac_grants_exactly_the_tracked_resources_with_no_wildcard() {
+    let tracked = json!([
+        {"group": "", "resources": ["services"]},
+        {"group": "infra.example.com", "resources": ["kubernetesclusters"]}
+    ]);
+    let objects = helm::template(
+        "r",
+        "restatus",
+        &["--set-json", &format!("trackedResources={tracked}")],
+    );
+    for kind in ["ClusterRole", "Role"] {
+        for role in helm::of_kind(&objects, kind) {
+            let mut all = Vec::new();
+            strings(&role["rules"], &mut all);
+            assert!(
+                !all.iter().any(|s| s.contains('*')),
+                "{kind} has a wildcard"
+            );
+        }
+    }
+    let rules = one(&objects, "ClusterRole")["rules"].as_array().unwrap();
+    let core = rules
+        .iter()
+        .find(|r| r["apiGroups"] == json!([""]) && r["resources"].to_string().contains("services"))
+        .unwrap();
+    assert_eq!(core["resources"], json!(["services", "services/status"]));
+    assert_eq!(core["verbs"], json!(["get", "list", "watch", "patch"]));
+    let webhook_rule = rules
+        .iter()
+        .find(|r| r["resources"] == json!(["mutatingwebhookconfigurations"]))
+        .unwrap();
+    assert_eq!(webhook_rule["resourceNames"], json!(["r-restatus"]));
+    let role = one(&objects, "Role");
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["r-restatus-ca"], "verbs": ["get", "update", "patch"]}])
+    );
+}
+
+/// The leaf paths of a YAML mapping, the way the values reference names them: lists (and
+/// empty maps) are one value.
+fn leaves(prefix: &str, value: &serde_yaml::Value, out: &mut BTreeSet<String>) {
+    match value {
+        serde_yaml::Value::Mapping(map) if !map.is_empty() => {
+            for (k, v) in map {
+                let key = k.as_str().unwrap();
+                let path = if prefix.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaves(&path, v, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_owned());
+        }
+    }
+}
+
+#[test]
+fn the_values_reference_lists_every_value() {
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(helm::chart().join("values.yaml")).unwrap())
+            .unwrap();
+    let mut in_values = BTreeSet::new();
+    leaves("", &values, &mut in_values);
+    let reference = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/chart-values.md"),
+    )
+    .unwrap();
+    let in_docs: BTreeSet<String> = reference
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`'))
+        .map(|(path, _)| path.to_owned())
+        .collect();
+    let missing: Vec<_> = in_values.difference(&in_docs).collect();
+    let stale: Vec<_> = in_docs.difference(&in_values).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "docs/chart-values.md is out of step with values.yaml: missing {missing:?}, stale {stale:?}"
+    );
+}
+
+/// Chart tests that install into the shared control plane run one at a time: each install's
+/// webhook configuration sends reviews of every other namespace to its restatus.
+static INSTALLING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A Helm release in a fresh namespace, uninstalled (with its namespace) when dropped.
+struct Release {
+    name: String,
+    namespace: String,
+    helm: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Release {
+    async fn install(client: &Client, helm: PathBuf, args: &[&str]) -> Release {
+        let namespace = unique("chart");
+        create_namespace(client, &namespace).await;
+        let release = Release {
+            name: "rs".into(),
+            namespace,
+            helm,
+            kubeconfig: cluster::control_plane().kubeconfig.clone(),
+        };
+        release.helm(
+            &["install", &release.name, helm::chart().to_str().unwrap()],
+            args,
+        );
+        release
+    }
+
+    fn helm(&self, command: &[&str], args: &[&str]) -> Output {
+        let kubeconfig = self.kubeconfig.to_str().unwrap().to_owned();
+        let mut all: Vec<&str> = command.to_vec();
+        all.extend(["--kubeconfig", &kubeconfig, "--namespace", &self.namespace]);
+        all.extend_from_slice(args);
+        must(helm::run(&self.helm, &all), &format!("helm {command:?}"))
+    }
+
+    fn fullname(&self) -> String {
+        format!("{}-restatus", self.name)
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let kubeconfig = self.kubeconfig.to_str().unwrap().to_owned();
+        let out = helm::run(
+            &self.helm,
+            &[
+                "uninstall",
+                &self.name,
+                "--kubeconfig",
+                &kubeconfig,
+                "-n",
+                &self.namespace,
+            ],
+        );
+        if !out.success {
+            eprintln!("helm uninstall failed: {}", out.stderr);
+        }
+    }
+}
+
+async fn create_namespace(client: &Client, name: &str) {
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+async fn secret_data(client: &Client, ns: &str, name: &str) -> BTreeMap<String, Vec<u8>> {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap();
+    secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
+}
+
+#[tokio::test]
+async fn helm_install_upgrade_and_uninstall_on_the_api_server_with_helm_3_and_4() {
+    let _serial = INSTALLING.lock().await;
+    let client = cluster::client().await;
+    for bin in [helm::helm(), helm::helm3()] {
+        // Every object must pass the API server's validation.
+        let release = Release::install(&client, bin.clone(), &[]).await;
+        let ns = release.namespace.clone();
+        let fullname = release.fullname();
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        // The CA Secret is created empty; restatus fills it. Simulate that, and the bundled
+        // Redis's generated password, and check that an upgrade keeps both.
+        let ca_secret = format!("{fullname}-ca");
+        assert!(secret_data(&client, &ns, &ca_secret).await.is_empty());
+        secrets
+            .patch(
+                &ca_secret,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"stringData": {"ca.crt": "kept"}})),
+            )
+            .await
+            .unwrap();
+        let redis_secret = format!("{fullname}-redis");
+        let password = secret_data(&client, &ns, &redis_secret).await["password"].clone();
+        assert!(password.len() >= 16, "a generated Redis password");
+        release.helm(
+            &["upgrade", &release.name, helm::chart().to_str().unwrap()],
+            &["--set", "config.logLevel=debug"],
+        );
+        assert_eq!(
+            secret_data(&client, &ns, &ca_secret).await["ca.crt"],
+            b"kept".to_vec(),
+            "{}: the upgrade kept the CA",
+            bin.display()
+        );
+        assert_eq!(
+            secret_data(&client, &ns, &redis_secret).await["password"],
+            password,
+            "the upgrade kept the Redis password"
+        );
+        let deployment = Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get(&fullname)
+            .await
+            .unwrap();
+        assert!(
+            serde_json::to_string(&deployment.spec)
+                .unwrap()
+                .contains("--log-level=debug"),
+            "the upgrade changed the Deployment"
+        );
+        drop(release);
+        // Uninstalling removes the webhook configuration and keeps the CA Secret.
+        let hooks = Api::<MutatingWebhookConfiguration>::all(client.clone());
+        assert!(hooks.get_opt(&fullname).await.unwrap().is_none());
+        assert!(secrets.get_opt(&ca_secret).await.unwrap().is_some());
+    }
+}
+
+/// restatus running as the chart runs it, for one release.
+struct ChartEnv {
+    // Fields drop in order: restatus stops before its Redis and its release go away.
+    restatus: Restatus,
+    client: Client,
+    release: Release,
+    /// Where the test's objects live (the release namespace is excluded by the webhook).
+    objects_ns: String,
+    redis: RedisServer,
+    keys: KeySchema,
+    _identity: (PathBuf, tempfile::TempDir),
+}
+
+impl ChartEnv {
+    /// Installs the chart for KubernetesClusters with a development webhook URL and
+    /// external Redis, then runs the Deployment's container as a process: its args, its env
+    /// (downward API and Secret references resolved), the chart's ServiceAccount's token.
+    async fn start(extra: &[&str]) -> ChartEnv {
+        let client = cluster::client().await;
+        cluster::apply_crd(&client, cluster::example_crd()).await;
+        let redis = RedisServer::start().await;
+        let (port, admin_port) = (free_port(), free_port());
+        let prefix = unique("chart");
+        let tracked = json!([{"group": "infra.example.com", "resources": ["kubernetesclusters"]}]);
+        let mut args: Vec<String> = [
+            "--set-json",
+            &format!("trackedResources={tracked}"),
+            "--set",
+            &format!("webhook.url=https://127.0.0.1:{port}/mutate"),
+            "--set-json",
+            r#"certificates.selfManaged.extraHosts=["127.0.0.1"]"#,
+            "--set",
+            &format!("containerPorts.webhook={port}"),
+            "--set",
+            &format!("containerPorts.admin={admin_port}"),
+            "--set",
+            "redis.mode=external",
+            "--set",
+            &format!("redis.external.url={}", redis.url()),
+            "--set",
+            &format!("config.keyPrefix={prefix}"),
+            "--set",
+            r"config.logLevel=info\,restatus=debug",
+            "--set",
+            "config.logFormat=text",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let release = Release::install(&client, helm::helm(), &args).await;
+        let objects_ns = unique("objects");
+        create_namespace(&client, &objects_ns).await;
+
+        let identity =
+            identity::token_kubeconfig(&client, &release.namespace, &release.fullname()).await;
+        let deployment = Api::<Deployment>::namespaced(client.clone(), &release.namespace)
+            .get(&release.fullname())
+            .await
+            .unwrap();
+        let container = deployment.spec.template.spec.unwrap().containers[0].clone();
+        let mut env = vec![("KUBECONFIG".to_owned(), identity.0.display().to_string())];
+        for var in container.env.unwrap_or_default() {
+            let value = match (&var.value, &var.value_from) {
+                (Some(v), _) => v.clone(),
+                (None, Some(from)) => {
+                    if let Some(field) = &from.field_ref {
+                        match field.field_path.as_str() {
+                            "metadata.name" => format!("{}-7d9c6b5f4-x2x8q", release.fullname()),
+                            "metadata.namespace" => release.namespace.clone(),
+                            other => panic!("unexpected fieldRef {other}"),
+                        }
+                    } else if let Some(key) = &from.secret_key_ref {
+                        let data = secret_data(&client, &release.namespace, &key.name).await;
+                        String::from_utf8(data[&key.key].clone()).unwrap()
+                    } else {
+                        panic!("unexpected env source for {}", var.name)
+                    }
+                }
+                (None, None) => String::new(),
+            };
+            env.push((var.name, value));
+        }
+        let launch = Launch {
+            args: container.args.unwrap_or_default(),
+            env,
+            port,
+            admin_port,
+            key_prefix: prefix.clone(),
+            name: format!("{}-restatus", release.namespace),
+        };
+        let restatus = Restatus::launch(launch, None).await;
+        ChartEnv {
+            client,
+            release,
+            objects_ns,
+            redis,
+            restatus,
+            keys: KeySchema::new(&prefix, "default"),
+            _identity: identity,
+        }
+    }
+
+    fn clusters(&self) -> Api<kube::api::DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.objects_ns,
+            &cluster::kubernetes_cluster_resource(),
+        )
+    }
+
+    fn id(&self, name: &str) -> ObjectIdentity {
+        ObjectIdentity {
+            group: "infra.example.com".into(),
+            resource: "kubernetesclusters".into(),
+            namespace: Some(self.objects_ns.clone()),
+            name: name.into(),
+        }
+    }
+
+    async fn recorded(&self, name: &str) -> Option<Value> {
+        let rec = self.redis.hgetall(&self.keys.record(&self.id(name))).await;
+        rec.get("status").map(|s| serde_json::from_str(s).unwrap())
+    }
+
+    /// The caBundle of the release's webhook configuration.
+    async fn ca_bundle(&self) -> String {
+        let config = Api::<MutatingWebhookConfiguration>::all(self.client.clone())
+            .get(&self.release.fullname())
+            .await
+            .unwrap();
+        let bundle = config.webhooks.unwrap()[0].client_config.ca_bundle.clone();
+        bundle
+            .map(|b| String::from_utf8(b.0).unwrap())
+            .unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn the_chart_runs_restatus_under_its_service_account_with_self_managed_certificates() {
+    let _serial = INSTALLING.lock().await;
+    let env = ChartEnv::start(&[]).await;
+    let secret = format!("{}-ca", env.release.fullname());
+
+    // restatus made the CA, kept it in the chart's Secret and patched the caBundle itself,
+    // under its field manager.
+    let ca = secret_data(&env.client, &env.release.namespace, &secret).await;
+    let ca_pem = String::from_utf8(ca["ca.crt"].clone()).unwrap();
+    assert!(ca.contains_key("ca.key"));
+    let bundle = eventually(WAIT, "restatus to publish the caBundle", || async {
+        let bundle = env.ca_bundle().await;
+        (!bundle.is_empty()).then_some(bundle)
+    })
+    .await;
+    assert_eq!(bundle.trim(), ca_pem.trim());
+    let config = Api::<MutatingWebhookConfiguration>::all(env.client.clone())
+        .get(&env.release.fullname())
+        .await
+        .unwrap();
+    let managers: Vec<String> = config
+        .managed_fields()
+        .iter()
+        .filter(|m| {
+            serde_json::to_string(&m.fields_v1)
+                .unwrap()
+                .contains("caBundle")
+        })
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(managers, ["restatus"], "only restatus owns the caBundle");
+
+    // The API server verifies restatus's certificate against that bundle: a status write is
+    // recorded, and a recreated object gets its status back, all under the chart's identity.
+    let api = env.clusters();
+    let saved = json!({"phase": "Running", "clusterID": "c-chart", "apiServerURL": "https://203.0.113.30:6443"});
+    api.create(&PostParams::default(), &kubernetes_cluster("charted"))
+        .await
+        .unwrap();
+    patch_status(&api, "charted", saved.clone()).await;
+    eventually(WAIT, "the status to be recorded", || async {
+        (env.recorded("charted").await.as_ref() == Some(&saved)).then_some(())
+    })
+    .await;
+    api.delete("charted", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(WAIT, "the deletion to be recorded", || async {
+        let rec = env
+            .redis
+            .hgetall(&env.keys.record(&env.id("charted")))
+            .await;
+        rec.contains_key("deletedAt").then_some(())
+    })
+    .await;
+    api.create(&PostParams::default(), &kubernetes_cluster("charted"))
+        .await
+        .unwrap();
+    let restored = eventually(WAIT, "the status to come back", || async {
+        let obj = api.get_opt("charted").await.ok()??;
+        let a = obj.annotations();
+        (a.contains_key(ANNOTATION_RESTORED_AT) && !a.contains_key(ANNOTATION_RESTORE))
+            .then_some(obj)
+    })
+    .await;
+    assert_eq!(status_of(&restored), Some(&saved));
+    let log = env.restatus.log_text();
+    assert!(
+        !log.contains("Forbidden"),
+        "a permission was missing:\n{log}"
+    );
+    drop(env);
+}
+
+/// A SubjectAccessReview, as the cluster admin, of what `user` may do.
+async fn may(client: &Client, user: &str, ns: &str, attrs: Value) -> bool {
+    let mut attrs = attrs;
+    if attrs.get("namespace").is_none() {
+        attrs["namespace"] = json!(ns);
+    }
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "spec": {
+            "user": user,
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"],
+            "resourceAttributes": attrs
+        }
+    }))
+    .unwrap();
+    Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .allowed
+}
+
+#[tokio::test]
+async fn the_service_account_may_do_what_restatus_needs_and_nothing_more() {
+    let _serial = INSTALLING.lock().await;
+    let client = cluster::client().await;
+    let tracked = json!([{"group": "infra.example.com", "resources": ["kubernetesclusters"]}]);
+    let release = Release::install(
+        &client,
+        helm::helm(),
+        &["--set-json", &format!("trackedResources={tracked}")],
+    )
+    .await;
+    let ns = release.namespace.clone();
+    let user = format!("system:serviceaccount:{ns}:{}", release.fullname());
+    let own = release.fullname();
+    let ca_secret = format!("{own}-ca");
+    let kc = |verb: &str, sub: Option<&str>| {
+        let mut a = json!({"group": "infra.example.com", "resource": "kubernetesclusters", "verb": verb, "namespace": "team-a"});
+        if let Some(s) = sub {
+            a["subresource"] = json!(s);
+        }
+        a
+    };
+    let allowed = [
+        kc("get", None),
+        kc("list", None),
+        kc("watch", None),
+        kc("patch", None),
+        kc("patch", Some("status")),
+        kc("get", Some("status")),
+        json!({"group": "apiextensions.k8s.io", "resource": "customresourcedefinitions", "verb": "watch", "namespace": ""}),
+        json!({"group": "", "resource": "namespaces", "verb": "list", "namespace": ""}),
+        json!({"group": "events.k8s.io", "resource": "events", "verb": "create", "namespace": "team-a"}),
+        json!({"group": "events.k8s.io", "resource": "events", "verb": "patch", "namespace": "team-a"}),
+        json!({"group": "authorization.k8s.io", "resource": "subjectaccessreviews", "verb": "create", "namespace": ""}),
+        json!({"group": "admissionregistration.k8s.io", "resource": "mutatingwebhookconfigurations", "verb": "get", "name": own, "namespace": ""}),
+        json!({"group": "admissionregistration.k8s.io", "resource": "mutatingwebhookconfigurations", "verb": "patch", "name": own, "namespace": ""}),
+        json!({"group": "", "resource": "secrets", "verb": "get", "name": ca_secret}),
+        json!({"group": "", "resource": "secrets", "verb": "update", "name": ca_secret}),
+    ];
+    let denied = [
+        kc("create", None),
+        kc("update", None),
+        kc("delete", None),
+        kc("deletecollection", None),
+        kc("update", Some("status")),
+        json!({"group": "", "resource": "secrets", "verb": "get", "name": "other"}),
+        json!({"group": "", "resource": "secrets", "verb": "list"}),
+        json!({"group": "", "resource": "secrets", "verb": "create"}),
+        json!({"group": "", "resource": "secrets", "verb": "get", "name": ca_secret, "namespace": "kube-system"}),
+        json!({"group": "", "resource": "secrets", "verb": "delete", "name": ca_secret}),
+        json!({"group": "admissionregistration.k8s.io", "resource": "mutatingwebhookconfigurations", "verb": "patch", "name": "someone-else", "namespace": ""}),
+        json!({"group": "admissionregistration.k8s.io", "resource": "mutatingwebhookconfigurations", "verb": "list", "namespace": ""}),
+        json!({"group": "admissionregistration.k8s.io", "resource": "validatingwebhookconfigurations", "verb": "patch", "name": own, "namespace": ""}),
+        json!({"group": "", "resource": "services", "verb": "patch", "namespace": "team-a"}),
+        json!({"group": "", "resource": "services", "verb": "patch", "subresource": "status", "namespace": "team-a"}),
+        json!({"group": "", "resource": "configmaps", "verb": "get", "namespace": "team-a"}),
+        json!({"group": "", "resource": "pods", "verb": "list", "namespace": "team-a"}),
+        json!({"group": "", "resource": "namespaces", "verb": "delete", "name": "team-a", "namespace": ""}),
+        json!({"group": "apiextensions.k8s.io", "resource": "customresourcedefinitions", "verb": "patch", "namespace": ""}),
+        json!({"group": "rbac.authorization.k8s.io", "resource": "clusterroles", "verb": "escalate", "namespace": ""}),
+        json!({"group": "", "resource": "users", "verb": "impersonate", "namespace": ""}),
+        json!({"group": "authentication.k8s.io", "resource": "tokenreviews", "verb": "create", "namespace": ""}),
+    ];
+    for attrs in allowed {
+        assert!(
+            may(&client, &user, &ns, attrs.clone()).await,
+            "restatus needs {attrs}"
+        );
+    }
+    for attrs in denied {
+        assert!(
+            !may(&client, &user, &ns, attrs.clone()).await,
+            "restatus must not {attrs}"
+        );
+    }
+    drop(release);
+}
+
+#[tokio::test]
+async fn serving_and_ca_rotation_under_load_lose_no_review() {
+    let _serial = INSTALLING.lock().await;
+    // Short lives so that both rotate within the test: the serving certificate is renewed
+    // about every 10 s, the CA once after about 30 s.
+    let env = ChartEnv::start(&[
+        "--set",
+        "certificates.selfManaged.caValidity=45s",
+        "--set",
+        "certificates.selfManaged.certValidity=15s",
+        "--set",
+        "certificates.selfManaged.checkInterval=1s",
+    ])
+    .await;
+    let api = env.clusters();
+    api.create(&PostParams::default(), &kubernetes_cluster("busy"))
+        .await
+        .unwrap();
+    let first_ca = env.ca_bundle().await;
+    let writes = std::sync::atomic::AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let writer = async {
+        let mut n = 0u64;
+        while !done.load(Ordering::SeqCst) {
+            n += 1;
+            patch_status(&api, "busy", json!({"generationSeen": n})).await;
+            writes.store(n, Ordering::SeqCst);
+        }
+    };
+    let rotations = async {
+        let r = &env.restatus;
+        eventually(
+            Duration::from_secs(120),
+            "a CA rotation and serving renewals",
+            || async {
+                let ca = r
+                    .metric("restatus_certificate_rotations_total{certificate=\"ca\"}")
+                    .await;
+                let serving = r
+                    .metric("restatus_certificate_rotations_total{certificate=\"serving\"}")
+                    .await;
+                // The CA rotated, and the serving certificate has since moved to the new CA.
+                let bundle = env.ca_bundle().await;
+                let moved = serving >= 3.0 && ca >= 1.0 && bundle != first_ca;
+                moved.then_some(())
+            },
+        )
+        .await;
+        // Keep writing across one more renewal after the switch.
+        let before = r
+            .metric("restatus_certificate_rotations_total{certificate=\"serving\"}")
+            .await;
+        eventually(Duration::from_secs(60), "one more renewal", || async {
+            let now = r
+                .metric("restatus_certificate_rotations_total{certificate=\"serving\"}")
+                .await;
+            (now > before).then_some(())
+        })
+        .await;
+        done.store(true, Ordering::SeqCst);
+    };
+    tokio::join!(writer, rotations);
+    let total = writes.load(Ordering::SeqCst);
+    assert!(total > 20, "reviews flowed during the rotations: {total}");
+    // Every status write reached restatus and was recorded: none was skipped by the API
+    // server because of a certificate it did not trust (failurePolicy Ignore hides that).
+    let recorded = env
+        .restatus
+        .metric("restatus_admission_requests_total{operation=\"UPDATE\",outcome=\"recorded\"}")
+        .await;
+    assert_eq!(
+        recorded, total as f64,
+        "every status write was reviewed and recorded"
+    );
+    assert_eq!(
+        env.recorded("busy").await,
+        Some(json!({"generationSeen": total}))
+    );
+    let log = env.restatus.log_text();
+    assert!(!log.contains("TLS handshake failed"), "{log}");
+    // What restatus serves now chains to the published bundle: a client that trusts only
+    // that bundle completes the handshake.
+    let trust = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(trust.path(), env.ca_bundle().await).unwrap();
+    let client = support::http::TlsClient::new(trust.path(), support::http::Alpn::Http2);
+    let answer = client
+        .post(&env.restatus.mutate_url(), "not a review")
+        .await
+        .expect("a TLS handshake against the published caBundle");
+    assert_eq!(answer.status, 400);
+    let bundle = env.ca_bundle().await;
+    let cas = bundle.matches("BEGIN CERTIFICATE").count();
+    assert!((1..=2).contains(&cas), "{cas} CAs in the bundle");
+    assert!(Validity::of_pem(bundle.as_bytes()).unwrap().not_after > jiff::Timestamp::now());
+}

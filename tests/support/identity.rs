@@ -1,0 +1,121 @@
+//! The identity restatus runs under in tests: the chart's own ServiceAccount and RBAC,
+//! rendered by `helm template`, with a token from the TokenRequest API. Never
+//! `system:masters`: a permission the chart forgets fails a test.
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::{authentication::v1::TokenRequest, core::v1::ServiceAccount};
+use kube::{
+    Api, Client,
+    api::{ApiResource, PostParams},
+};
+use serde_json::{Value, json};
+
+use super::helm;
+
+/// The kinds of the chart that make up restatus's identity.
+const IDENTITY_KINDS: [&str; 5] = [
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+];
+
+pub struct Identity {
+    pub namespace: String,
+    pub service_account: String,
+    /// `system:serviceaccount:<namespace>:<name>`, as the API server sees restatus.
+    pub username: String,
+    /// A kubeconfig that authenticates as the ServiceAccount with a bearer token.
+    pub kubeconfig: PathBuf,
+    /// Cluster-scoped objects created for it (to delete when the test ends).
+    pub cluster_objects: Vec<(ApiResource, String)>,
+    _dir: tempfile::TempDir,
+}
+
+/// Creates the chart's ServiceAccount and RBAC for release `release` in `namespace`,
+/// rendered with `helm_args` (values), and a kubeconfig with a one-hour token for it.
+pub async fn from_chart(
+    client: &Client,
+    release: &str,
+    namespace: &str,
+    helm_args: &[&str],
+) -> Identity {
+    let rendered = helm::template(release, namespace, helm_args);
+    let objects: Vec<&Value> = rendered
+        .iter()
+        .filter(|o| IDENTITY_KINDS.contains(&o["kind"].as_str().unwrap_or_default()))
+        .collect();
+    helm::create_all(client, namespace, &objects).await;
+    let cluster_objects = objects
+        .iter()
+        .filter_map(|o| {
+            let resource = match o["kind"].as_str()? {
+                "ClusterRole" => ApiResource::erase::<k8s_openapi::api::rbac::v1::ClusterRole>(&()),
+                "ClusterRoleBinding" => {
+                    ApiResource::erase::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(&())
+                }
+                _ => return None,
+            };
+            Some((resource, o["metadata"]["name"].as_str()?.to_owned()))
+        })
+        .collect();
+    let service_account = helm::of_kind(&rendered, "ServiceAccount")
+        .first()
+        .and_then(|sa| sa["metadata"]["name"].as_str())
+        .expect("the chart renders a ServiceAccount")
+        .to_owned();
+
+    let (kubeconfig, dir) = token_kubeconfig(client, namespace, &service_account).await;
+    Identity {
+        username: format!("system:serviceaccount:{namespace}:{service_account}"),
+        namespace: namespace.to_owned(),
+        service_account,
+        kubeconfig,
+        cluster_objects,
+        _dir: dir,
+    }
+}
+
+/// A kubeconfig for the test control plane that authenticates as the ServiceAccount
+/// `namespace/name` with a one-hour token from the TokenRequest API. The file lives as long
+/// as the returned directory.
+pub async fn token_kubeconfig(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> (PathBuf, tempfile::TempDir) {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request: TokenRequest = serde_json::from_value(json!({
+        "spec": {"audiences": [], "expirationSeconds": 3600}
+    }))
+    .unwrap();
+    let token = accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {namespace}/{name}: {e}"))
+        .status
+        .expect("token status")
+        .token;
+
+    let admin = kube::config::Kubeconfig::read_from(&super::cluster::control_plane().kubeconfig)
+        .expect("admin kubeconfig");
+    let cluster = admin.clusters.first().expect("a cluster").clone();
+    let cluster = cluster.cluster.expect("cluster entry");
+    let kubeconfig = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {
+            "server": cluster.server,
+            "certificate-authority-data": cluster.certificate_authority_data,
+        }}],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": "restatus", "context": {"cluster": "test", "user": name}}],
+        "current-context": "restatus"
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).expect("write kubeconfig");
+    (path, dir)
+}
