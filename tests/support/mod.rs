@@ -8,6 +8,7 @@ pub mod http;
 pub mod identity;
 pub mod redis;
 pub mod restatus;
+pub mod router;
 
 use std::{
     future::Future,
