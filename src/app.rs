@@ -7,7 +7,6 @@ use std::{collections::HashMap, future::Future, path::Path, sync::Arc, time::Dur
 
 use axum::Router;
 use kube::{Client, config::KubeConfigOptions};
-use rustls::ServerConfig;
 use tokio::{
     net::TcpListener,
     task::{Id, JoinSet},
@@ -19,7 +18,7 @@ use crate::{
     certs::{
         self, CertError, CertMetrics, FileSource, ManagerError, SelfManaged, SelfManagedSettings,
     },
-    config::{CertMode, ServeArgs, TlsArgs},
+    config::{CertMode, ServeArgs, ServerArgs, ServerArgsError, TlsArgs},
     error::error_chain,
     policy::{CrdCache, CrdWatch, RestorePolicy},
     restore::{self, RestoreMetrics, Worker},
@@ -43,6 +42,8 @@ pub enum BuildError {
     SelfManagedConfig(&'static str),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Listener(#[from] ServerArgsError),
     #[error("could not set up the Redis store")]
     Store(#[from] StoreError),
     #[error("could not load the kubeconfig {path}")]
@@ -74,7 +75,9 @@ pub enum TaskError {
 pub struct App {
     webhook_listener: TcpListener,
     admin_listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: Arc<certs::ListenerTls>,
+    limits: server::Limits,
+    server_metrics: server::ServerMetrics,
     webhook: Router,
     admin: Router,
     ready: Arc<Readiness>,
@@ -164,17 +167,41 @@ impl Certificates {
             Certificates::SelfManaged(manager) => manager.serving(),
         }
     }
+
+    /// Who may call the webhook: with --client-ca-file, callers with a certificate from it.
+    fn client_auth(tls: &TlsArgs) -> Option<certs::ClientAuth> {
+        tls.client_ca_file.clone().map(|ca_file| certs::ClientAuth {
+            ca_file,
+            reload_interval: tls.tls_reload_interval,
+        })
+    }
+}
+
+/// How the webhook listener bounds its clients.
+fn listener_limits(server: &ServerArgs) -> server::Limits {
+    server::Limits {
+        header_read_timeout: server.header_read_timeout,
+        body_read_timeout: server.body_read_timeout,
+        idle_timeout: server.idle_timeout,
+        http2_keepalive_interval: server.http2_keepalive_interval,
+        max_connections: server.max_connections as usize,
+        max_concurrent_streams: server.max_concurrent_streams,
+        max_request_bytes: server.max_request_bytes,
+        max_inflight_body_bytes: server.max_inflight_body_bytes,
+    }
 }
 
 impl App {
     /// Loads the serving certificate, prepares the store and the Kubernetes client, binds
     /// both listeners and builds the webhook, the worker and the caches. Nothing runs yet.
     pub async fn build(args: ServeArgs) -> Result<Self, BuildError> {
+        args.server.check()?;
         let mut registry = telemetry::registry();
         let store_metrics = StoreMetrics::register(&mut registry);
         let admission_metrics = AdmissionMetrics::register(&mut registry);
         let restore_metrics = RestoreMetrics::register(&mut registry);
         let cert_metrics = CertMetrics::register(&mut registry);
+        let server_metrics = server::ServerMetrics::register(&mut registry);
         let instance = consumer_name(args.restore.consumer_name.as_deref());
 
         let client = kube_client(args.kube.kubeconfig.as_deref()).await?;
@@ -183,10 +210,14 @@ impl App {
             client.as_ref(),
             &instance,
             &args.kube.field_manager,
-            cert_metrics,
+            cert_metrics.clone(),
         )
         .await?;
-        let tls = Arc::new(certs::server_config(certificates.serving())?);
+        let tls = certs::ListenerTls::new(
+            certificates.serving(),
+            Certificates::client_auth(&args.tls),
+            cert_metrics,
+        )?;
 
         let store = Store::connect(
             &args.store.redis_url,
@@ -250,6 +281,8 @@ impl App {
             webhook_listener,
             admin_listener,
             tls,
+            limits: listener_limits(&args.server),
+            server_metrics,
             webhook: admission::router(admission, args.server.max_request_bytes),
             admin: server::admin_router(Arc::new(registry), ready.clone()),
             ready,
@@ -303,12 +336,20 @@ impl App {
                 })
             }
         }
+        if self.tls.requires_client_certificates() {
+            let (tls, stop) = (self.tls.clone(), shutdown.clone());
+            tasks.spawn("the client CA reloader", async move {
+                tls.watch(stop).await;
+                Ok(())
+            });
+        }
         let (listener, admin, stop) = (self.admin_listener, self.admin, shutdown.clone());
         tasks.spawn("the admin listener", async move {
             server::serve_admin(listener, admin, stop)
                 .await
                 .map_err(TaskError::Admin)
         });
+        let (limits, metrics) = (self.limits, self.server_metrics);
         let (listener, tls, webhook, ready, stop) = (
             self.webhook_listener,
             self.tls,
@@ -317,7 +358,13 @@ impl App {
             shutdown,
         );
         tasks.spawn("the webhook listener", async move {
-            server::serve_tls(listener, tls, webhook, ready, stop, grace).await;
+            let webhook = server::Webhook {
+                tls: Arc::new(move || tls.config()),
+                router: webhook,
+                limits,
+                metrics,
+            };
+            server::serve_tls(listener, webhook, ready, stop, grace).await;
             Ok(())
         });
 

@@ -69,6 +69,74 @@ pub struct ServerArgs {
     /// How long in-flight reviews and restores may take to finish after SIGTERM.
     #[arg(long, env = "RESTATUS_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// How long a new webhook connection may take to finish its TLS handshake, and an
+    /// HTTP/1.1 request to send its headers (from the connection's start or the end of its
+    /// previous request). Slower clients are disconnected.
+    #[arg(long, env = "RESTATUS_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
+    pub header_read_timeout: Duration,
+
+    /// How long a whole request body may take to arrive. Slower requests are answered 408.
+    #[arg(long, env = "RESTATUS_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_interval)]
+    pub body_read_timeout: Duration,
+
+    /// How long a webhook connection may stay open without a request in flight before it is
+    /// closed (HTTP/2 with GOAWAY).
+    #[arg(long, env = "RESTATUS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_interval)]
+    pub idle_timeout: Duration,
+
+    /// How often an HTTP/2 connection is pinged; one whose peer does not answer within the
+    /// same time is closed.
+    #[arg(long, env = "RESTATUS_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_interval)]
+    pub http2_keepalive_interval: Duration,
+
+    /// Webhook connections open at once, TLS handshakes included; further connections are
+    /// closed as soon as they are accepted.
+    #[arg(long, env = "RESTATUS_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Requests in flight at once on one HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, env = "RESTATUS_MAX_CONCURRENT_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// Request body bytes held at once across all webhook connections (suffixes Ki and Mi
+    /// allowed); at least --max-request-bytes. A request that cannot get room for its body
+    /// soon is answered 503.
+    #[arg(long, env = "RESTATUS_MAX_INFLIGHT_BODY_BYTES", default_value = "32Mi", value_parser = parse_size)]
+    pub max_inflight_body_bytes: usize,
+}
+
+/// Listener flags that do not fit together.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ServerArgsError {
+    #[error(
+        "--max-inflight-body-bytes ({total}) is below --max-request-bytes ({one}): a review of the largest accepted size could never be read"
+    )]
+    InflightBelowRequest { total: usize, one: usize },
+    #[error("--max-inflight-body-bytes ({0}) is out of range")]
+    InflightTooLarge(usize),
+}
+
+impl ServerArgs {
+    /// The largest --max-inflight-body-bytes: what a semaphore can count.
+    pub const MAX_INFLIGHT_BODY_BYTES: usize = tokio::sync::Semaphore::MAX_PERMITS;
+
+    /// Checks what single flags cannot: the total body budget holds at least one request of
+    /// the largest accepted size.
+    pub fn check(&self) -> Result<(), ServerArgsError> {
+        if self.max_inflight_body_bytes < self.max_request_bytes {
+            return Err(ServerArgsError::InflightBelowRequest {
+                total: self.max_inflight_body_bytes,
+                one: self.max_request_bytes,
+            });
+        }
+        if self.max_inflight_body_bytes > Self::MAX_INFLIGHT_BODY_BYTES {
+            return Err(ServerArgsError::InflightTooLarge(
+                self.max_inflight_body_bytes,
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -88,9 +156,17 @@ pub struct TlsArgs {
     #[arg(long, env = "RESTATUS_TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
 
-    /// How often the certificate files are re-read; a changed pair is served without a restart.
+    /// How often the certificate files are re-read (the serving pair in files mode, and
+    /// --client-ca-file); a changed file is used without a restart.
     #[arg(long, env = "RESTATUS_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_interval)]
     pub tls_reload_interval: Duration,
+
+    /// PEM CA certificates a webhook caller's client certificate must chain to. When set, a
+    /// connection without such a certificate is refused during the TLS handshake; give the
+    /// CA of the certificate kube-apiserver presents (its AdmissionConfiguration). Re-read
+    /// every --tls-reload-interval.
+    #[arg(long, env = "RESTATUS_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
 
     /// The namespace restatus runs in, where its CA Secret is (self-managed mode; default:
     /// the service account's namespace when in a cluster).
@@ -428,5 +504,108 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    /// `restatus serve` with `flags`, its listener flags checked as `App::build` does.
+    fn server_args(flags: &[&str]) -> Result<ServerArgs, String> {
+        let cli = Cli::try_parse_from(["restatus", "serve"].iter().chain(flags))
+            .map_err(|e| e.to_string())?;
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        args.server.check().map_err(|e| e.to_string())?;
+        Ok(args.server)
+    }
+
+    #[test]
+    fn listener_bounds_and_their_defaults() {
+        let server = server_args(&[]).unwrap();
+        assert_eq!(server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(server.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(server.http2_keepalive_interval, Duration::from_secs(30));
+        assert_eq!(server.max_connections, 512);
+        assert_eq!(server.max_concurrent_streams, 100);
+        assert_eq!(server.max_inflight_body_bytes, 32 * 1024 * 1024);
+        let cli = Cli::try_parse_from(["restatus", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(args.tls.client_ca_file, None);
+        let cli = Cli::try_parse_from(["restatus", "serve", "--client-ca-file", "ca.crt"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(args.tls.client_ca_file, Some(PathBuf::from("ca.crt")));
+    }
+
+    #[test]
+    fn a_zero_header_read_timeout_is_refused() {
+        let err = server_args(&["--header-read-timeout", "0s"]).unwrap_err();
+        assert!(err.contains("must be longer than zero"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_body_read_timeout_is_refused() {
+        let err = server_args(&["--body-read-timeout", "0ms"]).unwrap_err();
+        assert!(err.contains("must be longer than zero"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_idle_timeout_is_refused() {
+        let err = server_args(&["--idle-timeout", "0s"]).unwrap_err();
+        assert!(err.contains("must be longer than zero"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_http2_keepalive_interval_is_refused() {
+        let err = server_args(&["--http2-keepalive-interval", "0s"]).unwrap_err();
+        assert!(err.contains("must be longer than zero"), "{err}");
+    }
+
+    #[test]
+    fn zero_connections_are_refused() {
+        assert!(server_args(&["--max-connections", "0"]).is_err());
+        assert_eq!(
+            server_args(&["--max-connections", "1"])
+                .unwrap()
+                .max_connections,
+            1
+        );
+    }
+
+    #[test]
+    fn zero_concurrent_streams_are_refused() {
+        assert!(server_args(&["--max-concurrent-streams", "0"]).is_err());
+    }
+
+    #[test]
+    fn a_zero_inflight_body_budget_is_refused() {
+        let err = server_args(&["--max-inflight-body-bytes", "0"]).unwrap_err();
+        assert!(err.contains("out of range"), "{err}");
+    }
+
+    #[test]
+    fn an_inflight_body_budget_below_one_request_is_refused() {
+        let err = server_args(&["--max-inflight-body-bytes", "4Mi"]).unwrap_err();
+        assert_eq!(
+            err,
+            "--max-inflight-body-bytes (4194304) is below --max-request-bytes (8388608): a review of the largest accepted size could never be read"
+        );
+        let ok = server_args(&[
+            "--max-inflight-body-bytes",
+            "4Mi",
+            "--max-request-bytes",
+            "4Mi",
+        ])
+        .unwrap();
+        assert_eq!(ok.max_inflight_body_bytes, ok.max_request_bytes);
+    }
+
+    #[test]
+    fn an_inflight_body_budget_beyond_what_can_be_counted_is_refused() {
+        let huge = (ServerArgs::MAX_INFLIGHT_BODY_BYTES + 1).to_string();
+        let err = server_args(&["--max-inflight-body-bytes", &huge]).unwrap_err();
+        assert!(err.contains("out of range"), "{err}");
     }
 }

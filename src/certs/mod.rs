@@ -4,7 +4,10 @@
 //! - [`ServingCert`] is what the listener serves from: a certified key swapped in place.
 //! - [`FileSource`] fills it from `--tls-cert-file`/`--tls-key-file`, polled by content.
 //! - [`SelfManaged`] fills it with a certificate it issues from the shared CA.
+//! - [`ListenerTls`] is the listener's TLS configuration: the serving certificate and, with
+//!   `--client-ca-file`, the CA a caller's client certificate must chain to, polled by content.
 
+mod client_ca;
 mod manager;
 mod metrics;
 mod resolver;
@@ -18,6 +21,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
+pub use client_ca::{ClientAuth, ListenerTls};
 pub use manager::{ManagerError, SelfManaged, SelfManagedSettings};
 pub use metrics::CertMetrics;
 pub use resolver::{CertError, FileSource, ServingCert, server_config};
@@ -100,7 +104,8 @@ fn rcgen_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> GenerateError {
     move |source| GenerateError::Rcgen { what, source }
 }
 
-/// Makes a self-signed CA valid for `validity` that may sign serving certificates only.
+/// Makes a self-signed CA valid for `validity` that may sign end-entity certificates (serving
+/// or client) but no intermediate CA.
 pub fn generate_ca(validity: Duration) -> Result<Pair, GenerateError> {
     let (not_before, not_after) = validity_window(validity)?;
     let key = KeyPair::generate().map_err(rcgen_err("CA key"))?;
@@ -172,6 +177,35 @@ pub fn issue_serving(
     })
 }
 
+/// Makes a client certificate (extended key usage `clientAuth`) for `common_name`, signed by
+/// `ca`: what kube-apiserver presents to a webhook that requires one (`--client-ca-file`).
+pub fn issue_client(
+    ca: &Pair,
+    common_name: &str,
+    validity: Duration,
+) -> Result<Pair, GenerateError> {
+    let (not_before, not_after) = validity_window(validity)?;
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(rcgen_err("CA key"))?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(rcgen_err("CA certificate"))?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, common_name);
+    params.distinguished_name = name;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let key = KeyPair::generate().map_err(rcgen_err("client key"))?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(rcgen_err("client certificate"))?;
+    Ok(Pair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
 /// Makes a CA and a serving certificate for `hosts` (DNS names or IP addresses).
 pub fn generate(hosts: &[String], validity: Duration) -> Result<Generated, GenerateError> {
     let ca = generate_ca(validity)?;
@@ -198,7 +232,12 @@ impl Validity {
     /// The validity of the first certificate in `pem`.
     pub fn of_pem(pem: &[u8]) -> Result<Self, ParseCertError> {
         let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|_| ParseCertError)?;
-        let cert = pem.parse_x509().map_err(|_| ParseCertError)?;
+        Self::of_der(&pem.contents)
+    }
+
+    /// The validity of a DER certificate.
+    pub fn of_der(der: &[u8]) -> Result<Self, ParseCertError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| ParseCertError)?;
         let time = |t: &x509_parser::time::ASN1Time| {
             Timestamp::from_second(t.timestamp()).map_err(|_| ParseCertError)
         };

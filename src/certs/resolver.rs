@@ -14,7 +14,7 @@ use std::{
 use jiff::Timestamp;
 use rustls::{
     ServerConfig,
-    server::{ClientHello, ResolvesServerCert},
+    server::{ClientHello, ResolvesServerCert, danger::ClientCertVerifier},
     sign::CertifiedKey,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
@@ -53,6 +53,24 @@ pub enum CertError {
     },
     #[error("TLS configuration failed")]
     Config(#[source] rustls::Error),
+    #[error("{what} is not valid PEM")]
+    Pem {
+        what: String,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{what} holds a certificate that cannot be a trust anchor")]
+    TrustAnchor {
+        what: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("could not build the client certificate verifier from {what}")]
+    ClientVerifier {
+        what: String,
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
 }
 
 /// A certificate ready to serve, with what it was made from.
@@ -179,7 +197,7 @@ pub struct FileSource {
     serving: Arc<ServingCert>,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, CertError> {
+pub(super) fn read(path: &Path) -> Result<Vec<u8>, CertError> {
     std::fs::read(path).map_err(|source| CertError::Read {
         path: path.to_owned(),
         source,
@@ -242,14 +260,21 @@ impl FileSource {
     }
 }
 
-/// TLS 1.2 and 1.3 with ALPN `h2` and `http/1.1`, serving from `resolver`.
-pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<ServerConfig, CertError> {
+/// TLS 1.2 and 1.3 with ALPN `h2` and `http/1.1`, serving from `resolver`; with
+/// `client_verifier`, a client certificate it accepts is required.
+pub fn server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<ServerConfig, CertError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(CertError::Config)?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .map_err(CertError::Config)?;
+    let builder = match client_verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -63,11 +63,21 @@ pub fn control_plane() -> &'static ControlPlane {
                 _dir: None,
             };
         }
+        ControlPlane::start(&[])
+    })
+}
+
+impl ControlPlane {
+    /// Starts a control plane of its own (built, if needed, by `tests/cluster/`), with
+    /// `apiserver_args` appended to kube-apiserver's flags, for a test that needs the API
+    /// server configured differently from the shared [`control_plane`]. It stops when
+    /// dropped.
+    pub fn start(apiserver_args: &[String]) -> ControlPlane {
         super::run_build_script("tests/cluster/build.sh");
 
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig");
-        let log = super::log_dir().join(format!("kube-cluster-{}.log", std::process::id()));
+        let log = super::log_dir().join(super::unique("kube-cluster") + ".log");
         let mut child = Command::new(repo().join("target/cluster/kube-cluster"))
             .arg("--kubeconfig")
             .arg(&kubeconfig)
@@ -80,6 +90,8 @@ pub fn control_plane() -> &'static ControlPlane {
             .arg("--controllers")
             .arg("namespace,garbagecollector")
             .arg("--exit-on-stdin-eof")
+            .arg("--")
+            .args(apiserver_args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -108,18 +120,48 @@ pub fn control_plane() -> &'static ControlPlane {
             _child: Some(Mutex::new(child)),
             _dir: Some(dir),
         }
-    })
+    }
+
+    /// What restatus runs as on this control plane: the chart's ServiceAccount and RBAC in
+    /// `namespace`, for the resources an [`Env`] sends to restatus and `types`, with a
+    /// kubeconfig holding a token for it. `client` is this control plane's admin.
+    pub async fn restatus_identity(
+        &self,
+        client: &Client,
+        namespace: &str,
+        types: &[TestType],
+    ) -> Identity {
+        let values = identity_values(types);
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        identity::from_chart_in(&self.kubeconfig, client, namespace, namespace, &values).await
+    }
+
+    /// A client of this control plane, as its admin.
+    pub async fn client(&self) -> Client {
+        super::init_crypto();
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
+        Client::try_from(config).expect("client")
+    }
+}
+
+impl Drop for ControlPlane {
+    /// Closes stdin, which stops the control plane (within its 10 s shutdown bound), and
+    /// waits for it before its data directory goes.
+    fn drop(&mut self) {
+        drop(self._stdin.take());
+        if let Some(child) = self._child.take() {
+            let mut child = child.into_inner().unwrap_or_else(|p| p.into_inner());
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A client of the test control plane.
 pub async fn client() -> Client {
-    super::init_crypto();
-    let kc =
-        kube::config::Kubeconfig::read_from(&control_plane().kubeconfig).expect("read kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig");
-    Client::try_from(config).expect("client")
+    control_plane().client().await
 }
 
 /// Applies a CRD from `examples/` or a JSON value (server-side apply) and waits until it is

@@ -53,6 +53,45 @@ pub enum Alpn {
     Http1,
 }
 
+/// A client certificate and its private key, PEM encoded.
+#[derive(Clone)]
+pub struct ClientCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl From<restatus::certs::Pair> for ClientCert {
+    fn from(pair: restatus::certs::Pair) -> Self {
+        Self {
+            cert_pem: pair.cert_pem,
+            key_pem: pair.key_pem,
+        }
+    }
+}
+
+/// A TLS client configuration that trusts only the CA in `ca_file` and presents
+/// `client_cert`, if any.
+pub fn client_config(ca_file: &Path, client_cert: Option<&ClientCert>) -> rustls::ClientConfig {
+    super::init_crypto();
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).expect("read ca.crt") {
+        roots.add(cert.expect("parse ca.crt")).expect("add CA");
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    match client_cert {
+        None => builder.with_no_client_auth(),
+        Some(c) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .expect("client certificate"),
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
+                    .expect("client key"),
+            )
+            .expect("client certificate and key"),
+    }
+}
+
 /// An HTTPS client that trusts only the CA in `ca_file`.
 pub struct TlsClient {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -60,14 +99,15 @@ pub struct TlsClient {
 
 impl TlsClient {
     pub fn new(ca_file: &Path, alpn: Alpn) -> Self {
-        super::init_crypto();
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(ca_file).expect("read ca.crt") {
-            roots.add(cert.expect("parse ca.crt")).expect("add CA");
-        }
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        Self::build(client_config(ca_file, None), alpn)
+    }
+
+    /// A client that presents `client_cert` when the server asks for one.
+    pub fn with_client_cert(ca_file: &Path, alpn: Alpn, client_cert: &ClientCert) -> Self {
+        Self::build(client_config(ca_file, Some(client_cert)), alpn)
+    }
+
+    fn build(tls: rustls::ClientConfig, alpn: Alpn) -> Self {
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only();

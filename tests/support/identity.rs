@@ -2,7 +2,7 @@
 //! rendered by `helm template`, with a token from the TokenRequest API. Never
 //! `system:masters`: a permission the chart forgets fails a test.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::{authentication::v1::TokenRequest, core::v1::ServiceAccount};
 use kube::{
@@ -35,8 +35,22 @@ pub struct Identity {
 }
 
 /// Creates the chart's ServiceAccount and RBAC for release `release` in `namespace`,
-/// rendered with `helm_args` (values), and a kubeconfig with a one-hour token for it.
+/// rendered with `helm_args` (values), and a kubeconfig with a one-hour token for it, on the
+/// shared test control plane.
 pub async fn from_chart(
+    client: &Client,
+    release: &str,
+    namespace: &str,
+    helm_args: &[&str],
+) -> Identity {
+    let admin = &super::cluster::control_plane().kubeconfig;
+    from_chart_in(admin, client, release, namespace, helm_args).await
+}
+
+/// [`from_chart`] on the control plane whose admin kubeconfig is `admin_kubeconfig` (and
+/// whose admin `client` is).
+pub async fn from_chart_in(
+    admin_kubeconfig: &Path,
     client: &Client,
     release: &str,
     namespace: &str,
@@ -67,7 +81,8 @@ pub async fn from_chart(
         .expect("the chart renders a ServiceAccount")
         .to_owned();
 
-    let (kubeconfig, dir) = token_kubeconfig(client, namespace, &service_account).await;
+    let (kubeconfig, dir) =
+        token_kubeconfig_in(admin_kubeconfig, client, namespace, &service_account).await;
     Identity {
         username: format!("system:serviceaccount:{namespace}:{service_account}"),
         namespace: namespace.to_owned(),
@@ -78,10 +93,22 @@ pub async fn from_chart(
     }
 }
 
-/// A kubeconfig for the test control plane that authenticates as the ServiceAccount
+/// A kubeconfig for the shared test control plane that authenticates as the ServiceAccount
 /// `namespace/name` with a one-hour token from the TokenRequest API. The file lives as long
 /// as the returned directory.
 pub async fn token_kubeconfig(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> (PathBuf, tempfile::TempDir) {
+    let admin = &super::cluster::control_plane().kubeconfig;
+    token_kubeconfig_in(admin, client, namespace, name).await
+}
+
+/// [`token_kubeconfig`] for the control plane whose admin kubeconfig is `admin_kubeconfig`
+/// (its server and CA are copied; `client` asks for the token).
+pub async fn token_kubeconfig_in(
+    admin_kubeconfig: &Path,
     client: &Client,
     namespace: &str,
     name: &str,
@@ -99,8 +126,7 @@ pub async fn token_kubeconfig(
         .expect("token status")
         .token;
 
-    let admin = kube::config::Kubeconfig::read_from(&super::cluster::control_plane().kubeconfig)
-        .expect("admin kubeconfig");
+    let admin = kube::config::Kubeconfig::read_from(admin_kubeconfig).expect("admin kubeconfig");
     let cluster = admin.clusters.first().expect("a cluster").clone();
     let cluster = cluster.cluster.expect("cluster entry");
     let kubeconfig = json!({

@@ -16,6 +16,8 @@ pub struct Options {
     pub args: Vec<String>,
     /// Name used for the log file in `target/test-logs/`.
     pub name: String,
+    /// The webhook port, when a test must know it before restatus starts; else a free one.
+    pub port: Option<u16>,
 }
 
 impl Options {
@@ -26,6 +28,7 @@ impl Options {
             kubeconfig: None,
             args: Vec::new(),
             name: super::unique("restatus"),
+            port: None,
         }
     }
 }
@@ -62,7 +65,7 @@ impl Restatus {
         )
         .expect("generate certs");
         restatus::certs::write(certs.path(), &generated).expect("write certs");
-        let port = super::free_port();
+        let port = opts.port.unwrap_or_else(super::free_port);
         let admin_port = super::free_port();
         let mut args: Vec<String> = vec![
             "serve".into(),

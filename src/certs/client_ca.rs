@@ -1,0 +1,443 @@
+//! Who may call the webhook. With `--client-ca-file`, a connection must present a client
+//! certificate that chains to a CA in that file (kube-apiserver presents one through its
+//! `AdmissionConfiguration`), or its TLS handshake fails: a forged review from inside the
+//! cluster network never reaches the handler.
+//!
+//! [`ListenerTls`] is the TLS configuration each new connection takes. The client CA file is
+//! polled by content (Kubernetes swaps Secret and ConfigMap volumes through a symlink, which
+//! file-event watchers miss). A changed file that loads becomes a new configuration: new
+//! connections are verified against the new CAs without a restart, open connections keep the
+//! identity they proved. A new configuration starts with an empty session cache, so a TLS
+//! session from before the change cannot be resumed past it. A file that does not load keeps
+//! the previous CAs in service.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use jiff::Timestamp;
+use rustls::{
+    RootCertStore, ServerConfig,
+    server::{ResolvesServerCert, WebPkiClientVerifier, danger::ClientCertVerifier},
+};
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+use tokio_util::sync::CancellationToken;
+
+use super::{CertError, CertMetrics, ServingCert, Validity, resolver::read, server_config};
+use crate::error::error_chain;
+
+/// The metric label of the client CA.
+const CLIENT_CA: &str = "client_ca";
+
+/// Where the client CA comes from.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// PEM file with the CA certificates a caller's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// How often the file is re-read.
+    pub reload_interval: Duration,
+}
+
+/// The client CAs of one version of the file, ready to verify with.
+struct ClientCa {
+    verifier: Arc<dyn ClientCertVerifier>,
+    /// How many CA certificates the file holds.
+    cas: usize,
+    /// When the first of them expires.
+    not_after: Timestamp,
+}
+
+impl ClientCa {
+    /// `what` names the file in errors.
+    fn parse(what: &str, pem: &[u8]) -> Result<Self, CertError> {
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| CertError::Pem {
+                what: what.into(),
+                source,
+            })?;
+        if certs.is_empty() {
+            return Err(CertError::NoCertificate { what: what.into() });
+        }
+        let mut not_after = None::<Timestamp>;
+        let mut roots = RootCertStore::empty();
+        for cert in certs.iter() {
+            let validity = Validity::of_der(cert).map_err(|source| CertError::Validity {
+                what: what.into(),
+                source,
+            })?;
+            not_after = Some(not_after.map_or(validity.not_after, |t| t.min(validity.not_after)));
+            roots
+                .add(cert.clone())
+                .map_err(|source| CertError::TrustAnchor {
+                    what: what.into(),
+                    source,
+                })?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|source| CertError::ClientVerifier {
+                what: what.into(),
+                source,
+            })?;
+        Ok(Self {
+            verifier,
+            cas: certs.len(),
+            not_after: not_after.ok_or(CertError::NoCertificate { what: what.into() })?,
+        })
+    }
+}
+
+/// The client CA file, the content in service, and the last content that did not load.
+struct ClientCaFile {
+    path: PathBuf,
+    reload_interval: Duration,
+    contents: Mutex<Contents>,
+}
+
+struct Contents {
+    in_service: Vec<u8>,
+    rejected: Option<Vec<u8>>,
+}
+
+/// The TLS configuration of the webhook listener, read once per new connection.
+pub struct ListenerTls {
+    resolver: Arc<dyn ResolvesServerCert>,
+    client_ca: Option<ClientCaFile>,
+    config: RwLock<Arc<ServerConfig>>,
+    metrics: CertMetrics,
+}
+
+impl std::fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("client_ca_file", &self.client_ca.as_ref().map(|c| &c.path))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ListenerTls {
+    /// Serves `serving`; with `client_auth`, requires client certificates from its CA file,
+    /// which must load now.
+    pub fn new(
+        serving: Arc<ServingCert>,
+        client_auth: Option<ClientAuth>,
+        metrics: CertMetrics,
+    ) -> Result<Arc<Self>, CertError> {
+        let resolver: Arc<dyn ResolvesServerCert> = serving;
+        let Some(auth) = client_auth else {
+            let config = server_config(resolver.clone(), None)?;
+            return Ok(Arc::new(Self {
+                resolver,
+                client_ca: None,
+                config: RwLock::new(Arc::new(config)),
+                metrics,
+            }));
+        };
+        let pem = read(&auth.ca_file)?;
+        let ca = ClientCa::parse(&auth.ca_file.display().to_string(), &pem)?;
+        metrics.expires(CLIENT_CA, ca.not_after);
+        let config = server_config(resolver.clone(), Some(ca.verifier))?;
+        tracing::info!(
+            client_ca_file = %auth.ca_file.display(),
+            cas = ca.cas,
+            "webhook callers must present a client certificate"
+        );
+        Ok(Arc::new(Self {
+            resolver,
+            client_ca: Some(ClientCaFile {
+                path: auth.ca_file,
+                reload_interval: auth.reload_interval,
+                contents: Mutex::new(Contents {
+                    in_service: pem,
+                    rejected: None,
+                }),
+            }),
+            config: RwLock::new(Arc::new(config)),
+            metrics,
+        }))
+    }
+
+    /// The configuration for a new connection.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        match self.config.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Whether callers must present a client certificate.
+    pub fn requires_client_certificates(&self) -> bool {
+        self.client_ca.is_some()
+    }
+
+    /// Re-reads the client CA file; uses it for new connections if its content changed and
+    /// loads. Returns whether it did; a file that does not load leaves the previous CAs in
+    /// service, and is reported once (until its content changes again). Without a client CA
+    /// file there is nothing to do.
+    pub fn reload_client_ca(&self) -> Result<bool, CertError> {
+        let Some(file) = &self.client_ca else {
+            return Ok(false);
+        };
+        let pem = read(&file.path)?;
+        let mut contents = match file.contents.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if contents.in_service == pem || contents.rejected.as_ref() == Some(&pem) {
+            return Ok(false);
+        }
+        let ca = match ClientCa::parse(&file.path.display().to_string(), &pem) {
+            Ok(ca) => ca,
+            Err(error) => {
+                contents.rejected = Some(pem);
+                return Err(error);
+            }
+        };
+        let config = Arc::new(server_config(self.resolver.clone(), Some(ca.verifier))?);
+        match self.config.write() {
+            Ok(mut guard) => *guard = config,
+            Err(poisoned) => *poisoned.into_inner() = config,
+        }
+        *contents = Contents {
+            in_service: pem,
+            rejected: None,
+        };
+        self.metrics.expires(CLIENT_CA, ca.not_after);
+        self.metrics.rotated(CLIENT_CA);
+        tracing::info!(
+            client_ca_file = %file.path.display(),
+            cas = ca.cas,
+            "client CA reloaded; new connections are verified against it"
+        );
+        Ok(true)
+    }
+
+    /// Polls the client CA file until `shutdown`. Without one, only waits for `shutdown`.
+    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(interval) = self.client_ca.as_ref().map(|c| c.reload_interval) else {
+            shutdown.cancelled().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {},
+            }
+            let this = self.clone();
+            match tokio::task::spawn_blocking(move || this.reload_client_ca()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::warn!(
+                    error = %error_chain(&error),
+                    "client CA not reloaded; the previous one stays in service"
+                ),
+                Err(error) => tracing::warn!(%error, "client CA reload task failed"),
+            }
+        }
+    }
+
+    /// The client CA file, if callers must present a certificate.
+    pub fn client_ca_file(&self) -> Option<&Path> {
+        self.client_ca.as_ref().map(|c| c.path.as_path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::pki_types::{PrivateKeyDer, ServerName};
+
+    use super::*;
+    use crate::{
+        certs::{Pair, generate, generate_ca, issue_client},
+        telemetry::{assert_samples, registered},
+    };
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn der(pem: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+    }
+
+    /// A listener serving `a.example`, and the CA its clients trust.
+    #[derive(Debug)]
+    struct Listener {
+        tls: Arc<ListenerTls>,
+        serving_ca: String,
+    }
+
+    fn listener(
+        client_ca_file: Option<&Path>,
+        metrics: CertMetrics,
+    ) -> Result<Listener, CertError> {
+        let g = generate(&["a.example".into()], HOUR).unwrap();
+        let serving = ServingCert::new(
+            "test pair",
+            g.cert_pem.into_bytes(),
+            g.key_pem.into_bytes(),
+            metrics.clone(),
+        )
+        .unwrap();
+        let auth = client_ca_file.map(|path| ClientAuth {
+            ca_file: path.to_owned(),
+            reload_interval: Duration::from_secs(1),
+        });
+        Ok(Listener {
+            tls: ListenerTls::new(serving, auth, metrics)?,
+            serving_ca: g.ca_pem,
+        })
+    }
+
+    /// A TLS handshake in memory between the listener's current configuration and a client
+    /// presenting `client` (or no certificate): the server's verdict.
+    fn handshake(listener: &Listener, client: Option<&Pair>) -> Result<(), String> {
+        let mut roots = RootCertStore::empty();
+        roots.add(der(&listener.serving_ca)).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let client_config = match client {
+            Some(pair) => builder
+                .with_client_auth_cert(
+                    vec![der(&pair.cert_pem)],
+                    PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let mut client = rustls::ClientConnection::new(
+            Arc::new(client_config),
+            ServerName::try_from("a.example").unwrap(),
+        )
+        .unwrap();
+        let mut server = rustls::ServerConnection::new(listener.tls.config()).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            client.write_tls(&mut buf).unwrap();
+            server.read_tls(&mut buf.as_slice()).unwrap();
+            server.process_new_packets().map_err(|e| e.to_string())?;
+            let mut buf = Vec::new();
+            server.write_tls(&mut buf).unwrap();
+            client.read_tls(&mut buf.as_slice()).unwrap();
+            client.process_new_packets().map_err(|e| e.to_string())?;
+            if !server.is_handshaking() && !client.is_handshaking() {
+                return Ok(());
+            }
+        }
+        Err("the handshake did not finish".into())
+    }
+
+    /// A client CA and a client certificate it issued.
+    fn client_pki() -> (Pair, Pair) {
+        let ca = generate_ca(HOUR).unwrap();
+        let client = issue_client(&ca, "kube-apiserver", HOUR).unwrap();
+        (ca, client)
+    }
+
+    #[test]
+    fn without_a_client_ca_no_certificate_is_asked_for() {
+        let (_registry, metrics) = registered(CertMetrics::register);
+        let l = listener(None, metrics).unwrap();
+        assert!(!l.tls.requires_client_certificates());
+        handshake(&l, None).unwrap();
+        assert!(!l.tls.reload_client_ca().unwrap());
+    }
+
+    #[test]
+    fn only_a_certificate_from_the_client_ca_is_accepted() {
+        let (registry, metrics) = registered(CertMetrics::register);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("client-ca.crt");
+        let (ca, good) = client_pki();
+        let (_, foreign) = client_pki();
+        std::fs::write(&file, &ca.cert_pem).unwrap();
+        let l = listener(Some(&file), metrics).unwrap();
+        assert!(l.tls.requires_client_certificates());
+        assert_eq!(l.tls.client_ca_file(), Some(file.as_path()));
+
+        handshake(&l, Some(&good)).unwrap();
+        let none = handshake(&l, None).unwrap_err();
+        assert!(none.contains("no certificates"), "{none}");
+        // The other CA has the same name as the good one: only its signature tells them apart.
+        let other = handshake(&l, Some(&foreign)).unwrap_err();
+        assert!(other.contains("invalid peer certificate"), "{other}");
+        let expiry = Validity::of_pem(ca.cert_pem.as_bytes())
+            .unwrap()
+            .not_after
+            .as_second();
+        assert_samples(
+            &registry,
+            &[&format!(
+                "restatus_certificate_expiry_timestamp_seconds{{certificate=\"client_ca\"}} {expiry}"
+            )],
+        );
+    }
+
+    #[test]
+    fn a_new_client_ca_applies_to_new_connections_and_a_broken_one_keeps_the_old() {
+        let (registry, metrics) = registered(CertMetrics::register);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("client-ca.crt");
+        let (old_ca, old_client) = client_pki();
+        let (new_ca, new_client) = client_pki();
+        std::fs::write(&file, &old_ca.cert_pem).unwrap();
+        let l = listener(Some(&file), metrics).unwrap();
+        assert!(!l.tls.reload_client_ca().unwrap(), "unchanged file");
+
+        std::fs::write(&file, &new_ca.cert_pem).unwrap();
+        assert!(l.tls.reload_client_ca().unwrap());
+        handshake(&l, Some(&new_client)).unwrap();
+        assert!(handshake(&l, Some(&old_client)).is_err());
+        assert_samples(
+            &registry,
+            &["restatus_certificate_rotations_total{certificate=\"client_ca\"} 1"],
+        );
+
+        // Both CAs in one bundle: an overlap while callers move to the new one.
+        std::fs::write(&file, format!("{}{}", old_ca.cert_pem, new_ca.cert_pem)).unwrap();
+        assert!(l.tls.reload_client_ca().unwrap());
+        handshake(&l, Some(&old_client)).unwrap();
+        handshake(&l, Some(&new_client)).unwrap();
+
+        for broken in [
+            "",
+            "garbage",
+            "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+        ] {
+            std::fs::write(&file, broken).unwrap();
+            let err = l.tls.reload_client_ca().unwrap_err();
+            assert!(err.to_string().contains("client-ca.crt"), "{err}");
+            assert!(
+                !l.tls.reload_client_ca().unwrap(),
+                "the same broken content is reported once"
+            );
+            handshake(&l, Some(&old_client)).unwrap();
+            handshake(&l, Some(&new_client)).unwrap();
+        }
+        std::fs::remove_file(&file).unwrap();
+        assert!(matches!(
+            l.tls.reload_client_ca(),
+            Err(CertError::Read { .. })
+        ));
+        handshake(&l, Some(&new_client)).unwrap();
+    }
+
+    #[test]
+    fn a_client_ca_file_that_does_not_load_stops_the_start() {
+        let (_registry, metrics) = registered(CertMetrics::register);
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.crt");
+        let err = listener(Some(&missing), metrics.clone()).unwrap_err();
+        assert!(err.to_string().contains("missing.crt"), "{err}");
+        let key_only = dir.path().join("key.pem");
+        std::fs::write(&key_only, client_pki().0.key_pem).unwrap();
+        assert!(matches!(
+            listener(Some(&key_only), metrics),
+            Err(CertError::NoCertificate { .. })
+        ));
+    }
+}

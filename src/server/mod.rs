@@ -1,0 +1,108 @@
+//! The HTTPS webhook listener and the plain-HTTP admin listener.
+//!
+//! - [`serve_tls`] (in `webhook`) serves the webhook router over TLS within [`Limits`]: time
+//!   limits on handshakes, headers, bodies and idle connections, a cap on connections and on
+//!   HTTP/2 streams, and a budget of request body bytes held at once ([`body`]).
+//! - [`serve_admin`] serves `/livez`, `/readyz` and `/metrics` over plain HTTP.
+
+mod body;
+mod metrics;
+mod webhook;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry;
+
+pub use metrics::ServerMetrics;
+pub use webhook::{Limits, TlsConfigSource, Webhook, serve_tls};
+
+/// Ready means the TLS listener accepts connections. Redis health is a metric, not a
+/// readiness condition: a Redis outage must not take every replica out of the Service.
+#[derive(Debug, Default)]
+pub struct Readiness(AtomicBool);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    registry: Arc<Registry>,
+    ready: Arc<Readiness>,
+}
+
+/// `/livez`, `/readyz` and `/metrics` (every metric group registered in `registry`).
+pub fn admin_router(registry: Arc<Registry>, ready: Arc<Readiness>) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(AdminState { registry, ready })
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.ready.get() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        telemetry::encode(&state.registry),
+    )
+}
+
+/// Serves the admin router until `shutdown`.
+pub async fn serve_admin(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Binds a TCP listener with a clear error.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not listen on {addr}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
