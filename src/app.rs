@@ -6,7 +6,13 @@
 use std::{collections::HashMap, future::Future, path::Path, sync::Arc, time::Duration};
 
 use axum::Router;
-use kube::{Client, config::KubeConfigOptions};
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use kube::{
+    Api, Client,
+    api::PostParams,
+    config::KubeConfigOptions,
+    runtime::events::{Recorder, Reporter},
+};
 use tokio::{
     net::TcpListener,
     task::{Id, JoinSet},
@@ -20,10 +26,13 @@ use crate::{
     },
     config::{CertMode, ServeArgs, ServerArgs, ServerArgsError, TlsArgs},
     error::error_chain,
-    policy::{CrdCache, CrdWatch, RestorePolicy},
+    policy::{
+        AccessChecker, CrdCache, CrdWatch, Defaults, GlobalPolicy, InvalidReporter, NamespaceCache,
+        NamespaceWatch, PolicyMetrics, RestorePolicy,
+    },
     restore::{self, RestoreMetrics, Worker},
     server::{self, BindError, Readiness},
-    store::{Store, StoreError, StoreMetrics},
+    store::{Keyring, KeyringError, Store, StoreError, StoreMetrics},
     telemetry,
 };
 
@@ -46,6 +55,8 @@ pub enum BuildError {
     Listener(#[from] ServerArgsError),
     #[error("could not set up the Redis store")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
     #[error("could not load the kubeconfig {path}")]
     Kubeconfig {
         path: String,
@@ -82,9 +93,66 @@ pub struct App {
     admin: Router,
     ready: Arc<Readiness>,
     certificates: Certificates,
-    crd_watch: Option<CrdWatch>,
+    caches: Caches,
     worker: Option<Arc<Worker>>,
     grace: Duration,
+}
+
+/// How long the start waits for Redis to answer before serving without it.
+const WARM_UP_BUDGET: Duration = Duration::from_secs(2);
+
+/// How long the webhook listener waits for the policy caches before it serves anyway.
+const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The watch caches the admission path reads, and the watches that fill them.
+struct Caches {
+    crds: CrdCache,
+    namespaces: NamespaceCache,
+    watches: Option<(CrdWatch, NamespaceWatch)>,
+}
+
+/// The global policy from the flags.
+fn global_policy(args: &ServeArgs) -> GlobalPolicy {
+    let restore = &args.restore;
+    GlobalPolicy {
+        defaults: Defaults {
+            policy: restore.default_policy,
+            mode: restore.restore_mode,
+            fields: restore.restore_fields.0.clone(),
+            exclude_fields: restore.restore_exclude_fields.0.clone(),
+            retention: args.record.retention,
+            restore_for: restore.restore_for,
+        },
+        types: restore
+            .resource_policy
+            .iter()
+            .map(|t| ((t.group.clone(), t.resource.clone()), t.policy))
+            .collect(),
+    }
+}
+
+/// The user restatus's requests come as, from a SelfSubjectReview (every authenticated user
+/// may ask who they are). Without it, restatus cannot tell its own status writes apart and
+/// merges them too, which is harmless.
+async fn own_username(client: &Client) -> Option<String> {
+    let api: Api<SelfSubjectReview> = Api::all(client.clone());
+    match api
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+    {
+        Ok(review) => {
+            let user = review.status?.user_info?.username;
+            tracing::info!(
+                user = user.as_deref().unwrap_or_default(),
+                "restatus runs as"
+            );
+            user
+        }
+        Err(error) => {
+            tracing::warn!(error = %error_chain(&error), "could not learn which user restatus runs as");
+            None
+        }
+    }
 }
 
 /// Where the serving certificate comes from, and the task that keeps it fresh.
@@ -202,6 +270,7 @@ impl App {
         let restore_metrics = RestoreMetrics::register(&mut registry);
         let cert_metrics = CertMetrics::register(&mut registry);
         let server_metrics = server::ServerMetrics::register(&mut registry);
+        let policy_metrics = PolicyMetrics::register(&mut registry);
         let instance = consumer_name(args.restore.consumer_name.as_deref());
 
         let client = kube_client(args.kube.kubeconfig.as_deref()).await?;
@@ -219,40 +288,90 @@ impl App {
             cert_metrics,
         )?;
 
+        let keyring = match &args.store.encryption_key_file {
+            Some(path) => {
+                let keyring = Keyring::load(path)?;
+                tracing::info!(
+                    sealing_key = keyring.sealing_id(),
+                    "saved statuses are encrypted at rest"
+                );
+                Some(Arc::new(keyring))
+            }
+            None => None,
+        };
         let store = Store::connect(
             &args.store.redis_url,
             &args.store.key_prefix,
             &args.store.cluster_name,
             store_metrics,
+            keyring,
         )?;
+        store.warm_up(WARM_UP_BUDGET).await;
 
+        let global = global_policy(&args);
         let policy = RestorePolicy {
             mode: args.restore.restore_mode,
             fields: args.restore.restore_fields.0.clone(),
+            narrowed_to: Vec::new(),
             exclude_fields: args.restore.restore_exclude_fields.0.clone(),
         };
 
         let webhook_listener = server::bind(args.server.listen).await?;
         let admin_listener = server::bind(args.server.admin_listen).await?;
 
-        let (crds, crd_watch) = match &client {
+        let recorder = client.as_ref().map(|client| {
+            let reporter = Reporter {
+                controller: "restatus".into(),
+                instance: Some(instance.clone()),
+            };
+            Recorder::new(client.clone(), reporter)
+        });
+        let reporter = InvalidReporter::new(recorder, policy_metrics.clone());
+        let caches = match &client {
             Some(client) => {
-                let (crds, watch) = CrdCache::new(client.clone());
-                (crds, Some(watch))
+                let (crds, crd_watch) = CrdCache::new(client.clone(), reporter.clone());
+                let (namespaces, ns_watch) =
+                    NamespaceCache::namespaces(client.clone(), reporter.clone());
+                Caches {
+                    crds,
+                    namespaces,
+                    watches: Some((crd_watch, ns_watch)),
+                }
             }
-            None => (CrdCache::empty(), None),
+            None => Caches {
+                crds: CrdCache::empty(),
+                namespaces: NamespaceCache::default(),
+                watches: None,
+            },
         };
+        let own_user = match &client {
+            Some(client) => own_username(client).await,
+            None => None,
+        };
+        let access = client.as_ref().map(|client| {
+            AccessChecker::new(
+                client.clone(),
+                args.restore.access_check_timeout,
+                args.restore.access_check_cache_ttl,
+                policy_metrics.clone(),
+            )
+        });
 
         let admission = Arc::new(Admission::new(
             store.clone(),
-            crds,
+            admission::Sources {
+                crds: caches.crds.clone(),
+                namespaces: caches.namespaces.clone(),
+                access,
+                reporter,
+                metrics: policy_metrics,
+            },
             admission_metrics,
             admission::Settings {
                 redis_timeout: args.store.redis_timeout,
-                retention: args.record.retention,
                 restore_deadline: args.restore.restore_deadline,
-                policy: policy.clone(),
-                field_manager: args.kube.field_manager.clone(),
+                global,
+                own_user,
             },
         ));
 
@@ -287,7 +406,7 @@ impl App {
             admin: server::admin_router(Arc::new(registry), ready.clone()),
             ready,
             certificates,
-            crd_watch,
+            caches,
             worker,
             grace: args.server.shutdown_grace,
         })
@@ -306,10 +425,16 @@ impl App {
             "restatus serving"
         );
 
-        if let Some(watch) = self.crd_watch {
+        let (crds, namespaces) = (self.caches.crds.clone(), self.caches.namespaces.clone());
+        if let Some((crd_watch, ns_watch)) = self.caches.watches {
             let stop = shutdown.clone();
             tasks.spawn("the CRD watch", async move {
-                watch.run(stop).await;
+                crd_watch.run(stop).await;
+                Ok(())
+            });
+            let stop = shutdown.clone();
+            tasks.spawn("the namespace watch", async move {
+                ns_watch.run(stop).await;
                 Ok(())
             });
         }
@@ -358,6 +483,14 @@ impl App {
             shutdown,
         );
         tasks.spawn("the webhook listener", async move {
+            // Serve once the policy caches hold the cluster's CRDs and namespaces, so that the
+            // first reviews see their annotations.
+            let synced = async { tokio::join!(crds.synced(), namespaces.synced()) };
+            if tokio::time::timeout(CACHE_SYNC_TIMEOUT, synced).await.is_err() {
+                tracing::warn!(
+                    "the CRD and namespace caches did not sync within {CACHE_SYNC_TIMEOUT:?}; serving anyway, with the global policy where they know nothing yet"
+                );
+            }
             let webhook = server::Webhook {
                 tls: Arc::new(move || tls.config()),
                 router: webhook,

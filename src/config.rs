@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     duration,
-    policy::{FieldPatterns, RestoreMode},
+    policy::{Enablement, FieldPatterns, RestoreFor, RestoreMode, TypePolicy},
     telemetry::LogFormat,
 };
 
@@ -237,6 +237,12 @@ pub struct StoreArgs {
     #[arg(long, env = "RESTATUS_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
+    /// A keyring file that turns on encryption at rest of saved statuses (AES-256-GCM): one
+    /// key per line, `<id>:<base64 of 32 bytes>`; the first key seals, every key opens. Put
+    /// a new key first to rotate; keep old keys until no record needs them.
+    #[arg(long, env = "RESTATUS_ENCRYPTION_KEY_FILE")]
+    pub encryption_key_file: Option<PathBuf>,
+
     /// Time budget of each Redis call made by the restore worker.
     #[arg(long, env = "RESTATUS_REDIS_WORKER_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub redis_worker_timeout: Duration,
@@ -277,6 +283,32 @@ pub struct RestoreArgs {
     )]
     pub restore_exclude_fields: FieldPatterns,
 
+    /// Who gets a saved status back when they create an object that has a record:
+    /// `status-writers` (only a creator allowed to update `<resource>/status` of the object,
+    /// asked with a SubjectAccessReview) or `creators` (anyone who may create it). Namespace
+    /// and CRD annotations (`restatus.io/restore-for`) refine it.
+    #[arg(long, env = "RESTATUS_RESTORE_FOR", value_enum, default_value_t = RestoreFor::StatusWriters)]
+    pub restore_for: RestoreFor,
+
+    /// Whether tracked types are recorded and restored unless an annotation says otherwise.
+    #[arg(long, env = "RESTATUS_DEFAULT_POLICY", value_enum, default_value_t = Enablement::Enabled)]
+    pub default_policy: Enablement,
+
+    /// Types opted in or out, overriding --default-policy: comma-separated
+    /// `resource.group=enabled|disabled` (`resource=...` for the core group), e.g.
+    /// `services=disabled,kubernetesclusters.infra.example.com=enabled`.
+    #[arg(long, env = "RESTATUS_RESOURCE_POLICY", value_delimiter = ',')]
+    pub resource_policy: Vec<TypePolicy>,
+
+    /// Time budget of the check that a creator may write an object's status; without an
+    /// answer in time, nothing is restored.
+    #[arg(long, env = "RESTATUS_ACCESS_CHECK_TIMEOUT", default_value = "500ms", value_parser = parse_interval)]
+    pub access_check_timeout: Duration,
+
+    /// How long an answer to that check is reused.
+    #[arg(long, env = "RESTATUS_ACCESS_CHECK_CACHE_TTL", default_value = "10s", value_parser = parse_interval)]
+    pub access_check_cache_ttl: Duration,
+
     /// How long a restore job waits for its CREATE to land before it is dropped.
     #[arg(long, env = "RESTATUS_RESTORE_DEADLINE", default_value = "60s", value_parser = parse_duration)]
     pub restore_deadline: Duration,
@@ -311,7 +343,8 @@ pub struct KubeArgs {
     #[arg(long, env = "RESTATUS_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
-    /// Field manager restatus uses for its writes; status writes carrying it are its own.
+    /// Field manager restatus uses for its writes (restatus tells its own writes by the user
+    /// it runs as, not by this name).
     #[arg(long, env = "RESTATUS_FIELD_MANAGER", default_value = "restatus")]
     pub field_manager: String,
 }
@@ -486,6 +519,37 @@ mod tests {
         assert!(
             Cli::try_parse_from(["restatus", "serve", "--cert-check-interval", "0s"]).is_err(),
             "a zero interval is refused"
+        );
+    }
+
+    #[test]
+    fn policy_flags_and_their_defaults() {
+        let cli = Cli::try_parse_from(["restatus", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(args.restore.restore_for, RestoreFor::StatusWriters);
+        assert_eq!(args.restore.default_policy, Enablement::Enabled);
+        assert!(args.restore.resource_policy.is_empty());
+        let cli = Cli::try_parse_from([
+            "restatus",
+            "serve",
+            "--restore-for",
+            "creators",
+            "--default-policy",
+            "disabled",
+            "--resource-policy",
+            "services=enabled,kubernetesclusters.infra.example.com=disabled",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(args.restore.restore_for, RestoreFor::Creators);
+        assert_eq!(args.restore.resource_policy.len(), 2);
+        assert_eq!(args.restore.resource_policy[1].group, "infra.example.com");
+        assert!(
+            Cli::try_parse_from(["restatus", "serve", "--resource-policy", "services=on"]).is_err()
         );
     }
 

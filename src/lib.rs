@@ -7,8 +7,9 @@
 //! - [`app`] builds the program from [`config`] and runs its parts;
 //! - [`admission`] (the webhook), [`restore`] (the worker), [`certs`] and [`server`] are the
 //!   parts; none of them imports another;
-//! - [`policy`] (pure decisions and the watch caches) and [`store`] (Redis) serve the parts;
-//! - [`telemetry`], [`patch`], [`error`] and [`duration`] are the leaves.
+//! - [`store`] (Redis) and, below it, [`policy`] (decisions and the watch caches) serve the
+//!   parts;
+//! - [`telemetry`], [`patch`], [`error`], [`text`] and [`duration`] are the leaves.
 
 pub mod admission;
 pub mod app;
@@ -22,3 +23,4 @@ pub mod restore;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod text;

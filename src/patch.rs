@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 
 use json_patch::{
-    AddOperation, PatchOperation, RemoveOperation, ReplaceOperation, jsonptr::PointerBuf,
+    AddOperation, PatchOperation, RemoveOperation, ReplaceOperation, TestOperation,
+    jsonptr::PointerBuf,
 };
 use serde_json::Value;
 
@@ -67,6 +68,15 @@ pub fn expect_resource_version(resource_version: &str) -> PatchOperation {
     PatchOperation::Replace(ReplaceOperation {
         path: PointerBuf::from_tokens(["metadata", "resourceVersion"]),
         value: Value::String(resource_version.to_owned()),
+    })
+}
+
+/// Makes the patch apply only to the object with this uid: the API server refuses it (422)
+/// when the name now belongs to another incarnation.
+pub fn expect_uid(uid: &str) -> PatchOperation {
+    PatchOperation::Test(TestOperation {
+        path: PointerBuf::from_tokens(["metadata", "uid"]),
+        value: Value::String(uid.to_owned()),
     })
 }
 
@@ -136,5 +146,18 @@ mod tests {
         let mut doc = json!({"metadata": {"resourceVersion": "41"}});
         apply(&mut doc, vec![op]);
         assert_eq!(doc["metadata"]["resourceVersion"], "42");
+    }
+
+    #[test]
+    fn a_uid_precondition_fails_on_another_incarnation() {
+        let op = expect_uid("u-2");
+        assert_eq!(
+            serde_json::to_value(&op).unwrap(),
+            json!({"op": "test", "path": "/metadata/uid", "value": "u-2"})
+        );
+        let mut same = json!({"metadata": {"uid": "u-2"}});
+        apply(&mut same, vec![op.clone()]);
+        let mut other = json!({"metadata": {"uid": "u-1"}});
+        assert!(json_patch::patch(&mut other, &[op]).is_err());
     }
 }

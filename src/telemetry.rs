@@ -38,13 +38,27 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber (text or JSON on stderr) with `filter` in
-/// tracing's EnvFilter syntax (`info`, `restatus=debug,info`).
-pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
-    let env_filter = EnvFilter::try_new(filter).map_err(|source| TelemetryError::Filter {
+/// The log filter restatus runs with: `filter` in tracing's EnvFilter syntax, with the
+/// Kubernetes client held at `info` unless the filter names it. At `debug` it logs the API
+/// server's error responses whole, and a validation error quotes the status values it
+/// refused; restatus itself logs only their field paths.
+pub fn log_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
+    let invalid = |source| TelemetryError::Filter {
         filter: filter.to_owned(),
         source,
-    })?;
+    };
+    let mut env_filter = EnvFilter::try_new(filter).map_err(invalid)?;
+    if !filter.contains("kube_client") {
+        let directive = "kube_client=info".parse().map_err(invalid)?;
+        env_filter = env_filter.add_directive(directive);
+    }
+    Ok(env_filter)
+}
+
+/// Installs the global tracing subscriber (text or JSON on stderr) with `filter` (see
+/// [`log_filter`]).
+pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
+    let env_filter = log_filter(filter)?;
     let registry = tracing_subscriber::registry().with(env_filter);
     let result = match format {
         LogFormat::Text => registry
@@ -193,6 +207,14 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn the_kubernetes_client_stays_at_info_unless_named() {
+        let quiet = log_filter("debug").unwrap().to_string();
+        assert!(quiet.contains("kube_client=info"), "{quiet}");
+        let asked = log_filter("debug,kube_client=debug").unwrap().to_string();
+        assert!(!asked.contains("kube_client=info"), "{asked}");
     }
 
     #[test]

@@ -13,7 +13,10 @@ use axum::{
 };
 use restatus::{
     admission::{self, Admission, AdmissionMetrics},
-    policy::{CrdCache, RestoreMode, RestorePolicy},
+    policy::{
+        CrdCache, Defaults, Enablement, GlobalPolicy, InvalidReporter, NamespaceCache,
+        PolicyMetrics, RestoreFor, RestoreMode,
+    },
     store::StoreMetrics,
     store::{KeySchema, ObjectIdentity, Store},
     telemetry,
@@ -28,20 +31,27 @@ struct Harness {
     keys: KeySchema,
 }
 
+/// The flags' defaults, except that restores are open to every creator: without an API
+/// server there is nobody to ask who may write status (the end-to-end tests cover that).
 fn settings() -> admission::Settings {
     admission::Settings {
         redis_timeout: Duration::from_millis(100),
-        retention: Duration::from_secs(30 * 86_400),
         restore_deadline: Duration::from_secs(60),
-        policy: RestorePolicy {
-            mode: RestoreMode::Fill,
-            fields: vec![],
-            exclude_fields: vec![
-                "/observedGeneration".parse().unwrap(),
-                "/conditions/*/observedGeneration".parse().unwrap(),
-            ],
+        global: GlobalPolicy {
+            defaults: Defaults {
+                policy: Enablement::Enabled,
+                mode: RestoreMode::Fill,
+                fields: vec![],
+                exclude_fields: vec![
+                    "/observedGeneration".parse().unwrap(),
+                    "/conditions/*/observedGeneration".parse().unwrap(),
+                ],
+                retention: Duration::from_secs(30 * 86_400),
+                restore_for: RestoreFor::Creators,
+            },
+            types: Default::default(),
         },
-        field_manager: "restatus".into(),
+        own_user: Some("system:serviceaccount:restatus:restatus".into()),
     }
 }
 
@@ -53,12 +63,21 @@ fn harness(redis: &RedisServer, max_body: usize) -> Harness {
         &prefix,
         "default",
         StoreMetrics::register(&mut metrics),
+        None,
     )
     .unwrap();
     let keys = store.keys().clone();
+    let policy_metrics = PolicyMetrics::register(&mut metrics);
+    let sources = admission::Sources {
+        crds: CrdCache::empty(),
+        namespaces: NamespaceCache::default(),
+        access: None,
+        reporter: InvalidReporter::new(None, policy_metrics.clone()),
+        metrics: policy_metrics,
+    };
     let admission = Arc::new(Admission::new(
         store,
-        CrdCache::empty(),
+        sources,
         AdmissionMetrics::register(&mut metrics),
         settings(),
     ));
@@ -104,6 +123,25 @@ fn patch_of(response: &Value) -> Option<Value> {
     Some(serde_json::from_slice(&bytes).unwrap())
 }
 
+/// What restatus keeps of a status by default: all but `observedGeneration`, at the top and
+/// in conditions (a recreated object starts again at generation 1).
+fn kept(status: &Value) -> Value {
+    let mut kept = status.clone();
+    let defaults = &settings().global.defaults;
+    restatus::policy::exclude(&mut kept, &defaults.exclude_fields);
+    kept
+}
+
+/// Sets the resourceVersion of both the object and the old object, as the API server sends
+/// a write that lands (a patch, or an update from the current version).
+fn at_version(review: &mut Value, version: &str) {
+    for side in ["object", "oldObject"] {
+        if review["request"][side].is_object() {
+            review["request"][side]["metadata"]["resourceVersion"] = json!(version);
+        }
+    }
+}
+
 fn kc(name: &str) -> ObjectIdentity {
     ObjectIdentity {
         group: "infra.example.com".into(),
@@ -130,7 +168,8 @@ async fn status_subresource_update_records_the_new_status() {
 
     let rec = redis.hgetall(&h.keys.record(&kc("prod-eu-1"))).await;
     let status: Value = serde_json::from_str(&rec["status"]).unwrap();
-    assert_eq!(status, rv["request"]["object"]["status"]);
+    assert_eq!(status, kept(&rv["request"]["object"]["status"]));
+    assert!(status.get("observedGeneration").is_none());
     assert_eq!(rec["uid"], "0f4c7a52-3b1e-4d0a-9a7e-5c1f3e2b8d11");
     assert_eq!(rec["apiVersion"], "infra.example.com/v1alpha1");
     assert_eq!(rec["kind"], "KubernetesCluster");
@@ -159,8 +198,8 @@ async fn main_resource_update_records_the_stored_status_not_the_sent_one() {
     review(&h.router, &rv).await;
     let rec = redis.hgetall(&h.keys.record(&kc("prod-eu-1"))).await;
     let status: Value = serde_json::from_str(&rec["status"]).unwrap();
-    assert_eq!(status, rv["request"]["oldObject"]["status"]);
-    assert_ne!(status, rv["request"]["object"]["status"]);
+    assert_eq!(status, kept(&rv["request"]["oldObject"]["status"]));
+    assert_ne!(status, kept(&rv["request"]["object"]["status"]));
 }
 
 #[tokio::test]
@@ -173,7 +212,7 @@ async fn unchanged_status_is_not_written_again() {
     let first = redis.hgetall(&key).await;
     // The same status again (a later resourceVersion, keys in another order).
     rv["request"]["uid"] = json!("b3a1f0e2-0001-4c5d-9e8f-0000000000ff");
-    rv["request"]["object"]["metadata"]["resourceVersion"] = json!("4712");
+    at_version(&mut rv, "4712");
     let status = rv["request"]["object"]["status"].clone();
     let reordered: serde_json::Map<String, Value> = status
         .as_object()
@@ -204,12 +243,12 @@ async fn an_older_observation_does_not_overwrite_a_newer_status() {
     let redis = RedisServer::start().await;
     let h = harness(&redis, 8 << 20);
     let mut newer = fixture("reviews/kc-update-status.json");
-    newer["request"]["object"]["metadata"]["resourceVersion"] = json!("5000");
+    at_version(&mut newer, "5000");
     review(&h.router, &newer).await;
     // A main-resource update whose oldObject is older arrives late.
     let mut late = fixture("reviews/kc-update-main.json");
     late["request"]["oldObject"]["status"] = json!({"phase": "Provisioning"});
-    late["request"]["oldObject"]["metadata"]["resourceVersion"] = json!("4000");
+    at_version(&mut late, "4000");
     review(&h.router, &late).await;
     let rec = redis.hgetall(&h.keys.record(&kc("prod-eu-1"))).await;
     let status: Value = serde_json::from_str(&rec["status"]).unwrap();
@@ -234,7 +273,7 @@ async fn delete_records_the_final_status_with_an_expiry() {
     let key = h.keys.record(&kc("prod-eu-1"));
     let rec = redis.hgetall(&key).await;
     let status: Value = serde_json::from_str(&rec["status"]).unwrap();
-    assert_eq!(status, rv["request"]["oldObject"]["status"]);
+    assert_eq!(status, kept(&rv["request"]["oldObject"]["status"]));
     assert!(
         rec["deletedAt"].parse::<jiff::Timestamp>().is_ok(),
         "{rec:?}"
@@ -408,7 +447,7 @@ async fn status_write_to_a_pending_object_is_merged_with_the_saved_status() {
     let rec = redis.hgetall(&h.keys.record(&kc("prod-eu-1"))).await;
     assert_eq!(
         serde_json::from_str::<Value>(&rec["status"]).unwrap(),
-        fixture("reviews/kc-delete.json")["request"]["oldObject"]["status"]
+        kept(&fixture("reviews/kc-delete.json")["request"]["oldObject"]["status"])
     );
     assert_eq!(rec["uid"], "0f4c7a52-3b1e-4d0a-9a7e-5c1f3e2b8d11");
     assert!(rec.contains_key("deletedAt"));

@@ -144,6 +144,7 @@ async fn redis_down_answers_allowed_within_the_budget_and_recording_resumes() {
     redis.restart().await;
     rv["request"]["object"]["status"]["phase"] = json!("Recovered");
     rv["request"]["object"]["metadata"]["resourceVersion"] = json!("4800");
+    rv["request"]["oldObject"]["metadata"]["resourceVersion"] = json!("4800");
     support::eventually(Duration::from_secs(10), "recording to resume", || {
         let rv = rv.clone();
         let (client, r, redis) = (&client, &r, &redis);

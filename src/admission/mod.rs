@@ -26,17 +26,21 @@ use kube::core::{
 };
 use tokio::time::Instant;
 
+use k8s_openapi::api::core::v1::ObjectReference;
+
 use crate::{
     error::error_chain,
     patch,
     policy::{
-        ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT, CrdCache, RESTORE_PENDING, RestoreMode,
-        RestorePolicy, TypeInfo, decide,
+        ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT, Access, AccessChecker, CrdCache, GlobalPolicy,
+        InvalidReporter, Level, NamespaceCache, Overrides, Policy, PolicyMetrics, RESTORE_PENDING,
+        Resolved, RestoreFor, RestoreMode, RestorePolicy, Skipped, TypeInfo, decide, resolve,
     },
     store::{RecordWrite, RestoreJob, Store, StoreError, WriteOutcome},
 };
 
 pub use metrics::AdmissionMetrics;
+pub use plan::{Context, plan};
 pub use plan::{CreateCheck, Plan, Skip};
 
 /// Settings of the admission path.
@@ -44,13 +48,24 @@ pub use plan::{CreateCheck, Plan, Skip};
 pub struct Settings {
     /// Budget of each Redis call made while answering.
     pub redis_timeout: Duration,
-    /// Retention of a deleted object's record.
-    pub retention: Duration,
     /// How long a restore job waits for its CREATE to land.
     pub restore_deadline: Duration,
-    pub policy: RestorePolicy,
-    /// restatus's own field manager.
-    pub field_manager: String,
+    /// The global policy, refined per object by annotations.
+    pub global: GlobalPolicy,
+    /// The user restatus's own requests come as, when known: its status writes are never
+    /// merged into a pending object.
+    pub own_user: Option<String>,
+}
+
+/// What the admission path reads besides the review, all from memory but the access check.
+pub struct Sources {
+    pub crds: CrdCache,
+    pub namespaces: NamespaceCache,
+    /// Asks whether a creator may write status; `None` without a Kubernetes API, in which
+    /// case only `restore-for: creators` restores.
+    pub access: Option<AccessChecker>,
+    pub reporter: InvalidReporter,
+    pub metrics: PolicyMetrics,
 }
 
 /// How a review ended, for metrics and logs.
@@ -64,6 +79,11 @@ enum Outcome {
     RestoreEnqueued,
     RestoredInline,
     Merged,
+    /// A record exists, but the creator may not write the object's status.
+    NotPermitted,
+    /// A record exists, but whether the creator may have it could not be checked in time.
+    AccessUnknown,
+    RetentionStarted,
     Error,
 }
 
@@ -78,6 +98,9 @@ impl Outcome {
             Outcome::RestoreEnqueued => "restore_enqueued",
             Outcome::RestoredInline => "restored_inline",
             Outcome::Merged => "merged",
+            Outcome::NotPermitted => "not_permitted",
+            Outcome::AccessUnknown => "access_check_failed",
+            Outcome::RetentionStarted => "retention_started",
             Outcome::Error => "error",
         }
     }
@@ -92,34 +115,45 @@ fn operation_label(op: &Operation) -> &'static str {
     }
 }
 
+type Answer = (Outcome, Vec<PatchOperation>);
+
 /// The webhook's shared state.
 pub struct Admission {
     store: Store,
-    crds: CrdCache,
+    sources: Sources,
     metrics: AdmissionMetrics,
     settings: Settings,
-    /// The policy with mode `fill`: status writes to pending objects are always filled.
-    merge_policy: RestorePolicy,
 }
 
 impl Admission {
     pub fn new(
         store: Store,
-        crds: CrdCache,
+        sources: Sources,
         metrics: AdmissionMetrics,
         settings: Settings,
     ) -> Self {
-        let merge_policy = RestorePolicy {
-            mode: RestoreMode::Fill,
-            ..settings.policy.clone()
-        };
         Self {
             store,
-            crds,
+            sources,
             metrics,
             settings,
-            merge_policy,
         }
+    }
+
+    /// The object's policy: the global one for its type, refined by its CRD's, its
+    /// namespace's and its own annotations.
+    fn resolve(&self, req: &AdmissionRequest<DynamicObject>) -> Resolved {
+        let group = &req.resource.group;
+        let resource = &req.resource.resource;
+        let defaults = self.settings.global.for_type(group, resource);
+        let crd = self.sources.crds.overrides(group, resource);
+        let identity = plan::identity(req);
+        let namespace = identity
+            .namespace
+            .as_deref()
+            .and_then(|ns| self.sources.namespaces.overrides(ns));
+        let object = own_annotations(req).map(|a| Overrides::parse(Some(a)));
+        resolve(&defaults, crd.as_ref(), namespace.as_ref(), object.as_ref())
     }
 
     /// Answers one review. Never fails: restatus's own trouble is logged and allowed.
@@ -135,17 +169,19 @@ impl Admission {
     )]
     pub async fn review(&self, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
         let start = Instant::now();
-        let type_info = self.crds.type_info(
+        let type_info = self.sources.crds.type_info(
             &req.resource.group,
             &req.resource.version,
             &req.resource.resource,
         );
+        let resolved = self.resolve(req);
         let ctx = plan::Context {
             type_info,
-            field_manager: &self.settings.field_manager,
+            own_user: self.settings.own_user.as_deref(),
+            policy: &resolved.policy,
         };
         let plan = plan::plan(req, &ctx);
-        let (outcome, ops) = match self.execute(req, plan).await {
+        let (outcome, ops) = match self.execute(req, plan, &resolved.policy).await {
             Ok(done) => done,
             Err(error) => {
                 tracing::warn!(
@@ -155,6 +191,7 @@ impl Admission {
                 (Outcome::Error, Vec::new())
             }
         };
+        self.report_skipped(req, &resolved.skipped);
         self.metrics.answered(
             operation_label(&req.operation),
             outcome.label(),
@@ -162,7 +199,10 @@ impl Admission {
         );
         tracing::debug!(outcome = outcome.label(), "review answered");
 
-        let response = AdmissionResponse::from(req);
+        let mut response = AdmissionResponse::from(req);
+        if !resolved.skipped.is_empty() {
+            response.warnings = Some(resolved.skipped.iter().map(Skipped::warning).collect());
+        }
         if ops.is_empty() {
             return response;
         }
@@ -175,23 +215,67 @@ impl Admission {
         }
     }
 
+    /// Counts levels skipped for invalid annotations; an object's own invalid annotations
+    /// also get an Event (once per object and value), when it is created or updated.
+    fn report_skipped(&self, req: &AdmissionRequest<DynamicObject>, skipped: &[Skipped]) {
+        for s in skipped {
+            self.sources.metrics.invalid_annotation(s.level);
+        }
+        let main_write = req.sub_resource.is_none()
+            && matches!(req.operation, Operation::Create | Operation::Update);
+        if req.dry_run || !main_write || !skipped.iter().any(|s| s.level == Level::Object) {
+            return;
+        }
+        let Some(obj) = &req.object else { return };
+        let identity = plan::identity(req);
+        let reference = ObjectReference {
+            api_version: Some(plan::api_version(req)),
+            kind: Some(req.kind.kind.clone()),
+            namespace: identity.namespace,
+            name: Some(identity.name),
+            uid: obj.metadata.uid.clone(),
+            ..ObjectReference::default()
+        };
+        let annotations = obj.metadata.annotations.clone();
+        let reporter = self.sources.reporter.clone();
+        tokio::spawn(async move {
+            reporter
+                .check(Level::Object, &reference, annotations.as_ref())
+                .await;
+        });
+    }
+
     async fn execute(
         &self,
         req: &AdmissionRequest<DynamicObject>,
         plan: Plan,
-    ) -> Result<(Outcome, Vec<PatchOperation>), StoreError> {
+        policy: &Policy,
+    ) -> Result<Answer, StoreError> {
         match plan {
             Plan::Skip(skip) => Ok((Outcome::Skipped(skip), Vec::new())),
             Plan::Record(write) => Ok((self.record(&write).await?, Vec::new())),
-            Plan::Create(check) => self.create(req, check).await,
-            Plan::PendingStatusWrite(write) => self.merge_pending(write).await,
+            Plan::Create(check) => self.create(req, check, policy).await,
+            Plan::PendingStatusWrite(write) => self.merge_pending(write, policy).await,
+            Plan::Expire {
+                identity,
+                retention,
+            } => {
+                let budget = self.settings.redis_timeout;
+                let started = self.store.expire(&identity, retention, budget).await?;
+                let outcome = if started {
+                    Outcome::RetentionStarted
+                } else {
+                    Outcome::Skipped(Skip::Disabled)
+                };
+                Ok((outcome, Vec::new()))
+            }
         }
     }
 
     async fn record(&self, write: &RecordWrite) -> Result<Outcome, StoreError> {
         let outcome = self
             .store
-            .record(write, self.settings.retention, self.settings.redis_timeout)
+            .record(write, self.settings.redis_timeout)
             .await?;
         Ok(match outcome {
             WriteOutcome::Written => Outcome::Recorded,
@@ -200,19 +284,64 @@ impl Admission {
         })
     }
 
-    /// A CREATE: if the object has a record, restore it, in the create itself when the type
-    /// keeps status on create, otherwise by marking the object pending and queueing a job.
+    /// Whether the creator in `req` may get the saved status of `check` back: anyone when
+    /// the policy opens restores to creators, otherwise only a user who may update the
+    /// object's status.
+    async fn may_restore(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+        check: &CreateCheck,
+        policy: &Policy,
+    ) -> Result<(), Outcome> {
+        if policy.restore_for == RestoreFor::Creators {
+            return Ok(());
+        }
+        let Some(access) = &self.sources.access else {
+            tracing::warn!(identity = %check.identity, "no Kubernetes API to check who may get a status back; not restored");
+            return Err(Outcome::AccessUnknown);
+        };
+        let id = &check.identity;
+        let user = req.user_info.username.as_deref().unwrap_or_default();
+        match access
+            .may_write_status(
+                &req.user_info,
+                &id.group,
+                &id.resource,
+                id.namespace.as_deref(),
+                &id.name,
+            )
+            .await
+        {
+            Access::Allowed => Ok(()),
+            Access::Denied => {
+                tracing::info!(identity = %id, %user, "the creator may not update this object's status; its saved status is not restored");
+                Err(Outcome::NotPermitted)
+            }
+            Access::Unknown(reason) => {
+                tracing::warn!(identity = %id, %user, %reason, "could not check whether the creator may get a status back; not restored");
+                Err(Outcome::AccessUnknown)
+            }
+        }
+    }
+
+    /// A CREATE: if the object has a record and the creator may have it, restore it, in the
+    /// create itself when the type keeps status on create, otherwise by marking the object
+    /// pending and queueing a job.
     async fn create(
         &self,
         req: &AdmissionRequest<DynamicObject>,
         check: CreateCheck,
-    ) -> Result<(Outcome, Vec<PatchOperation>), StoreError> {
+        policy: &Policy,
+    ) -> Result<Answer, StoreError> {
         let budget = self.settings.redis_timeout;
         let Some(record) = self.store.get(&check.identity, budget).await? else {
             // Nothing is recorded on create: the create may still fail, and the first update
             // or the delete records what the API server kept.
             return Ok((Outcome::NoRecord, Vec::new()));
         };
+        if let Err(outcome) = self.may_restore(req, &check, policy).await {
+            return Ok((outcome, Vec::new()));
+        }
 
         let now = Timestamp::now();
         let deadline = SignedDuration::try_from(self.settings.restore_deadline)
@@ -233,13 +362,12 @@ impl Admission {
             deadline,
             inline,
             request_uid: req.uid.clone(),
+            policy: Some(policy.restore.clone()),
         };
 
         if inline {
             let mut ops = Vec::new();
-            if let Some(status) =
-                decide(&record.status, check.status.as_ref(), &self.settings.policy)
-            {
+            if let Some(status) = decide(&record.status, check.status.as_ref(), &policy.restore) {
                 ops.push(patch::set_status(status));
             }
             let restored_at = now.round(Unit::Second).unwrap_or(now).to_string();
@@ -276,7 +404,8 @@ impl Admission {
     async fn merge_pending(
         &self,
         write: RecordWrite,
-    ) -> Result<(Outcome, Vec<PatchOperation>), StoreError> {
+        policy: &Policy,
+    ) -> Result<Answer, StoreError> {
         let record = self
             .store
             .get(&write.identity, self.settings.redis_timeout)
@@ -286,14 +415,33 @@ impl Admission {
             if write.status.is_null() {
                 return Ok((Outcome::Skipped(Skip::NoStatus), Vec::new()));
             }
+            let write = RecordWrite {
+                status: policy.restore.restorable(&write.status),
+                ..write
+            };
             return Ok((self.record(&write).await?, Vec::new()));
         };
         let written = Some(&write.status).filter(|s| !s.is_null());
-        match decide(&record.status, written, &self.merge_policy) {
+        let fill = RestorePolicy {
+            mode: RestoreMode::Fill,
+            ..policy.restore.clone()
+        };
+        match decide(&record.status, written, &fill) {
             Some(merged) => Ok((Outcome::Merged, vec![patch::set_status(merged)])),
             None => Ok((Outcome::Skipped(Skip::PendingRestore), Vec::new())),
         }
     }
+}
+
+/// The annotations of the object a review is about (the new one; the old one for a DELETE).
+fn own_annotations(
+    req: &AdmissionRequest<DynamicObject>,
+) -> Option<&std::collections::BTreeMap<String, String>> {
+    let obj = match req.operation {
+        Operation::Delete => req.old_object.as_ref(),
+        _ => req.object.as_ref(),
+    }?;
+    obj.metadata.annotations.as_ref()
 }
 
 /// The webhook router: `POST /mutate`.

@@ -1,4 +1,7 @@
-//! What a review asks of restatus: pure, decided from the request alone.
+//! What a review asks of restatus: pure, decided from the request and the object's resolved
+//! policy.
+
+use std::time::Duration;
 
 use kube::core::{
     DynamicObject,
@@ -7,7 +10,7 @@ use kube::core::{
 use serde_json::Value;
 
 use crate::{
-    policy::{TypeInfo, is_restore_pending, status_of},
+    policy::{Policy, TypeInfo, is_restore_pending, status_of},
     store::{ObjectIdentity, RecordWrite, Source},
 };
 
@@ -26,6 +29,11 @@ pub enum Skip {
     Unsupported,
     /// The object waits for its restore; its current (empty) status is not a fact to keep.
     PendingRestore,
+    /// The object's policy is `disabled`.
+    Disabled,
+    /// An update based on a resourceVersion the object no longer has: the API server
+    /// answers it 409 Conflict after admission, so it never lands.
+    Conflict,
 }
 
 impl Skip {
@@ -37,6 +45,8 @@ impl Skip {
             Skip::OtherSubresource => "other_subresource",
             Skip::Unsupported => "unsupported",
             Skip::PendingRestore => "pending_restore",
+            Skip::Disabled => "disabled",
+            Skip::Conflict => "conflict",
         }
     }
 }
@@ -57,7 +67,7 @@ pub struct CreateCheck {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
     Skip(Skip),
-    /// Record this status.
+    /// Record this status (already narrowed to what the policy keeps).
     Record(RecordWrite),
     /// Look for a record of this object and restore it.
     Create(CreateCheck),
@@ -65,21 +75,52 @@ pub enum Plan {
     /// the writer did not set. The merged status is not recorded: the record keeps the earlier
     /// incarnation's status for the worker to restore from.
     PendingStatusWrite(RecordWrite),
+    /// A deleted object restatus does not record (its policy is disabled): start the retention
+    /// clock of a record it may have from before, so that it does not stay forever.
+    Expire {
+        identity: ObjectIdentity,
+        retention: Duration,
+    },
 }
 
 /// Facts the plan needs besides the request.
 pub struct Context<'a> {
     pub type_info: TypeInfo,
-    /// restatus's own field manager: its status writes are never merged.
-    pub field_manager: &'a str,
+    /// The user restatus's own requests come as (its ServiceAccount), when known: its status
+    /// writes are never merged. The client-chosen field manager proves nothing.
+    pub own_user: Option<&'a str>,
+    /// The object's policy.
+    pub policy: &'a Policy,
 }
 
+/// The object a review is about: the new one, or for a DELETE the old one.
+fn subject(req: &AdmissionRequest<DynamicObject>) -> Option<&DynamicObject> {
+    match req.operation {
+        Operation::Delete => req.old_object.as_ref(),
+        _ => req.object.as_ref().or(req.old_object.as_ref()),
+    }
+}
+
+/// Which object a review is about. Namespace deletion and DeleteCollection send per-item
+/// DELETE reviews without `name` (and without `namespace` for some callers): those come
+/// from the object itself.
 pub fn identity(req: &AdmissionRequest<DynamicObject>) -> ObjectIdentity {
+    let meta = subject(req).map(|o| &o.metadata);
+    let name = Some(req.name.clone())
+        .filter(|n| !n.is_empty())
+        .or_else(|| meta.and_then(|m| m.name.clone()))
+        .unwrap_or_default();
+    let namespace = req
+        .namespace
+        .clone()
+        .filter(|ns| !ns.is_empty())
+        .or_else(|| meta.and_then(|m| m.namespace.clone()))
+        .filter(|ns| !ns.is_empty());
     ObjectIdentity {
         group: req.resource.group.clone(),
         resource: req.resource.resource.clone(),
-        namespace: req.namespace.clone().filter(|ns| !ns.is_empty()),
-        name: req.name.clone(),
+        namespace,
+        name,
     }
 }
 
@@ -91,22 +132,16 @@ pub fn api_version(req: &AdmissionRequest<DynamicObject>) -> String {
     }
 }
 
-fn field_manager(req: &AdmissionRequest<DynamicObject>) -> Option<&str> {
-    req.options
-        .as_ref()
-        .and_then(|o| o.0.get("fieldManager"))
-        .and_then(Value::as_str)
-}
-
 fn write_of(
     req: &AdmissionRequest<DynamicObject>,
     obj: &DynamicObject,
-    status: &Value,
+    status: Value,
     source: Source,
+    policy: &Policy,
 ) -> RecordWrite {
     RecordWrite {
         identity: identity(req),
-        status: status.clone(),
+        status,
         api_version: api_version(req),
         kind: req.kind.kind.clone(),
         uid: obj.metadata.uid.clone().unwrap_or_default(),
@@ -114,7 +149,38 @@ fn write_of(
         generation: obj.metadata.generation,
         source,
         deleting: source == Source::Deleted || obj.metadata.deletion_timestamp.is_some(),
+        retention: policy.retention,
     }
+}
+
+/// The record of `obj`'s status, narrowed to what the policy keeps, or why there is none.
+fn record(
+    req: &AdmissionRequest<DynamicObject>,
+    obj: &DynamicObject,
+    source: Source,
+    policy: &Policy,
+) -> Plan {
+    match status_of(obj) {
+        Some(status) => Plan::Record(write_of(
+            req,
+            obj,
+            policy.restore.restorable(status),
+            source,
+            policy,
+        )),
+        None => Plan::Skip(Skip::NoStatus),
+    }
+}
+
+/// An update whose object carries a resourceVersion other than the stored one is refused
+/// by the API server (409) after admission.
+fn conflicting(req: &AdmissionRequest<DynamicObject>) -> bool {
+    let version = |o: &Option<DynamicObject>| {
+        o.as_ref()
+            .and_then(|o| o.metadata.resource_version.clone())
+            .filter(|v| !v.is_empty())
+    };
+    matches!((version(&req.object), version(&req.old_object)), (Some(new), Some(old)) if new != old)
 }
 
 /// Decides what a review asks for.
@@ -122,20 +188,33 @@ pub fn plan(req: &AdmissionRequest<DynamicObject>, ctx: &Context<'_>) -> Plan {
     if req.dry_run {
         return Plan::Skip(Skip::DryRun);
     }
+    let policy = ctx.policy;
+    let enabled = policy.enabled;
     match (&req.operation, req.sub_resource.as_deref()) {
         (Operation::Update, Some("status")) => {
             let Some(obj) = &req.object else {
                 return Plan::Skip(Skip::Unsupported);
             };
-            let own_write = field_manager(req) == Some(ctx.field_manager);
+            if !enabled {
+                return Plan::Skip(Skip::Disabled);
+            }
+            if conflicting(req) {
+                return Plan::Skip(Skip::Conflict);
+            }
+            let own_write = ctx
+                .own_user
+                .is_some_and(|own| req.user_info.username.as_deref() == Some(own));
             if is_restore_pending(obj.metadata.annotations.as_ref()) && !own_write {
                 let status = status_of(obj).cloned().unwrap_or(Value::Null);
-                return Plan::PendingStatusWrite(write_of(req, obj, &status, Source::Written));
+                return Plan::PendingStatusWrite(write_of(
+                    req,
+                    obj,
+                    status,
+                    Source::Written,
+                    policy,
+                ));
             }
-            match status_of(obj) {
-                Some(status) => Plan::Record(write_of(req, obj, status, Source::Written)),
-                None => Plan::Skip(Skip::NoStatus),
-            }
+            record(req, obj, Source::Written, policy)
         }
         (_, Some(_)) => Plan::Skip(Skip::OtherSubresource),
         (Operation::Update, None) => {
@@ -149,31 +228,40 @@ pub fn plan(req: &AdmissionRequest<DynamicObject>, ctx: &Context<'_>) -> Plan {
             let Some(obj) = obj else {
                 return Plan::Skip(Skip::Unsupported);
             };
+            if !enabled {
+                return Plan::Skip(Skip::Disabled);
+            }
+            if conflicting(req) {
+                return Plan::Skip(Skip::Conflict);
+            }
             if is_restore_pending(obj.metadata.annotations.as_ref()) {
                 return Plan::Skip(Skip::PendingRestore);
             }
-            match status_of(obj) {
-                Some(status) => Plan::Record(write_of(req, obj, status, source)),
-                None => Plan::Skip(Skip::NoStatus),
-            }
+            record(req, obj, source, policy)
         }
         (Operation::Delete, None) => {
             let Some(old) = &req.old_object else {
                 return Plan::Skip(Skip::Unsupported);
             };
+            if !enabled {
+                return Plan::Expire {
+                    identity: identity(req),
+                    retention: policy.retention,
+                };
+            }
             if is_restore_pending(old.metadata.annotations.as_ref()) {
                 // Deleted again before its restore: the record of the earlier incarnation is
                 // still the one to keep, and its retention clock is already running.
                 return Plan::Skip(Skip::PendingRestore);
             }
-            match status_of(old) {
-                Some(status) => Plan::Record(write_of(req, old, status, Source::Deleted)),
-                None => Plan::Skip(Skip::NoStatus),
-            }
+            record(req, old, Source::Deleted, policy)
         }
         (Operation::Create, None) => {
             if req.name.is_empty() {
                 return Plan::Skip(Skip::NoName);
+            }
+            if !enabled {
+                return Plan::Skip(Skip::Disabled);
             }
             let status = match ctx.type_info {
                 TypeInfo::KeepsStatusOnCreate => req.object.as_ref().and_then(status_of).cloned(),
@@ -194,12 +282,43 @@ pub fn plan(req: &AdmissionRequest<DynamicObject>, ctx: &Context<'_>) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{RestoreFor, RestoreMode, RestorePolicy};
     use serde_json::json;
 
-    const CTX: Context<'static> = Context {
-        type_info: TypeInfo::DropsStatusOnCreate,
-        field_manager: "restatus",
+    const OWN_USER: &str = "system:serviceaccount:restatus:restatus";
+
+    static ENABLED: Policy = Policy {
+        enabled: true,
+        restore: RestorePolicy {
+            mode: RestoreMode::Fill,
+            fields: Vec::new(),
+            narrowed_to: Vec::new(),
+            exclude_fields: Vec::new(),
+        },
+        retention: Duration::from_secs(30 * 86_400),
+        restore_for: RestoreFor::StatusWriters,
     };
+
+    static DISABLED: Policy = Policy {
+        enabled: false,
+        restore: RestorePolicy {
+            mode: RestoreMode::Fill,
+            fields: Vec::new(),
+            narrowed_to: Vec::new(),
+            exclude_fields: Vec::new(),
+        },
+        retention: Duration::from_secs(86_400),
+        restore_for: RestoreFor::StatusWriters,
+    };
+
+    #[allow(non_snake_case)]
+    fn CTX() -> Context<'static> {
+        Context {
+            type_info: TypeInfo::DropsStatusOnCreate,
+            own_user: Some(OWN_USER),
+            policy: &ENABLED,
+        }
+    }
 
     /// The record a review asks for; panics when it asks for something else.
     fn recorded(review: Value, ctx: &Context<'_>) -> RecordWrite {
@@ -253,7 +372,7 @@ mod tests {
                 obj(json!({"phase": "Ready"}), "11"),
                 obj(json!({"phase": "Provisioning"}), "11"),
             ),
-            &CTX,
+            &CTX(),
         );
         assert_eq!(w.status, json!({"phase": "Ready"}));
         assert_eq!(w.source, Source::Written);
@@ -274,7 +393,7 @@ mod tests {
                 obj(json!({"phase": "Forged by client"}), "11"),
                 obj(json!({"phase": "Ready"}), "11"),
             ),
-            &CTX,
+            &CTX(),
         );
         assert_eq!(w.status, json!({"phase": "Ready"}));
         assert_eq!(w.source, Source::Observed);
@@ -284,7 +403,7 @@ mod tests {
     fn main_update_of_a_type_that_keeps_status_records_the_new_status() {
         let keeps_status = Context {
             type_info: TypeInfo::KeepsStatusOnCreate,
-            field_manager: "restatus",
+            ..CTX()
         };
         let update = review(
             "UPDATE",
@@ -306,7 +425,7 @@ mod tests {
                 Value::Null,
                 obj(json!({"phase": "Ready"}), "12"),
             ),
-            &CTX,
+            &CTX(),
         );
         assert_eq!(w.status, json!({"phase": "Ready"}));
         assert_eq!(w.source, Source::Deleted);
@@ -317,7 +436,7 @@ mod tests {
     fn an_update_of_an_object_being_deleted_keeps_the_retention_clock() {
         let mut old = obj(json!({"phase": "Terminating"}), "13");
         old["metadata"]["deletionTimestamp"] = json!("2026-11-24T04:00:00Z");
-        let w = recorded(review("UPDATE", None, old.clone(), old), &CTX);
+        let w = recorded(review("UPDATE", None, old.clone(), old), &CTX());
         assert!(w.deleting);
     }
 
@@ -330,7 +449,7 @@ mod tests {
             obj(json!({}), "11"),
         );
         rv["request"]["dryRun"] = json!(true);
-        assert_eq!(plan(&request(rv), &CTX), Plan::Skip(Skip::DryRun));
+        assert_eq!(plan(&request(rv), &CTX()), Plan::Skip(Skip::DryRun));
     }
 
     #[test]
@@ -341,7 +460,7 @@ mod tests {
             obj(Value::Null, "1"),
             obj(Value::Null, "1"),
         ));
-        assert_eq!(plan(&r, &CTX), Plan::Skip(Skip::NoStatus));
+        assert_eq!(plan(&r, &CTX()), Plan::Skip(Skip::NoStatus));
         let w = recorded(
             review(
                 "UPDATE",
@@ -349,7 +468,7 @@ mod tests {
                 obj(json!({}), "1"),
                 obj(Value::Null, "1"),
             ),
-            &CTX,
+            &CTX(),
         );
         assert_eq!(w.status, json!({}));
     }
@@ -362,14 +481,14 @@ mod tests {
             obj(json!({"phase": "x"}), ""),
             Value::Null,
         ));
-        let Plan::Create(c) = plan(&r, &CTX) else {
+        let Plan::Create(c) = plan(&r, &CTX()) else {
             panic!("expected a create check")
         };
         assert_eq!(c.identity.name, "eu-1");
         assert_eq!(c.status, None, "status is dropped on create for this type");
         let mut rv = review("CREATE", None, obj(json!({}), ""), Value::Null);
         rv["request"]["name"] = json!("");
-        assert_eq!(plan(&request(rv), &CTX), Plan::Skip(Skip::NoName));
+        assert_eq!(plan(&request(rv), &CTX()), Plan::Skip(Skip::NoName));
     }
 
     #[test]
@@ -382,15 +501,32 @@ mod tests {
             pending.clone(),
             pending.clone(),
         ));
-        assert!(matches!(plan(&r, &CTX), Plan::PendingStatusWrite(_)));
+        assert!(matches!(plan(&r, &CTX()), Plan::PendingStatusWrite(_)));
 
+        // Told by the user restatus runs as, not by the field manager a client picks.
         let mut own = review("UPDATE", Some("status"), pending.clone(), pending.clone());
-        own["request"]["options"] = json!({"kind": "PatchOptions", "fieldManager": "restatus"});
-        assert!(matches!(plan(&request(own), &CTX), Plan::Record(_)));
+        own["request"]["userInfo"] = json!({"username": OWN_USER});
+        assert!(matches!(plan(&request(own), &CTX()), Plan::Record(_)));
+        let mut posing = review("UPDATE", Some("status"), pending.clone(), pending.clone());
+        posing["request"]["options"] = json!({"kind": "PatchOptions", "fieldManager": "restatus"});
+        assert!(matches!(
+            plan(&request(posing), &CTX()),
+            Plan::PendingStatusWrite(_)
+        ));
+        let unknown = Context {
+            own_user: None,
+            ..CTX()
+        };
+        let mut own = review("UPDATE", Some("status"), pending.clone(), pending.clone());
+        own["request"]["userInfo"] = json!({"username": OWN_USER});
+        assert!(matches!(
+            plan(&request(own), &unknown),
+            Plan::PendingStatusWrite(_)
+        ));
 
         // A main-resource update of a pending object records nothing.
         let r = request(review("UPDATE", None, pending.clone(), pending));
-        assert_eq!(plan(&r, &CTX), Plan::Skip(Skip::PendingRestore));
+        assert_eq!(plan(&r, &CTX()), Plan::Skip(Skip::PendingRestore));
     }
 
     #[test]
@@ -401,21 +537,126 @@ mod tests {
             obj(json!({}), "1"),
             obj(json!({}), "1"),
         ));
-        assert_eq!(plan(&r, &CTX), Plan::Skip(Skip::OtherSubresource));
+        assert_eq!(plan(&r, &CTX()), Plan::Skip(Skip::OtherSubresource));
         let r = request(review("CONNECT", None, Value::Null, Value::Null));
-        assert_eq!(plan(&r, &CTX), Plan::Skip(Skip::Unsupported));
+        assert_eq!(plan(&r, &CTX()), Plan::Skip(Skip::Unsupported));
     }
 
     #[test]
     fn cluster_scoped_and_core_group_identities() {
-        let mut rv = review("DELETE", None, Value::Null, obj(json!({"a": 1}), "3"));
+        let mut cluster_scoped = obj(json!({"a": 1}), "3");
+        cluster_scoped["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("namespace");
+        let mut rv = review("DELETE", None, Value::Null, cluster_scoped);
         rv["request"]["namespace"] = Value::Null;
         rv["request"]["resource"] =
             json!({"group": "", "version": "v1", "resource": "persistentvolumes"});
         rv["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "PersistentVolume"});
-        let w = recorded(rv, &CTX);
+        let w = recorded(rv, &CTX());
         assert_eq!(w.identity.namespace, None);
         assert_eq!(w.identity.group, "");
         assert_eq!(w.api_version, "v1");
+    }
+
+    #[test]
+    fn deletes_without_a_name_take_the_identity_from_the_old_object() {
+        // Namespace deletion and DeleteCollection: per-item reviews without request.name.
+        let mut rv = review(
+            "DELETE",
+            None,
+            Value::Null,
+            obj(json!({"phase": "Ready"}), "12"),
+        );
+        rv["request"]["name"] = json!("");
+        rv["request"]["namespace"] = json!("");
+        let w = recorded(rv, &CTX());
+        assert_eq!(w.identity.name, "eu-1");
+        assert_eq!(w.identity.namespace.as_deref(), Some("team-a"));
+        assert!(w.deleting);
+    }
+
+    #[test]
+    fn an_update_from_a_stale_resource_version_is_not_recorded() {
+        for sub in [None, Some("status")] {
+            let r = request(review(
+                "UPDATE",
+                sub,
+                obj(json!({"phase": "Rejected later"}), "10"),
+                obj(json!({"phase": "Stored"}), "11"),
+            ));
+            assert_eq!(plan(&r, &CTX()), Plan::Skip(Skip::Conflict), "{sub:?}");
+        }
+        // No resourceVersion sent: an unconditional update, which lands.
+        let mut unconditional = review(
+            "UPDATE",
+            Some("status"),
+            obj(json!({"phase": "New"}), "11"),
+            obj(json!({"phase": "Stored"}), "11"),
+        );
+        unconditional["request"]["object"]["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("resourceVersion");
+        assert!(matches!(
+            plan(&request(unconditional), &CTX()),
+            Plan::Record(_)
+        ));
+    }
+
+    #[test]
+    fn a_disabled_object_is_neither_recorded_nor_restored_and_its_record_expires() {
+        let ctx = Context {
+            policy: &DISABLED,
+            ..CTX()
+        };
+        let status = obj(json!({"phase": "Ready"}), "11");
+        for (op, sub) in [("UPDATE", Some("status")), ("UPDATE", None)] {
+            let r = request(review(op, sub, status.clone(), status.clone()));
+            assert_eq!(plan(&r, &ctx), Plan::Skip(Skip::Disabled));
+        }
+        let r = request(review("CREATE", None, status.clone(), Value::Null));
+        assert_eq!(plan(&r, &ctx), Plan::Skip(Skip::Disabled));
+        let r = request(review("DELETE", None, Value::Null, status));
+        let Plan::Expire {
+            identity,
+            retention,
+        } = plan(&r, &ctx)
+        else {
+            panic!("expected the record's retention clock to start")
+        };
+        assert_eq!(identity.name, "eu-1");
+        assert_eq!(retention, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn only_what_the_policy_keeps_is_recorded_with_its_retention() {
+        let narrow = Policy {
+            restore: RestorePolicy {
+                mode: RestoreMode::Fill,
+                fields: vec!["/endpoint".parse().unwrap(), "/secret".parse().unwrap()],
+                narrowed_to: vec![],
+                exclude_fields: vec!["/secret".parse().unwrap()],
+            },
+            retention: Duration::from_secs(7 * 86_400),
+            ..ENABLED.clone()
+        };
+        let ctx = Context {
+            policy: &narrow,
+            ..CTX()
+        };
+        let status = json!({"endpoint": "e", "secret": "s", "phase": "Ready"});
+        let w = recorded(
+            review(
+                "UPDATE",
+                Some("status"),
+                obj(status.clone(), "11"),
+                obj(json!({}), "11"),
+            ),
+            &ctx,
+        );
+        assert_eq!(w.status, json!({"endpoint": "e"}));
+        assert_eq!(w.retention, Duration::from_secs(7 * 86_400));
     }
 }

@@ -6,13 +6,15 @@ use kube::core::{
 };
 use serde_json::Value;
 
+use crate::text::clip;
+
 pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
     #[error("body is not JSON: {0}")]
-    NotJson(#[source] serde_json::Error),
+    NotJson(String),
     #[error("body is not a JSON object")]
     NotAnObject,
     #[error("apiVersion must be {API_VERSION}, got {0}")]
@@ -24,7 +26,7 @@ pub enum ReviewError {
     #[error("request.uid is missing or empty")]
     NoUid,
     #[error("request is not a valid AdmissionRequest: {0}")]
-    Malformed(#[source] serde_json::Error),
+    Malformed(String),
 }
 
 impl ReviewError {
@@ -39,18 +41,23 @@ impl ReviewError {
     }
 }
 
+/// How long a quoted piece of a hostile body may be in an answer or a log line.
+const QUOTED: usize = 64;
+
 fn describe(value: Option<&Value>) -> String {
     match value {
         None | Some(Value::Null) => "nothing".to_owned(),
-        Some(Value::String(s)) => format!("{s:?}"),
-        Some(other) => other.to_string().chars().take(64).collect(),
+        Some(Value::String(s)) => format!("{:?}", clip(s, QUOTED)),
+        Some(other) => clip(&other.to_string(), QUOTED),
     }
 }
 
 /// Checks that `body` is an `admission.k8s.io/v1` AdmissionReview with a request and a uid,
 /// and returns the request.
 pub fn decode(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, ReviewError> {
-    let value: Value = serde_json::from_slice(body).map_err(ReviewError::NotJson)?;
+    // serde's messages can quote the input (an unknown variant, an invalid type): cut them.
+    let quoted = |e: serde_json::Error| clip(&e.to_string(), 4 * QUOTED);
+    let value: Value = serde_json::from_slice(body).map_err(|e| ReviewError::NotJson(quoted(e)))?;
     let Value::Object(map) = &value else {
         return Err(ReviewError::NotAnObject);
     };
@@ -71,7 +78,7 @@ pub fn decode(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, ReviewErro
         _ => return Err(ReviewError::NoUid),
     }
     let review: AdmissionReview<DynamicObject> =
-        serde_json::from_value(value).map_err(ReviewError::Malformed)?;
+        serde_json::from_value(value).map_err(|e| ReviewError::Malformed(quoted(e)))?;
     review.try_into().map_err(|_| ReviewError::NoRequest)
 }
 

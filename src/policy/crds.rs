@@ -1,17 +1,14 @@
 //! A watch cache of CustomResourceDefinitions, so the admission path knows whether a custom
 //! type keeps `.status` on create without calling the API server.
 
-use futures::{StreamExt, future};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::{
-    Api, Client,
-    runtime::{
-        WatchStreamExt,
-        reflector::{self, ObjectRef, Store},
-        watcher,
-    },
-};
+use kube::Client;
 use tokio_util::sync::CancellationToken;
+
+use super::{
+    Level, LevelAnnotations,
+    watch::{Cache, InvalidReporter, Watch},
+};
 
 /// What the admission path needs to know about a type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,36 +22,22 @@ pub enum TypeInfo {
 }
 
 #[derive(Clone, Default)]
-pub struct CrdCache {
-    store: Option<Store<CustomResourceDefinition>>,
-}
+pub struct CrdCache(Cache<CustomResourceDefinition>);
 
-/// The watch that fills a [`CrdCache`]; [`CrdWatch::run`] is one of restatus's tasks.
-pub struct CrdWatch {
-    api: Api<CustomResourceDefinition>,
-    writer: reflector::store::Writer<CustomResourceDefinition>,
-}
+/// The watch that fills a [`CrdCache`]: one of restatus's tasks.
+pub struct CrdWatch(Watch<CustomResourceDefinition>);
 
 impl CrdWatch {
-    /// Keeps the cache in step with the API server until `shutdown`; a failing watch is
-    /// retried with backoff and logged, never fatal.
+    /// Keeps the cache in step with the API server until `shutdown`; CRDs with invalid policy
+    /// annotations are reported.
     pub async fn run(self, shutdown: CancellationToken) {
-        let stream = reflector::reflector(
-            self.writer,
-            watcher(self.api, watcher::Config::default()).default_backoff(),
-        )
-        .touched_objects()
-        .for_each(|event| {
-            if let Err(error) = event {
-                tracing::warn!(%error, "CustomResourceDefinition watch failed; retrying");
-            }
-            future::ready(())
-        });
-        tokio::select! {
-            () = stream => {},
-            () = shutdown.cancelled() => {},
-        }
+        self.0.run(shutdown).await;
     }
+}
+
+/// The name of the CRD of a custom type, `None` for a built-in group.
+fn crd_name(group: &str, resource: &str) -> Option<String> {
+    (!group.is_empty() && group.contains('.')).then(|| format!("{resource}.{group}"))
 }
 
 impl CrdCache {
@@ -64,18 +47,19 @@ impl CrdCache {
     }
 
     /// A cache of the cluster's CRDs, empty until its watch runs and syncs.
-    pub fn new(client: Client) -> (Self, CrdWatch) {
-        let (reader, writer) = reflector::store();
-        let watch = CrdWatch {
-            api: Api::all(client),
-            writer,
-        };
-        (
-            Self {
-                store: Some(reader),
-            },
-            watch,
-        )
+    pub fn new(client: Client, reporter: InvalidReporter) -> (Self, CrdWatch) {
+        let (cache, watch) = Cache::new(client, "CustomResourceDefinition", Level::Crd, reporter);
+        (Self(cache), CrdWatch(watch))
+    }
+
+    /// Waits until the first list of CRDs is in the cache.
+    pub async fn synced(&self) {
+        self.0.synced().await;
+    }
+
+    /// The policy annotations of the CRD of `group`/`resource`, if it is known and has any.
+    pub fn overrides(&self, group: &str, resource: &str) -> Option<LevelAnnotations> {
+        self.0.overrides(&crd_name(group, resource)?)
     }
 
     /// Whether objects of `group/version, resource` keep their status on create.
@@ -84,16 +68,11 @@ impl CrdCache {
     /// [`TypeInfo::DropsStatusOnCreate`]: the worker path, which also works for a type that
     /// turns out to keep status.
     pub fn type_info(&self, group: &str, version: &str, resource: &str) -> TypeInfo {
-        if group.is_empty() || !group.contains('.') {
-            return TypeInfo::DropsStatusOnCreate;
+        let crd = crd_name(group, resource).and_then(|name| self.0.get(&name));
+        match crd {
+            Some(crd) => type_info_of(&crd, version),
+            None => TypeInfo::DropsStatusOnCreate,
         }
-        let Some(store) = &self.store else {
-            return TypeInfo::DropsStatusOnCreate;
-        };
-        let Some(crd) = store.get(&ObjectRef::new(&format!("{resource}.{group}"))) else {
-            return TypeInfo::DropsStatusOnCreate;
-        };
-        type_info_of(&crd, version)
     }
 }
 

@@ -66,6 +66,7 @@ mod tests {
         RestorePolicy {
             mode,
             fields: vec![],
+            narrowed_to: vec![],
             exclude_fields: exclude.iter().map(|p| p.parse().unwrap()).collect(),
         }
     }
@@ -186,6 +187,7 @@ mod tests {
         // Only selected fields are restored.
         let p = RestorePolicy {
             mode: RestoreMode::Fill,
+            narrowed_to: vec![],
             fields: vec!["/phase".parse().unwrap()],
             exclude_fields: vec![],
         };

@@ -8,6 +8,8 @@ use std::{fmt, str::FromStr};
 
 use serde_json::Value;
 
+use crate::text::clip;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PatternError {
     #[error("field pattern {pattern:?} must start with '/' (a JSON pointer into .status)")]
@@ -52,7 +54,7 @@ impl FromStr for FieldPattern {
         let s = s.trim();
         let Some(rest) = s.strip_prefix('/') else {
             return Err(PatternError::NotAPointer {
-                pattern: s.to_owned(),
+                pattern: clip(s, 64),
             });
         };
         let tokens = rest
@@ -64,7 +66,7 @@ impl FromStr for FieldPattern {
                     unescape(raw)
                         .map(Token::Key)
                         .ok_or_else(|| PatternError::BadEscape {
-                            pattern: s.to_owned(),
+                            pattern: clip(s, 64),
                         })
                 }
             })
@@ -100,6 +102,24 @@ impl FromStr for FieldPatterns {
     }
 }
 
+/// Patterns as JSON strings, for restore jobs.
+pub(super) mod serde_patterns {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use super::FieldPattern;
+
+    pub fn serialize<S: Serializer>(patterns: &[FieldPattern], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(patterns.iter().map(|p| p.source.as_str()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<FieldPattern>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|p| p.parse().map_err(D::Error::custom))
+            .collect()
+    }
+}
+
 fn unescape(raw: &str) -> Option<String> {
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars();
@@ -121,27 +141,58 @@ fn unescape(raw: &str) -> Option<String> {
 /// An empty pattern list selects everything. Array elements keep their order; elements with
 /// nothing selected are left out.
 pub fn select(value: &Value, patterns: &[FieldPattern]) -> Value {
-    if patterns.is_empty() {
-        return value.clone();
-    }
-    let paths: Vec<&[Token]> = patterns.iter().map(|p| p.tokens.as_slice()).collect();
-    select_in(value, &paths).unwrap_or_else(|| Value::Object(Default::default()))
+    select_all(value, &[patterns])
 }
 
-fn select_in(value: &Value, paths: &[&[Token]]) -> Option<Value> {
-    if paths.iter().any(|p| p.is_empty()) {
+/// Keeps only the parts of `value` that every list of patterns selects: the intersection of
+/// the selections, each made on `value` itself (so an array index in one list means the
+/// same element as in the others). An empty list selects everything.
+pub fn select_all(value: &Value, lists: &[&[FieldPattern]]) -> Value {
+    let lists: Vec<Vec<&[Token]>> = lists
+        .iter()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.iter().map(|p| p.tokens.as_slice()).collect())
+        .collect();
+    if lists.is_empty() {
+        return value.clone();
+    }
+    select_in(value, &lists).unwrap_or_else(|| Value::Object(Default::default()))
+}
+
+/// The paths of each list that continue below a child the list's first tokens match; `None`
+/// when some list selects nothing below it.
+fn descend<'a>(
+    lists: &[Vec<&'a [Token]>],
+    matches: impl Fn(&Token) -> bool,
+) -> Option<Vec<Vec<&'a [Token]>>> {
+    lists
+        .iter()
+        .map(|paths| {
+            let rest: Vec<&[Token]> = paths
+                .iter()
+                .filter(|p| matches(&p[0]))
+                .map(|p| &p[1..])
+                .collect();
+            (!rest.is_empty()).then_some(rest)
+        })
+        .collect()
+}
+
+fn select_in(value: &Value, lists: &[Vec<&[Token]>]) -> Option<Value> {
+    // A list with a path that ends here selects this whole subtree: it constrains no more.
+    let active: Vec<Vec<&[Token]>> = lists
+        .iter()
+        .filter(|paths| !paths.iter().any(|p| p.is_empty()))
+        .cloned()
+        .collect();
+    if active.is_empty() {
         return Some(value.clone());
     }
     match value {
         Value::Object(map) => {
             let mut out = serde_json::Map::new();
             for (key, child) in map {
-                let rest: Vec<&[Token]> = paths
-                    .iter()
-                    .filter(|p| p[0].matches_key(key))
-                    .map(|p| &p[1..])
-                    .collect();
-                if !rest.is_empty()
+                if let Some(rest) = descend(&active, |t| t.matches_key(key))
                     && let Some(selected) = select_in(child, &rest)
                 {
                     out.insert(key.clone(), selected);
@@ -154,16 +205,8 @@ fn select_in(value: &Value, paths: &[&[Token]]) -> Option<Value> {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, child)| {
-                    let rest: Vec<&[Token]> = paths
-                        .iter()
-                        .filter(|p| p[0].matches_index(i))
-                        .map(|p| &p[1..])
-                        .collect();
-                    if rest.is_empty() {
-                        None
-                    } else {
-                        select_in(child, &rest)
-                    }
+                    let rest = descend(&active, |t| t.matches_index(i))?;
+                    select_in(child, &rest)
                 })
                 .collect();
             (!out.is_empty()).then_some(Value::Array(out))
@@ -323,6 +366,36 @@ mod tests {
         let status = json!({"a": 1});
         assert_eq!(select(&status, &[]), status);
         assert_eq!(select(&status, &patterns(&["/b"])), json!({}));
+    }
+
+    #[test]
+    fn select_all_intersects_selections_made_on_the_same_document() {
+        let v = json!({"addresses": [{"host": "a"}, {"ip": "192.0.2.2", "port": 1}], "phase": "x"});
+        // Indices mean positions in `v`, whichever list names them.
+        assert_eq!(
+            select_all(
+                &v,
+                &[
+                    &patterns(&["/addresses/*/ip"]),
+                    &patterns(&["/addresses/1"])
+                ]
+            ),
+            json!({"addresses": [{"ip": "192.0.2.2"}]})
+        );
+        assert_eq!(
+            select_all(&v, &[&patterns(&["/addresses"]), &patterns(&["/phase"])]),
+            json!({})
+        );
+        assert_eq!(
+            select_all(&v, &[&[], &patterns(&["/phase"])]),
+            json!({"phase": "x"})
+        );
+        assert_eq!(select_all(&v, &[]), v);
+        let list = json!({"list": [{}, 3]});
+        assert_eq!(
+            select_all(&list, &[&patterns(&["/list/1"]), &patterns(&["/list/1"])]),
+            json!({"list": [3]})
+        );
     }
 
     #[test]

@@ -1,28 +1,55 @@
-//! What restatus does for an object, decided without I/O: the restore mode and the fields it
-//! brings back, what a restore writes ([`decide`]), and facts about types (does a type keep
-//! `.status` on create?) kept in watch caches.
-//!
-//! Today the policy comes from the global flags; annotations on objects, namespaces and CRDs
-//! refine it in the same shape.
+//! What restatus does for an object: the policy (global flags refined by annotations on the
+//! CRD, the namespace and the object, [`resolve`]), what a restore writes ([`decide`]), who
+//! may get a status back ([`AccessChecker`]), and the watch caches the admission path reads
+//! instead of calling the API server (CRDs: does a type keep `.status` on create, and its
+//! annotations; namespaces: their annotations). Resolution and decisions are pure.
 
+mod access;
 mod crds;
 mod decide;
 mod fields;
+mod metrics;
+mod namespaces;
+mod resolve;
+mod watch;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use access::{Access, AccessChecker};
 pub use crds::{CrdCache, CrdWatch, TypeInfo};
 pub use decide::decide;
-pub use fields::{FieldPattern, FieldPatterns, PatternError, exclude, select};
+pub use fields::{FieldPattern, FieldPatterns, PatternError, exclude, select, select_all};
+pub use metrics::PolicyMetrics;
+pub use namespaces::{NamespaceCache, NamespaceWatch};
+pub use resolve::{
+    Defaults, Enablement, GlobalPolicy, InvalidAnnotation, Level, LevelAnnotations, Overrides,
+    Policy, Resolved, RestoreFor, Skipped, TypePolicy, resolve,
+};
+pub use watch::InvalidReporter;
 
-/// Annotation set on a recreated object until its status is restored.
+// The annotations restatus reads and writes (docs/annotations.md).
+
+/// Set on a recreated object until its status is restored.
 pub const ANNOTATION_RESTORE: &str = "restatus.io/restore";
 /// Value of [`ANNOTATION_RESTORE`] while a restore job is on its way.
 pub const RESTORE_PENDING: &str = "pending";
 /// Value of [`ANNOTATION_RESTORE`] after a restore failed for good.
 pub const RESTORE_FAILED: &str = "failed";
-/// Annotation with the RFC 3339 time a status was restored.
+/// The RFC 3339 time a status was restored.
 pub const ANNOTATION_RESTORED_AT: &str = "restatus.io/restored-at";
+/// Policy: `enabled` or `disabled`.
+pub const ANNOTATION_POLICY: &str = "restatus.io/policy";
+/// Policy: the restore mode, `fill` or `replace`.
+pub const ANNOTATION_MODE: &str = "restatus.io/mode";
+/// Policy: JSON pointers into `.status` to keep.
+pub const ANNOTATION_FIELDS: &str = "restatus.io/fields";
+/// Policy: JSON pointers into `.status` never kept.
+pub const ANNOTATION_EXCLUDE_FIELDS: &str = "restatus.io/exclude-fields";
+/// Policy: how long a deleted object's record is kept.
+pub const ANNOTATION_RETENTION: &str = "restatus.io/retention";
+/// Policy (namespace and CRD only): who gets a saved status back.
+pub const ANNOTATION_RESTORE_FOR: &str = "restatus.io/restore-for";
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
@@ -35,20 +62,29 @@ pub enum RestoreMode {
     Replace,
 }
 
-/// How a saved status is brought back.
-#[derive(Debug, Clone)]
+/// What part of a status is kept and how it is brought back. A restore job carries the
+/// policy resolved when its CREATE was admitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RestorePolicy {
     pub mode: RestoreMode,
-    /// Pointers to restore; empty means all of the status.
+    /// Pointers to keep; empty means all of the status.
+    #[serde(default, with = "fields::serde_patterns")]
     pub fields: Vec<FieldPattern>,
-    /// Pointers never restored.
+    /// A further selection the object's own annotation asks for (it can only narrow);
+    /// empty means none.
+    #[serde(default, with = "fields::serde_patterns")]
+    pub narrowed_to: Vec<FieldPattern>,
+    /// Pointers never kept.
+    #[serde(default, with = "fields::serde_patterns")]
     pub exclude_fields: Vec<FieldPattern>,
 }
 
 impl RestorePolicy {
-    /// The part of a saved status that this policy restores.
+    /// The part of a status that this policy keeps: recorded, and restored.
     pub fn restorable(&self, saved: &Value) -> Value {
-        let mut view = select(saved, &self.fields);
+        // Both selections name places in the saved status itself.
+        let mut view = select_all(saved, &[&self.fields, &self.narrowed_to]);
         exclude(&mut view, &self.exclude_fields);
         view
     }
@@ -77,6 +113,7 @@ mod tests {
     fn restorable_applies_fields_then_excludes() {
         let policy = RestorePolicy {
             mode: RestoreMode::Fill,
+            narrowed_to: vec![],
             fields: vec!["/conditions".parse().unwrap(), "/phase".parse().unwrap()],
             exclude_fields: vec!["/conditions/*/observedGeneration".parse().unwrap()],
         };
@@ -89,6 +126,29 @@ mod tests {
         assert_eq!(
             policy.restorable(&saved),
             json!({"phase": "Ready", "conditions": [{"type": "Ready"}]})
+        );
+    }
+
+    #[test]
+    fn a_policy_travels_in_a_job_as_json() {
+        let policy = RestorePolicy {
+            mode: RestoreMode::Replace,
+            fields: vec!["/a".parse().unwrap()],
+            narrowed_to: vec!["/a/b~1c".parse().unwrap()],
+            exclude_fields: vec!["/a/*/x".parse().unwrap()],
+        };
+        let json = serde_json::to_value(&policy).unwrap();
+        assert_eq!(
+            json,
+            json!({"mode": "replace", "fields": ["/a"], "narrowedTo": ["/a/b~1c"], "excludeFields": ["/a/*/x"]})
+        );
+        assert_eq!(
+            serde_json::from_value::<RestorePolicy>(json).unwrap(),
+            policy
+        );
+        assert!(
+            serde_json::from_value::<RestorePolicy>(json!({"mode": "fill", "fields": ["x"]}))
+                .is_err()
         );
     }
 

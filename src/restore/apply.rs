@@ -58,6 +58,9 @@ pub enum Finished {
     AlreadyRestored,
     /// The record was forgotten meanwhile; the object is only unmarked.
     NoRecord,
+    /// The record now belongs to another incarnation (its status was written since): it is
+    /// not the deleted object's status, so nothing is restored and the object is unmarked.
+    RecordReplaced,
 }
 
 impl Finished {
@@ -69,6 +72,7 @@ impl Finished {
             Finished::Gone => "gone",
             Finished::AlreadyRestored => "already_restored",
             Finished::NoRecord => "no_record",
+            Finished::RecordReplaced => "record_replaced",
         }
     }
 }
@@ -119,11 +123,17 @@ impl ApplyError {
 }
 
 /// Why the API server refused a write, without the values it may quote: a validation error
-/// (400, 422) names the offending fields only, since the message echoes status contents,
-/// which end up in logs, Events and the dead-letter stream. Other refusals (403 and the like)
-/// carry no object data and keep the API server's message.
+/// (400, 422) and a denial by an admission webhook or policy name the offending fields only,
+/// since their messages can echo status contents, which would end up in logs, Events and the
+/// dead-letter stream. An authorization refusal (403 from RBAC) names the user, verb and
+/// resource, no object data, and keeps the API server's message.
 fn describe_refusal(status: &kube::core::Status) -> String {
-    if !matches!(status.code, 400 | 422) {
+    let denied_by_admission = status.message.contains("admission webhook")
+        || status.message.contains("denied request")
+        || status.message.contains("denied the request")
+        || status.message.contains("ValidatingAdmissionPolicy");
+    let rbac = status.code == 403 && !denied_by_admission;
+    if rbac || !matches!(status.code, 400 | 403 | 422) {
         return status.message.clone();
     }
     let fields: Vec<&str> = status
@@ -138,10 +148,15 @@ fn describe_refusal(status: &kube::core::Status) -> String {
     } else {
         status.reason.as_str()
     };
-    if fields.is_empty() {
-        format!("HTTP {} {reason}", status.code)
+    let by = if denied_by_admission {
+        " (denied by admission)"
     } else {
-        format!("HTTP {} {reason}: {}", status.code, fields.join(", "))
+        ""
+    };
+    if fields.is_empty() {
+        format!("HTTP {} {reason}{by}", status.code)
+    } else {
+        format!("HTTP {} {reason}{by}: {}", status.code, fields.join(", "))
     }
 }
 
@@ -208,21 +223,20 @@ impl Applier<'_> {
         let Some(record) = record else {
             // Nothing to restore: only take the pending mark off, so status writes are no
             // longer merged.
-            if is_restore_pending(live.metadata.annotations.as_ref())
-                && !self
-                    .patch_annotations(
-                        &api,
-                        &live,
-                        json!({ANNOTATION_RESTORE: null}),
-                        "unmarking",
-                        &identity,
-                    )
-                    .await?
-            {
-                return Ok((Finished::Gone, None));
-            }
-            return Ok((Finished::NoRecord, Some(live)));
+            return self.unmark(&api, live, Finished::NoRecord, &identity).await;
         };
+        if !job.record_uid.is_empty() && record.uid != job.record_uid {
+            let adopted =
+                record.restored_at.is_some() && live.metadata.uid.as_ref() == Some(&record.uid);
+            if adopted {
+                // This job already restored it and the record was adopted: a duplicate.
+                return Ok((Finished::AlreadyRestored, Some(live)));
+            }
+            tracing::info!(record_uid = %record.uid, job_record_uid = %job.record_uid, "the record now belongs to another incarnation; nothing restored");
+            return self
+                .unmark(&api, live, Finished::RecordReplaced, &identity)
+                .await;
+        }
         if job.inline {
             // The CREATE carried the saved status; report it.
             self.event_restored(&live, &ar, record, "in the create ")
@@ -259,6 +273,36 @@ impl Applier<'_> {
         }
         self.event_restored(&live, &ar, record, "").await;
         Ok((Finished::Restored, Some(live)))
+    }
+
+    /// Takes the pending mark off `live`, if it has it, and finishes with `finished`.
+    async fn unmark(
+        &self,
+        api: &Api<DynamicObject>,
+        live: DynamicObject,
+        finished: Finished,
+        identity: &str,
+    ) -> Result<(Finished, Option<DynamicObject>), ApplyError> {
+        if is_restore_pending(live.metadata.annotations.as_ref())
+            && !self
+                .patch_annotations(
+                    api,
+                    &live,
+                    json!({ANNOTATION_RESTORE: null}),
+                    "unmarking",
+                    identity,
+                )
+                .await?
+        {
+            return Ok((Finished::Gone, None));
+        }
+        Ok((finished, Some(live)))
+    }
+
+    /// The policy a job restores with: the one resolved when its CREATE was admitted, or the
+    /// global one for jobs of older versions.
+    fn policy_of<'b>(&'b self, job: &'b RestoreJob) -> &'b RestorePolicy {
+        job.policy.as_ref().unwrap_or(self.policy)
     }
 
     /// Merge-patches annotations of the object (`null` removes one). Returns false when the
@@ -369,7 +413,7 @@ impl Applier<'_> {
         let name = job.identity.name.as_str();
         let mut use_subresource = true;
         for _ in 0..=self.conflict_retries {
-            let Some(status) = decide(&record.status, status_of(&live), self.policy) else {
+            let Some(status) = decide(&record.status, status_of(&live), self.policy_of(job)) else {
                 return Ok(Some(live));
             };
             let patch = JsonPatch(vec![
@@ -408,13 +452,35 @@ impl Applier<'_> {
     }
 
     /// After a failure that will not heal: mark the object `restatus.io/restore: failed` (so
-    /// status writes are no longer merged) and emit `StatusRestoreFailed`.
+    /// status writes are no longer merged) and emit `StatusRestoreFailed`. Only the
+    /// incarnation the job was for is marked: the patch carries its uid as a precondition,
+    /// so an object created again meanwhile under the same name is left alone.
     pub async fn report_failure(&self, job: &RestoreJob, reason: &str) {
         let ar = api_resource(job);
         let api = self.api(job, &ar);
-        let patch = json!({"metadata": {"annotations": {ANNOTATION_RESTORE: RESTORE_FAILED}}});
+        let live = match api.get_opt(&job.identity.name).await {
+            Ok(Some(live)) => live,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(identity = %job.identity, error = %error_chain(&e), "could not read the object to mark its failed restore");
+                return;
+            }
+        };
+        let uid = live.metadata.uid.clone().unwrap_or_default();
+        if uid.is_empty() || uid == job.record_uid {
+            return;
+        }
+        let mut ops = vec![patch::expect_uid(&uid)];
+        ops.extend(patch::set_annotations(
+            live.metadata.annotations.as_ref(),
+            &[(ANNOTATION_RESTORE, RESTORE_FAILED)],
+        ));
         match api
-            .patch(&job.identity.name, &self.params(), &Patch::Merge(&patch))
+            .patch(
+                &job.identity.name,
+                &self.params(),
+                &Patch::<()>::Json(JsonPatch(ops)),
+            )
             .await
         {
             Ok(obj) => {
@@ -470,6 +536,7 @@ mod tests {
             deadline: Timestamp::now(),
             inline: false,
             request_uid: String::new(),
+            policy: None,
         }
     }
 
@@ -509,6 +576,15 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(describe_refusal(&forbidden), "user cannot patch resource");
+        let webhook: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "code": 403, "reason": "Forbidden",
+            "message": "admission webhook \"policy.example.com\" denied the request: token s3cr3t is not allowed"
+        }))
+        .unwrap();
+        assert_eq!(
+            describe_refusal(&webhook),
+            "HTTP 403 Forbidden (denied by admission)"
+        );
     }
 
     #[test]

@@ -49,17 +49,18 @@ impl KeySchema {
     }
 
     /// `<prefix>:rec:{<cluster>|<group>|<resource>|<namespace>|<name>}`; the core group and the
-    /// namespace of a cluster-scoped object are empty. None of the parts can contain `|`, `{`
-    /// or `}` (Kubernetes names are DNS subdomains), so the key is unambiguous.
+    /// namespace of a cluster-scoped object are empty. Kubernetes names never contain `|`,
+    /// `{`, `}` or `%`; should a part hold one anyway (a forged review), it is percent-encoded,
+    /// so that two identities never share a key and the hash tag stays whole.
     pub fn record(&self, id: &ObjectIdentity) -> String {
         format!(
             "{}:rec:{{{}|{}|{}|{}|{}}}",
             self.prefix,
             self.cluster,
-            id.group,
-            id.resource,
-            id.namespace.as_deref().unwrap_or(""),
-            id.name
+            escape(&id.group),
+            escape(&id.resource),
+            escape(id.namespace.as_deref().unwrap_or("")),
+            escape(&id.name)
         )
     }
 
@@ -72,6 +73,25 @@ impl KeySchema {
     pub fn dead_letters(&self) -> String {
         format!("{}:dead:{{{}}}", self.prefix, self.cluster)
     }
+}
+
+/// A key part with the characters the key format uses percent-encoded; a part without them
+/// (every real Kubernetes name) is unchanged.
+fn escape(part: &str) -> std::borrow::Cow<'_, str> {
+    if !part.contains(['%', '|', '{', '}']) {
+        return std::borrow::Cow::Borrowed(part);
+    }
+    let mut out = String::with_capacity(part.len() + 8);
+    for c in part.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '|' => out.push_str("%7C"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The slot-determining part of a key, as Redis Cluster computes it.
@@ -148,6 +168,28 @@ mod tests {
         assert_eq!(hash_tag(&rec), "prod||services|a|b");
         assert_eq!(hash_tag(&keys.queue()), "prod");
         assert_eq!(hash_tag(&keys.queue()), hash_tag(&keys.dead_letters()));
+    }
+
+    #[test]
+    fn separators_in_parts_are_escaped_so_identities_never_share_a_key() {
+        let keys = KeySchema::new("restatus", "prod");
+        let a = id("infra.example.com|kubernetesclusters", "team-a", None, "x");
+        let b = id(
+            "infra.example.com",
+            "kubernetesclusters",
+            Some("team-a|"),
+            "x",
+        );
+        assert_ne!(keys.record(&a), keys.record(&b));
+        let braces = id("", "services", Some("a}b{c"), "%7C");
+        let key = keys.record(&braces);
+        assert_eq!(key, "restatus:rec:{prod||services|a%7Db%7Bc|%257C}");
+        assert_eq!(hash_tag(&key), "prod||services|a%7Db%7Bc|%257C");
+        // Real names are unchanged.
+        assert_eq!(
+            keys.record(&id("", "services", Some("web"), "lb")),
+            "restatus:rec:{prod||services|web|lb}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod keys;
 mod metrics;
 mod queue;
 mod record;
+mod seal;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -17,12 +18,14 @@ use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
     io::tcp::TcpSettings,
 };
+use serde_json::Value;
 use tokio::time::Instant;
 
 pub use keys::{KeySchema, ObjectIdentity};
 pub use metrics::StoreMetrics;
 pub use queue::{Delivery, JobError, QueueReader, RestoreJob};
-pub use record::{DecodeRecordError, Record, RecordWrite, Source, WriteOutcome, digest};
+pub use record::{DecodeRecordError, Record, RecordWrite, Source, WriteOutcome, canonical, digest};
+pub use seal::{Keyring, KeyringError, OpenError, SealError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -46,6 +49,18 @@ pub enum StoreError {
         key: String,
         #[source]
         source: DecodeRecordError,
+    },
+    #[error("the status of record {key} cannot be opened")]
+    Sealed {
+        key: String,
+        #[source]
+        source: OpenError,
+    },
+    #[error("the status of record {key} cannot be sealed")]
+    Seal {
+        key: String,
+        #[source]
+        source: SealError,
     },
     #[error("restore job could not be encoded")]
     EncodeJob(#[source] serde_json::Error),
@@ -91,6 +106,24 @@ else
 end
 return 'written'
 "#;
+
+/// Starts the retention clock of a record, unless it already runs: the object is deleted
+/// while restatus does not record it (its policy is disabled). KEYS[1] record; ARGV: now,
+/// retention in ms. Returns 1 when the clock was started.
+const EXPIRE_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'deletedAt') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'deletedAt', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"#;
+
+/// A duration in whole milliseconds for Redis, at least 1.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
 
 /// Marks a record as belonging to the restored incarnation: it no longer expires.
 /// KEYS[1] record; ARGV: the uid the restore started from, the new uid, now.
@@ -144,7 +177,10 @@ pub struct Store {
     conn: ConnectionManager,
     keys: KeySchema,
     metrics: StoreMetrics,
+    /// Seals saved statuses at rest when configured.
+    keyring: Option<Arc<Keyring>>,
     record_script: Arc<Script>,
+    expire_script: Arc<Script>,
     mark_restored_script: Arc<Script>,
 }
 
@@ -157,6 +193,7 @@ impl Store {
         key_prefix: &str,
         cluster: &str,
         metrics: StoreMetrics,
+        keyring: Option<Arc<Keyring>>,
     ) -> Result<Self, StoreError> {
         let keys = KeySchema::new(key_prefix, cluster);
         // Without TCP_NODELAY a small command can wait for a delayed ACK (40 ms on Linux).
@@ -179,7 +216,9 @@ impl Store {
             conn,
             keys,
             metrics,
+            keyring,
             record_script: Arc::new(Script::new(RECORD_SCRIPT)),
+            expire_script: Arc::new(Script::new(EXPIRE_SCRIPT)),
             mark_restored_script: Arc::new(Script::new(MARK_RESTORED_SCRIPT)),
         })
     }
@@ -240,12 +279,10 @@ impl Store {
     pub async fn record(
         &self,
         write: &RecordWrite,
-        retention: Duration,
         budget: Duration,
     ) -> Result<WriteOutcome, StoreError> {
         let key = self.keys.record(&write.identity);
-        let status = write.status.to_string();
-        let digest = digest(&write.status);
+        let (status, digest) = self.seal(&key, &write.status)?;
         let mut invocation = self.record_script.prepare_invoke();
         invocation
             .key(&key)
@@ -259,11 +296,7 @@ impl Store {
             .arg(write.source as u8)
             .arg(Timestamp::now().to_string())
             .arg(if write.deleting { "1" } else { "0" })
-            .arg(
-                u64::try_from(retention.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1),
-            );
+            .arg(millis(write.retention));
         let answer: String = self.send("record", &key, budget, &invocation).await?;
         let outcome = match answer.as_str() {
             "written" => WriteOutcome::Written,
@@ -273,6 +306,84 @@ impl Store {
         };
         self.metrics.record_written(outcome);
         Ok(outcome)
+    }
+
+    /// Connects and loads the scripts, so that the first review does not pay for it within
+    /// its budget. Redis being down now is not fatal: the store connects when it comes back.
+    pub async fn warm_up(&self, budget: Duration) {
+        let key = self.keys.queue();
+        let mut conn = self.conn.clone();
+        let scripts = [
+            &self.record_script,
+            &self.expire_script,
+            &self.mark_restored_script,
+        ];
+        let load = async {
+            redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            for script in scripts {
+                script.load_async(&mut conn).await?;
+            }
+            Ok::<(), RedisError>(())
+        };
+        match self.call("warm_up", &key, budget, load).await {
+            Ok(()) => tracing::info!("connected to Redis"),
+            Err(error) => tracing::warn!(
+                error = %crate::error::error_chain(&error),
+                "Redis is not reachable yet; reviews are allowed unrecorded until it is"
+            ),
+        }
+    }
+
+    /// Starts the retention clock of an object's record, if it has one and the clock does not
+    /// run yet. Returns whether it was started.
+    pub async fn expire(
+        &self,
+        identity: &ObjectIdentity,
+        retention: Duration,
+        budget: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys.record(identity);
+        let mut invocation = self.expire_script.prepare_invoke();
+        invocation
+            .key(&key)
+            .arg(Timestamp::now().to_string())
+            .arg(millis(retention));
+        let started: i64 = self.send("expire", &key, budget, &invocation).await?;
+        Ok(started == 1)
+    }
+
+    /// The status text and digest to store for `status` in the record `key`: sealed and
+    /// with a keyed digest when a keyring is configured, plain JSON and SHA-256 otherwise.
+    fn seal(&self, key: &str, status: &Value) -> Result<(String, String), StoreError> {
+        let json = status.to_string();
+        match &self.keyring {
+            None => Ok((json, digest(status))),
+            Some(keyring) => {
+                let sealed =
+                    keyring
+                        .seal(key, json.as_bytes())
+                        .map_err(|source| StoreError::Seal {
+                            key: key.to_owned(),
+                            source,
+                        })?;
+                Ok((sealed, keyring.digest(&canonical(status))))
+            }
+        }
+    }
+
+    /// The plain JSON of a stored status (sealed ones are opened; plain ones written before
+    /// encryption was turned on are read as they are).
+    fn open(&self, key: &str, stored: &str) -> Result<String, StoreError> {
+        if !seal::is_sealed(stored) {
+            return Ok(stored.to_owned());
+        }
+        let sealed = |source| StoreError::Sealed {
+            key: key.to_owned(),
+            source,
+        };
+        let keyring = self.keyring.as_ref().ok_or(sealed(OpenError::NoKeyring))?;
+        let plain = keyring.open(key, stored).map_err(sealed)?;
+        String::from_utf8(plain).map_err(|_| sealed(OpenError::Malformed))
     }
 
     /// The key schema this store writes with.
@@ -292,6 +403,10 @@ impl Store {
             .await?;
         if fields.is_empty() {
             return Ok(None);
+        }
+        let mut fields = fields;
+        if let Some(status) = fields.get_mut("status") {
+            *status = self.open(&key, status)?;
         }
         Record::from_fields(fields)
             .map(Some)

@@ -15,6 +15,7 @@ use redis::{
 use serde::{Deserialize, Serialize};
 
 use super::{ObjectIdentity, Store, StoreError};
+use crate::policy::RestorePolicy;
 
 /// The consumer group every replica reads the queue through.
 pub const GROUP: &str = "restatus";
@@ -53,6 +54,10 @@ pub struct RestoreJob {
     /// uid of the admission request, to correlate logs.
     #[serde(default)]
     pub request_uid: String,
+    /// What to restore and how, as resolved for the object when its CREATE was admitted
+    /// (absent in jobs queued by older versions: the worker's global policy applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<RestorePolicy>,
 }
 
 /// Why a stream entry is not a restore job.
@@ -170,7 +175,11 @@ impl Store {
         let dead = self.keys.dead_letters();
         let deliveries = delivery.deliveries.to_string();
         let failed_at = Timestamp::now().to_string();
-        let status = saved_status.map(ToString::to_string);
+        // Sealed like the record it came from, for the same object's record key.
+        let status = match (saved_status, &delivery.job) {
+            (Some(status), Ok(job)) => Some(self.seal(&self.keys.record(&job.identity), status)?.0),
+            _ => None,
+        };
         let mut fields: Vec<(&str, &str)> = vec![
             (JOB_FIELD, delivery.raw.as_str()),
             ("reason", reason),

@@ -34,6 +34,8 @@ pub struct RecordWrite {
     /// The object is going away (a DELETE, or an update of an object that has a
     /// deletionTimestamp): the retention clock starts.
     pub deleting: bool,
+    /// How long the record is kept once the object is deleted.
+    pub retention: std::time::Duration,
 }
 
 /// What the store did with a [`RecordWrite`].
@@ -94,12 +96,17 @@ impl Record {
     }
 }
 
-/// Digest of a status: SHA-256 of its JSON text with object keys sorted, so the same status
+/// The canonical text of a status: its JSON with object keys sorted, so the same status
 /// always has the same digest whatever order the API server wrote its keys in.
+pub fn canonical(status: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    feed(&mut out, status);
+    out
+}
+
+/// Digest of a status: SHA-256 of its canonical text, in hex.
 pub fn digest(status: &Value) -> String {
-    let mut hasher = Sha256::new();
-    feed(&mut hasher, status);
-    let out = hasher.finalize();
+    let out = Sha256::digest(canonical(status));
     let mut hex = String::with_capacity(out.len() * 2);
     for b in out.iter() {
         hex.push_str(&format!("{b:02x}"));
@@ -107,33 +114,33 @@ pub fn digest(status: &Value) -> String {
     hex
 }
 
-fn feed(hasher: &mut Sha256, value: &Value) {
+fn feed(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::Object(map) => {
-            hasher.update(b"{");
+            out.push(b'{');
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
             for (i, k) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    hasher.update(b",");
+                    out.push(b',');
                 }
-                feed(hasher, &Value::String(k.clone()));
-                hasher.update(b":");
-                feed(hasher, &map[k]);
+                feed(out, &Value::String(k.clone()));
+                out.push(b':');
+                feed(out, &map[k]);
             }
-            hasher.update(b"}");
+            out.push(b'}');
         }
         Value::Array(items) => {
-            hasher.update(b"[");
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    hasher.update(b",");
+                    out.push(b',');
                 }
-                feed(hasher, item);
+                feed(out, item);
             }
-            hasher.update(b"]");
+            out.push(b']');
         }
-        scalar => hasher.update(scalar.to_string().as_bytes()),
+        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
     }
 }
 
@@ -151,6 +158,15 @@ mod tests {
         assert_ne!(digest(&json!({})), digest(&json!(null)));
         assert_ne!(digest(&json!({"a":"1"})), digest(&json!({"a":1})));
         assert_eq!(digest(&json!({})).len(), 64);
+        // SHA-256 of the canonical text, as records written by earlier versions have it.
+        assert_eq!(
+            digest(&json!({"a": [1, "x"]})),
+            "5e49f471d8b615a8ae0ecf0a53dbe2f5f617abb2dfe6246974aa6e4bdeb89725"
+        );
+        assert_eq!(
+            canonical(&json!({"b": 1, "a": {"d": null, "c": true}})),
+            br#"{"a":{"c":true,"d":null},"b":1}"#
+        );
     }
 
     #[test]

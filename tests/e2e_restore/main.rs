@@ -5,13 +5,15 @@
 //! - `modes`: fill and replace, what is restored and what is not;
 //! - `inline`: CRDs without the status subresource, restored in the create itself;
 //! - `races`: the owning controller, creates that fail or never land, dry runs;
-//! - `reclaim`: jobs of dead consumers, several replicas, dead letters, leaving the group.
+//! - `reclaim`: jobs of dead consumers, several replicas, dead letters, leaving the group;
+//! - `logs`: no status value ever reaches the logs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod inline;
+mod logs;
 mod modes;
 mod races;
 mod reclaim;

@@ -104,9 +104,12 @@ async fn recreated_load_balancer_service_gets_its_ingress_back() {
 
 #[tokio::test]
 async fn replace_mode_writes_the_saved_status_over_the_live_one() {
-    // A webhook-only replica queues the job; the controller writes first; only then does a
-    // worker in replace mode run, so the order is certain.
-    let env = Env::start(EnvOptions::webhook_only()).await;
+    // A webhook-only replica in replace mode queues the job (which carries the mode); the
+    // controller writes first; only then does a worker run, so the order is certain.
+    let mut opts = EnvOptions::webhook_only();
+    opts.args
+        .extend(["--restore-mode".into(), "replace".into()]);
+    let env = Env::start(opts).await;
     recreate_pending(&env, "replaced", &saved_status()).await;
     let api = env.clusters();
     patch_status(
@@ -119,9 +122,8 @@ async fn replace_mode_writes_the_saved_status_over_the_live_one() {
     assert_eq!(status_of(&live).unwrap()["phase"], "Provisioning");
     assert_eq!(live.annotations()[ANNOTATION_RESTORE], RESTORE_PENDING);
 
-    let worker = env
-        .start_replica("replace-worker", &["--restore-mode", "replace"])
-        .await;
+    // The worker's own flag says fill: the job's policy, resolved at the create, wins.
+    let worker = env.start_replica("worker", &[]).await;
     let restored = wait_restored(&api, "replaced").await;
     let status = status_of(&restored).unwrap();
     assert_eq!(

@@ -206,6 +206,8 @@ pub struct TestType {
     pub version: &'static str,
     pub cluster_scoped: bool,
     pub status_subresource: bool,
+    /// Annotations of the CRD (CRD-level policy).
+    pub annotations: &'static [(&'static str, &'static str)],
 }
 
 impl TestType {
@@ -219,6 +221,15 @@ impl TestType {
             version: "v1",
             cluster_scoped: false,
             status_subresource: true,
+            annotations: &[],
+        }
+    }
+
+    /// The same type with these annotations on its CRD.
+    pub const fn annotated(self, annotations: &'static [(&'static str, &'static str)]) -> Self {
+        Self {
+            annotations,
+            ..self
         }
     }
 
@@ -260,7 +271,10 @@ impl TestType {
         json!({
             "apiVersion": "apiextensions.k8s.io/v1",
             "kind": "CustomResourceDefinition",
-            "metadata": {"name": format!("{}.{}", self.plural, Self::GROUP)},
+            "metadata": {
+                "name": format!("{}.{}", self.plural, Self::GROUP),
+                "annotations": self.annotations.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect::<serde_json::Map<_, _>>()
+            },
             "spec": {
                 "group": Self::GROUP,
                 "scope": self.scope(),
@@ -321,6 +335,11 @@ pub struct EnvOptions {
     pub replicas: usize,
     /// Test types whose CRDs are applied and whose reviews go to restatus.
     pub types: Vec<TestType>,
+    /// Annotations of the test's namespace, set before restatus starts (namespace policy).
+    pub namespace_annotations: Vec<(String, String)>,
+    /// An encryption keyring (the text of the file) for restatus; the environment opens
+    /// sealed records with it.
+    pub keyring: Option<String>,
 }
 
 impl Default for EnvOptions {
@@ -329,11 +348,26 @@ impl Default for EnvOptions {
             args: Vec::new(),
             replicas: 1,
             types: Vec::new(),
+            namespace_annotations: Vec::new(),
+            keyring: None,
         }
     }
 }
 
 impl EnvOptions {
+    /// restatus encrypts saved statuses with this keyring text.
+    pub fn with_keyring(mut self, keyring: &str) -> Self {
+        self.keyring = Some(keyring.to_owned());
+        self
+    }
+
+    /// Adds an annotation to the test's namespace.
+    pub fn namespace_annotation(mut self, key: &str, value: &str) -> Self {
+        self.namespace_annotations
+            .push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// restatus without a restore worker: the webhook queues jobs, nothing takes them until
     /// a test starts a replica with a worker ([`Env::start_replica`]).
     pub fn webhook_only() -> Self {
@@ -373,6 +407,8 @@ pub struct Env {
     pub keys: KeySchema,
     /// What restatus runs as: the chart's ServiceAccount and RBAC for this test's resources.
     pub identity: Identity,
+    /// The keyring restatus seals records with, if any (and its file).
+    pub keyring: Option<(restatus::store::Keyring, tempfile::TempDir)>,
     cluster_objects: Mutex<Vec<(ApiResource, String)>>,
 }
 
@@ -408,23 +444,7 @@ fn identity_values(types: &[TestType]) -> Vec<String> {
 
 /// Standard base64 with padding.
 pub fn base64(text: &str) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = text.as_bytes();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    restatus::text::base64_encode(text.as_bytes())
 }
 
 impl Env {
@@ -437,10 +457,18 @@ impl Env {
         }
         let ns = super::unique("e2e");
         let namespaces: Api<Namespace> = Api::all(client.clone());
+        let annotations: serde_json::Map<String, Value> = opts
+            .namespace_annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
         namespaces
             .create(
                 &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+                &serde_json::from_value(
+                    json!({"metadata": {"name": ns, "annotations": annotations}}),
+                )
+                .unwrap(),
             )
             .await
             .expect("create namespace");
@@ -451,12 +479,26 @@ impl Env {
 
         let redis = RedisServer::start().await;
         let prefix = super::unique("e2e");
+        let keyring = opts.keyring.as_ref().map(|text| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::write(dir.path().join("keyring"), text).expect("write keyring");
+            let parsed = restatus::store::Keyring::parse(text).expect("test keyring");
+            (parsed, dir)
+        });
+        // The end-to-end tests are not about the admission budget (tests/serve.rs is): a
+        // loaded test machine must not turn a slow Redis answer into a missing record.
+        let mut args = vec!["--redis-timeout=1s".to_owned()];
+        args.extend(opts.args.clone());
+        if let Some((_, dir)) = &keyring {
+            args.push("--encryption-key-file".into());
+            args.push(dir.path().join("keyring").display().to_string());
+        }
         let mut restatus = Vec::new();
         for i in 0..opts.replicas.max(1) {
             let mut o = super::restatus::Options::new(redis.url());
             o.key_prefix = prefix.clone();
             o.kubeconfig = Some(identity.kubeconfig.clone());
-            o.args = opts.args.clone();
+            o.args = args.clone();
             o.args
                 .extend(["--consumer-name".to_owned(), format!("{ns}-{i}")]);
             o.name = format!("{ns}-restatus-{i}");
@@ -514,6 +556,7 @@ impl Env {
             restatus,
             webhook,
             identity,
+            keyring,
             cluster_objects,
         };
         env.wait_for_webhook().await;
@@ -526,7 +569,8 @@ impl Env {
         let mut opts = super::restatus::Options::new(self.redis.url());
         opts.key_prefix = self.restatus[0].key_prefix.clone();
         opts.kubeconfig = Some(self.identity.kubeconfig.clone());
-        opts.args = args.iter().map(|a| (*a).to_owned()).collect();
+        opts.args = vec!["--redis-timeout=1s".to_owned()];
+        opts.args.extend(args.iter().map(|a| (*a).to_owned()));
         opts.name = format!("{}-{name}", self.ns);
         Restatus::start(opts).await
     }
@@ -603,8 +647,16 @@ impl Env {
     /// The recorded status of an object, if any.
     pub async fn recorded_status(&self, id: &ObjectIdentity) -> Option<Value> {
         let rec = self.record(id).await;
-        rec.get("status")
-            .map(|s| serde_json::from_str(s).expect("status JSON"))
+        let stored = rec.get("status")?;
+        let json = match &self.keyring {
+            Some((keyring, _)) if stored.starts_with("enc:") => {
+                let key = self.keys.record(id);
+                String::from_utf8(keyring.open(&key, stored).expect("open sealed record"))
+                    .expect("UTF-8 status")
+            }
+            _ => stored.clone(),
+        };
+        Some(serde_json::from_str(&json).expect("status JSON"))
     }
 
     /// Waits until the record of `id` holds `status`.
@@ -639,7 +691,7 @@ impl Env {
             .unwrap();
         patch_status(&api, name, status.clone()).await;
         let id = self.kc_id(name);
-        self.wait_recorded(&id, status).await;
+        self.wait_recorded(&id, &kept_by_default(status)).await;
         api.delete(name, &DeleteParams::default()).await.unwrap();
         self.wait_deletion_recorded(&id).await;
     }
@@ -704,6 +756,19 @@ impl Drop for Env {
             Err(_) => eprintln!("test cleanup panicked"),
         }
     }
+}
+
+/// What restatus records of `status` with the default policy: all but `observedGeneration`,
+/// at the top and in conditions.
+pub fn kept_by_default(status: &Value) -> Value {
+    let patterns: Vec<restatus::policy::FieldPattern> =
+        ["/observedGeneration", "/conditions/*/observedGeneration"]
+            .iter()
+            .map(|p| p.parse().expect("pattern"))
+            .collect();
+    let mut kept = status.clone();
+    restatus::policy::exclude(&mut kept, &patterns);
+    kept
 }
 
 /// A KubernetesCluster manifest without status.

@@ -145,3 +145,40 @@ pub async fn token_kubeconfig_in(
     std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).expect("write kubeconfig");
     (path, dir)
 }
+
+/// A user of the test control plane: a ServiceAccount with a Role in one namespace.
+pub struct User {
+    pub client: Client,
+    pub username: String,
+    pub kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Creates the ServiceAccount `name` in `namespace`, a Role with `rules` bound to it, and a
+/// client that authenticates as it.
+pub async fn user(client: &Client, namespace: &str, name: &str, rules: Value) -> User {
+    let objects = [
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": name}, "rules": rules}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": name},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+               "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}),
+    ];
+    let refs: Vec<&Value> = objects.iter().collect();
+    helm::create_all(client, namespace, &refs).await;
+    let (kubeconfig, dir) = token_kubeconfig(client, namespace, name).await;
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).expect("user kubeconfig"),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("user config");
+    User {
+        client: Client::try_from(config).expect("user client"),
+        username: format!("system:serviceaccount:{namespace}:{name}"),
+        kubeconfig,
+        _dir: dir,
+    }
+}

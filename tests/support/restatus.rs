@@ -75,8 +75,10 @@ impl Restatus {
             format!("--key-prefix={}", opts.key_prefix),
             format!("--tls-cert-file={}", certs.path().join("tls.crt").display()),
             format!("--tls-key-file={}", certs.path().join("tls.key").display()),
-            "--log-level=info,restatus=debug".into(),
         ];
+        if !opts.args.iter().any(|a| a.starts_with("--log-level")) {
+            args.push("--log-level=info,restatus=debug".into());
+        }
         if let Some(kubeconfig) = &opts.kubeconfig {
             args.push(format!("--kubeconfig={}", kubeconfig.display()));
         }

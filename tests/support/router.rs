@@ -80,7 +80,7 @@ pub fn harness_with(
     let policy_metrics = PolicyMetrics::register(&mut metrics);
     let sources = admission::Sources {
         crds: CrdCache::empty(),
-        namespaces: NamespaceCache::empty(),
+        namespaces: NamespaceCache::default(),
         access: None,
         reporter: InvalidReporter::new(None, policy_metrics.clone()),
         metrics: policy_metrics,

@@ -240,7 +240,7 @@ Fails with a message naming the entry and the reason on anything that must not b
 {{- end }}
 {{- $_ := set $seen $key true }}
 {{- end }}
-{{- $entries = append $entries (dict "group" $group "resources" $entry.resources "scope" $scope) }}
+{{- $entries = append $entries (dict "group" $group "resources" $entry.resources "scope" $scope "policy" ($entry.policy | default "enabled")) }}
 {{- end }}
 {{- dict "entries" $entries | toJson }}
 {{- end }}

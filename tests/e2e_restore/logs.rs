@@ -1,0 +1,94 @@
+//! Logs never hold status contents: not when recording, restoring, merging a status write
+//! into a pending object, nor when the API server refuses a restored status with a message
+//! that quotes its values.
+
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use super::{recreate_pending, wait_outcome, wait_restored};
+use crate::support::{
+    cluster::{Env, EnvOptions, TestType, WAIT, apply_crd, patch_status},
+    eventually,
+};
+
+const GUARDED: TestType = TestType::namespaced("guardedclusters", "GuardedCluster");
+
+#[tokio::test]
+async fn statuses_never_reach_the_logs_even_at_debug_level() {
+    let marker = format!("s3cr3t-{}", std::process::id());
+    let saved = json!({"phase": "Running", "token": marker, "port": format!("{marker}-port")});
+    // Everything at debug: restatus, and the libraries it uses (kube, hyper, h2, rustls).
+    let env = Env::start(EnvOptions {
+        types: vec![GUARDED],
+        ..EnvOptions::with_args(&["--restore-worker=false", "--log-level", "debug"])
+    })
+    .await;
+
+    // Record, delete, recreate; a status write arrives while the object is pending and is
+    // merged; then a worker restores it.
+    recreate_pending(&env, "logged", &saved).await;
+    patch_status(
+        &env.clusters(),
+        "logged",
+        json!({"phase": format!("{marker}-live")}),
+    )
+    .await;
+    let worker = env.start_replica("worker", &["--log-level", "debug"]).await;
+    wait_restored(&env.clusters(), "logged").await;
+
+    // A restored status the type no longer accepts: the API server's 422 quotes the value.
+    let api = env.api(&GUARDED);
+    api.create(&PostParams::default(), &GUARDED.object("refused"))
+        .await
+        .unwrap();
+    patch_status(&api, "refused", saved.clone()).await;
+    let id = env.identity(TestType::GROUP, GUARDED.plural, "refused");
+    env.wait_recorded(&id, &saved).await;
+    api.delete("refused", &Default::default()).await.unwrap();
+    env.wait_deletion_recorded(&id).await;
+    let mut crd = GUARDED.crd();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"] = json!({
+        "type": "object",
+        // An enum violation: the API server's message quotes the offending value.
+        "properties": {"port": {"type": "string", "enum": ["http", "https"]}},
+        "x-kubernetes-preserve-unknown-fields": true
+    });
+    apply_crd(&env.client, crd).await;
+    api.create(&PostParams::default(), &GUARDED.object("probe"))
+        .await
+        .unwrap();
+    eventually(WAIT, "the tightened schema to be enforced", || async {
+        let dry = PatchParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let patch = Patch::Merge(json!({"status": {"port": "x"}}));
+        api.patch_status("probe", &dry, &patch)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    api.create(&PostParams::default(), &GUARDED.object("refused"))
+        .await
+        .unwrap();
+    wait_outcome(&worker, "failed", 1.0).await;
+
+    for r in env.restatus.iter().chain([&worker]) {
+        let log = r.log_text();
+        assert!(
+            log.len() > 1000,
+            "debug logs were written: {}",
+            r.log.display()
+        );
+        assert!(
+            !log.contains(&marker),
+            "a status value reached {}:\n{}",
+            r.log.display(),
+            log.lines()
+                .filter(|l| l.contains(&marker))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
