@@ -239,3 +239,21 @@ async fn sigterm_lets_in_flight_reviews_finish() {
     let status = r.wait_exit();
     assert!(status.expect("exit status").success(), "{}", r.log_text());
 }
+
+#[tokio::test]
+async fn sigterm_does_not_wait_for_idle_keep_alive_connections() {
+    let redis = RedisServer::start().await;
+    let mut r = Restatus::start(Options::new(redis.url())).await;
+    // A client that keeps its HTTP/2 connection open, as the API server does.
+    let client = TlsClient::new(&r.ca_file(), Alpn::Http2);
+    allowed(&client, &r, &fixture("reviews/kc-update-status.json")).await;
+    let start = Instant::now();
+    r.send_sigterm();
+    let status = r.wait_exit().expect("exit status");
+    let took = start.elapsed();
+    assert!(status.success(), "{}", r.log_text());
+    // The shutdown grace is 25 s: an idle connection must not hold it.
+    assert!(took < Duration::from_secs(10), "took {took:?} to stop");
+    assert!(!r.log_text().contains("connections still open"));
+    drop(client);
+}

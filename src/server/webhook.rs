@@ -83,6 +83,11 @@ pub struct Webhook {
 
 /// How often a kind of trouble is logged at warning level.
 const WARN_EVERY: Duration = Duration::from_secs(60);
+/// At shutdown, how long a connection with no request in flight may still take to close
+/// after its GOAWAY (or the HTTP/1.1 close) before it is dropped.
+const SHUTDOWN_LINGER: Duration = Duration::from_secs(1);
+/// How often a shutting-down connection checks whether its last request has finished.
+const QUIET_POLL: Duration = Duration::from_millis(20);
 
 /// What every connection of the listener shares.
 struct Shared {
@@ -259,6 +264,12 @@ async fn serve_connection(
                 connection.as_mut().graceful_shutdown();
                 closing = Some(None);
             }
+            // Shutting down: once no request is in flight, the connection has nothing more to
+            // finish. A client that keeps an idle connection open after the GOAWAY (many
+            // HTTP/2 clients do) must not hold the shutdown for the whole grace period.
+            () = activity.quiet(), if closing == Some(None) => {
+                closing = Some(Some(Instant::now() + SHUTDOWN_LINGER));
+            }
             () = activity.idle_for(shared.limits.idle_timeout), if closing.is_none() => {
                 shared.metrics.connection_closed(Closed::Idle);
                 tracing::debug!(%peer, "connection closed: no request within --idle-timeout");
@@ -401,6 +412,13 @@ impl Activity {
         match self.idle_since.lock() {
             Ok(guard) => *guard,
             Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// Returns once no request is in flight.
+    async fn quiet(&self) {
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(QUIET_POLL).await;
         }
     }
 
