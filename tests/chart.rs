@@ -245,6 +245,34 @@ fn the_webhook_configuration_never_blocks_and_skips_system_namespaces() {
     assert_eq!(rules["operations"], json!(["CREATE", "UPDATE", "DELETE"]));
 }
 
+#[test]
+fn encryption_at_rest_mounts_the_keyring_and_passes_the_flag() {
+    let objects = helm::template(
+        "r",
+        "restatus",
+        &["--set", "encryption.existingSecret=restatus-keyring"],
+    );
+    let deployment = one(&objects, "Deployment");
+    let spec = &deployment["spec"]["template"]["spec"];
+    let args = spec["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--encryption-key-file=/etc/restatus/encryption/keyring"),
+        "{args}"
+    );
+    let volume = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "encryption")
+        .expect("the keyring volume");
+    assert_eq!(volume["secret"]["secretName"], "restatus-keyring");
+    assert_eq!(volume["secret"]["items"][0]["path"], "keyring");
+    let defaults = defaults();
+    let args = one(&defaults, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .to_string();
+    assert!(!args.contains("--encryption-key-file"), "off by default");
+}
+
 /// Every string anywhere in a JSON value.
 fn strings(value: &Value, out: &mut Vec<String>) {
     match value {
