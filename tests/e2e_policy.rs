@@ -22,7 +22,9 @@ use restatus::policy::{
 };
 use serde_json::{Value, json};
 use support::{
-    cluster::{self, Env, EnvOptions, TestType, WAIT, kubernetes_cluster, patch_status},
+    cluster::{
+        self, Env, EnvOptions, TestType, WAIT, kubernetes_cluster, patch_status, wait_restored,
+    },
     eventually, identity,
 };
 
@@ -313,17 +315,6 @@ async fn an_invalid_annotation_is_skipped_with_a_warning_kubectl_shows_an_event_
             .filter(|e| e.note.as_deref().unwrap_or_default().contains("sideways"))
     })
     .await;
-}
-
-/// Waits until the object carries `restored-at` and no `restore` annotation.
-async fn wait_restored(api: &Api<DynamicObject>, name: &str) -> DynamicObject {
-    eventually(WAIT, &format!("{name} to be restored"), || async {
-        let obj = api.get_opt(name).await.ok()??;
-        let a = obj.annotations();
-        (a.contains_key(ANNOTATION_RESTORED_AT) && !a.contains_key(ANNOTATION_RESTORE))
-            .then_some(obj)
-    })
-    .await
 }
 
 fn pending(obj: &DynamicObject) -> bool {

@@ -30,12 +30,7 @@ fn keyring(dir: &tempfile::TempDir, name: &str, keys: &[&str]) -> String {
 }
 
 fn kc() -> ObjectIdentity {
-    ObjectIdentity {
-        group: "infra.example.com".into(),
-        resource: "kubernetesclusters".into(),
-        namespace: Some("team-a".into()),
-        name: "prod-eu-1".into(),
-    }
+    support::fixture_cluster()
 }
 
 #[tokio::test]

@@ -4,117 +4,23 @@
 
 mod support;
 
-use std::{sync::Arc, time::Duration};
-
 use axum::{
     Router,
-    body::{Body, to_bytes},
+    body::Body,
     http::{Request, StatusCode},
 };
-use restatus::{
-    admission::{self, Admission, AdmissionMetrics},
-    policy::{
-        CrdCache, Defaults, Enablement, GlobalPolicy, InvalidReporter, NamespaceCache,
-        PolicyMetrics, RestoreFor, RestoreMode,
-    },
-    store::StoreMetrics,
-    store::{KeySchema, ObjectIdentity, Store},
-    telemetry,
-};
+use restatus::{store::ObjectIdentity, telemetry};
 use serde_json::{Value, json};
-use support::{fixture, redis::RedisServer};
-use tower::ServiceExt;
+use support::{
+    fixture,
+    redis::RedisServer,
+    router::{self, harness, review},
+};
 
-struct Harness {
-    router: Router,
-    metrics: prometheus_client::registry::Registry,
-    keys: KeySchema,
-}
-
-/// The flags' defaults, except that restores are open to every creator: without an API
-/// server there is nobody to ask who may write status (the end-to-end tests cover that).
-fn settings() -> admission::Settings {
-    admission::Settings {
-        redis_timeout: Duration::from_millis(100),
-        restore_deadline: Duration::from_secs(60),
-        global: GlobalPolicy {
-            defaults: Defaults {
-                policy: Enablement::Enabled,
-                mode: RestoreMode::Fill,
-                fields: vec![],
-                exclude_fields: vec![
-                    "/observedGeneration".parse().unwrap(),
-                    "/conditions/*/observedGeneration".parse().unwrap(),
-                ],
-                retention: Duration::from_secs(30 * 86_400),
-                restore_for: RestoreFor::Creators,
-            },
-            types: Default::default(),
-        },
-        own_user: Some("system:serviceaccount:restatus:restatus".into()),
-    }
-}
-
-fn harness(redis: &RedisServer, max_body: usize) -> Harness {
-    let mut metrics = telemetry::registry();
-    let prefix = support::unique("router");
-    let store = Store::connect(
-        &redis.url(),
-        &prefix,
-        "default",
-        StoreMetrics::register(&mut metrics),
-        None,
-    )
-    .unwrap();
-    let keys = store.keys().clone();
-    let policy_metrics = PolicyMetrics::register(&mut metrics);
-    let sources = admission::Sources {
-        crds: CrdCache::empty(),
-        namespaces: NamespaceCache::default(),
-        access: None,
-        reporter: InvalidReporter::new(None, policy_metrics.clone()),
-        metrics: policy_metrics,
-    };
-    let admission = Arc::new(Admission::new(
-        store,
-        sources,
-        AdmissionMetrics::register(&mut metrics),
-        settings(),
-    ));
-    Harness {
-        router: admission::router(admission, max_body),
-        metrics,
-        keys,
-    }
-}
-
+/// A post through the router: its status and body.
 async fn post(router: &Router, body: impl Into<Body>) -> (StatusCode, Vec<u8>) {
-    let resp = router
-        .clone()
-        .oneshot(
-            Request::post("/mutate")
-                .header("content-type", "application/json")
-                .body(body.into())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = resp.status();
-    let body = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-    (status, body.to_vec())
-}
-
-/// Sends a review and returns its `response`, checking the envelope.
-async fn review(router: &Router, review: &Value) -> Value {
-    let (status, body) = post(router, review.to_string()).await;
-    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-    let answer: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
-    assert_eq!(answer["kind"], "AdmissionReview");
-    let response = answer["response"].clone();
-    assert_eq!(response["uid"], review["request"]["uid"], "uid copied");
-    assert_eq!(response["allowed"], true);
-    response
+    let answer = router::post(router, body).await;
+    (answer.status, answer.body)
 }
 
 fn patch_of(response: &Value) -> Option<Value> {
@@ -127,7 +33,7 @@ fn patch_of(response: &Value) -> Option<Value> {
 /// in conditions (a recreated object starts again at generation 1).
 fn kept(status: &Value) -> Value {
     let mut kept = status.clone();
-    let defaults = &settings().global.defaults;
+    let defaults = &router::settings().global.defaults;
     restatus::policy::exclude(&mut kept, &defaults.exclude_fields);
     kept
 }
@@ -520,11 +426,10 @@ async fn bodies_over_the_limit_get_413() {
 async fn only_post_is_served() {
     let redis = RedisServer::start().await;
     let h = harness(&redis, 8 << 20);
-    let resp = h
-        .router
-        .clone()
-        .oneshot(Request::get("/mutate").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let answer = router::send(
+        &h.router,
+        Request::get("/mutate").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
 }

@@ -16,12 +16,7 @@ use support::{
 };
 
 fn kc() -> ObjectIdentity {
-    ObjectIdentity {
-        group: "infra.example.com".into(),
-        resource: "kubernetesclusters".into(),
-        namespace: Some("team-a".into()),
-        name: "prod-eu-1".into(),
-    }
+    support::fixture_cluster()
 }
 
 fn key(r: &Restatus) -> String {

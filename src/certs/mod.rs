@@ -131,50 +131,70 @@ pub fn generate_ca(validity: Duration) -> Result<Pair, GenerateError> {
     })
 }
 
+/// What a leaf certificate is for.
+enum Leaf<'a> {
+    /// A serving certificate for DNS names or IP addresses.
+    Serving(&'a [String]),
+    /// A client certificate for a name.
+    Client(&'a str),
+}
+
+/// Makes a leaf certificate and its key, signed by `ca`.
+fn issue(ca: &Pair, leaf: Leaf<'_>, validity: Duration) -> Result<Pair, GenerateError> {
+    let (not_before, not_after) = validity_window(validity)?;
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(rcgen_err("CA key"))?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(rcgen_err("CA certificate"))?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    let what = match leaf {
+        Leaf::Serving(hosts) => {
+            params.subject_alt_names = hosts
+                .iter()
+                .map(|h| match h.parse::<IpAddr>() {
+                    Ok(ip) => Ok(SanType::IpAddress(ip)),
+                    Err(_) if is_dns_name(h) => h
+                        .clone()
+                        .try_into()
+                        .map(SanType::DnsName)
+                        .map_err(|_| GenerateError::Host(h.clone())),
+                    Err(_) => Err(GenerateError::Host(h.clone())),
+                })
+                .collect::<Result<_, _>>()?;
+            let common_name = hosts.first().map_or("restatus", String::as_str);
+            name.push(DnType::CommonName, common_name);
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            ("serving key", "serving certificate")
+        }
+        Leaf::Client(common_name) => {
+            name.push(DnType::CommonName, common_name);
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            ("client key", "client certificate")
+        }
+    };
+    params.distinguished_name = name;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let key = KeyPair::generate().map_err(rcgen_err(what.0))?;
+    let cert = params.signed_by(&key, &issuer).map_err(rcgen_err(what.1))?;
+    Ok(Pair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
 /// Makes a serving certificate for `hosts` (DNS names or IP addresses) signed by `ca`.
 pub fn issue_serving(
     ca: &Pair,
     hosts: &[String],
     validity: Duration,
 ) -> Result<Pair, GenerateError> {
-    let (not_before, not_after) = validity_window(validity)?;
-    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(rcgen_err("CA key"))?;
-    let issuer =
-        Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(rcgen_err("CA certificate"))?;
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = hosts
-        .iter()
-        .map(|h| match h.parse::<IpAddr>() {
-            Ok(ip) => Ok(SanType::IpAddress(ip)),
-            Err(_) if is_dns_name(h) => h
-                .clone()
-                .try_into()
-                .map(SanType::DnsName)
-                .map_err(|_| GenerateError::Host(h.clone())),
-            Err(_) => Err(GenerateError::Host(h.clone())),
-        })
-        .collect::<Result<_, _>>()?;
-    let mut name = DistinguishedName::new();
-    name.push(
-        DnType::CommonName,
-        hosts.first().cloned().unwrap_or_else(|| "restatus".into()),
-    );
-    params.distinguished_name = name;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.not_before = not_before;
-    params.not_after = not_after;
-    let key = KeyPair::generate().map_err(rcgen_err("serving key"))?;
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(rcgen_err("serving certificate"))?;
-    Ok(Pair {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    issue(ca, Leaf::Serving(hosts), validity)
 }
 
 /// Makes a client certificate (extended key usage `clientAuth`) for `common_name`, signed by
@@ -184,26 +204,7 @@ pub fn issue_client(
     common_name: &str,
     validity: Duration,
 ) -> Result<Pair, GenerateError> {
-    let (not_before, not_after) = validity_window(validity)?;
-    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(rcgen_err("CA key"))?;
-    let issuer =
-        Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(rcgen_err("CA certificate"))?;
-    let mut params = CertificateParams::default();
-    let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, common_name);
-    params.distinguished_name = name;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.not_before = not_before;
-    params.not_after = not_after;
-    let key = KeyPair::generate().map_err(rcgen_err("client key"))?;
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(rcgen_err("client certificate"))?;
-    Ok(Pair {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    issue(ca, Leaf::Client(common_name), validity)
 }
 
 /// Makes a CA and a serving certificate for `hosts` (DNS names or IP addresses).

@@ -2,14 +2,11 @@
 //! into a pending object, nor when the API server refuses a restored status with a message
 //! that quotes its values.
 
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use serde_json::json;
 
 use super::{recreate_pending, wait_outcome, wait_restored};
-use crate::support::{
-    cluster::{Env, EnvOptions, TestType, WAIT, apply_crd, patch_status},
-    eventually,
-};
+use crate::support::cluster::{Env, EnvOptions, TestType, patch_status, tighten_status_schema};
 
 const GUARDED: TestType = TestType::namespaced("guardedclusters", "GuardedCluster");
 
@@ -46,28 +43,17 @@ async fn statuses_never_reach_the_logs_even_at_debug_level() {
     env.wait_recorded(&id, &saved).await;
     api.delete("refused", &Default::default()).await.unwrap();
     env.wait_deletion_recorded(&id).await;
-    let mut crd = GUARDED.crd();
-    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"] = json!({
-        "type": "object",
-        // An enum violation: the API server's message quotes the offending value.
-        "properties": {"port": {"type": "string", "enum": ["http", "https"]}},
-        "x-kubernetes-preserve-unknown-fields": true
-    });
-    apply_crd(&env.client, crd).await;
-    api.create(&PostParams::default(), &GUARDED.object("probe"))
-        .await
-        .unwrap();
-    eventually(WAIT, "the tightened schema to be enforced", || async {
-        let dry = PatchParams {
-            dry_run: true,
-            ..Default::default()
-        };
-        let patch = Patch::Merge(json!({"status": {"port": "x"}}));
-        api.patch_status("probe", &dry, &patch)
-            .await
-            .is_err()
-            .then_some(())
-    })
+    tighten_status_schema(
+        &env,
+        &GUARDED,
+        json!({
+            "type": "object",
+            // An enum violation: the API server's message quotes the offending value.
+            "properties": {"port": {"type": "string", "enum": ["http", "https"]}},
+            "x-kubernetes-preserve-unknown-fields": true
+        }),
+        json!({"port": "x"}),
+    )
     .await;
     api.create(&PostParams::default(), &GUARDED.object("refused"))
         .await

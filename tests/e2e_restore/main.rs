@@ -23,24 +23,13 @@ use kube::{
     Api, ResourceExt,
     api::{DynamicObject, ListParams, PostParams},
 };
-use restatus::policy::{ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT, RESTORE_PENDING};
+use restatus::policy::{ANNOTATION_RESTORE, RESTORE_PENDING};
 use serde_json::{Value, json};
 use support::{
-    cluster::{Env, WAIT, kubernetes_cluster},
+    cluster::{Env, WAIT, kubernetes_cluster, wait_restored},
     eventually,
     restatus::Restatus,
 };
-
-/// Waits until the object carries `restored-at` and no `restore` annotation.
-async fn wait_restored(api: &Api<DynamicObject>, name: &str) -> DynamicObject {
-    eventually(WAIT, &format!("{name} to be restored"), || async {
-        let obj = api.get_opt(name).await.ok()??;
-        let a = obj.annotations();
-        (a.contains_key(ANNOTATION_RESTORED_AT) && !a.contains_key(ANNOTATION_RESTORE))
-            .then_some(obj)
-    })
-    .await
-}
 
 /// Events about the object `name` with `reason`.
 async fn events(env: &Env, name: &str, reason: &str) -> Vec<Event> {

@@ -15,7 +15,7 @@ use super::{
     wait_restored,
 };
 use crate::support::{
-    cluster::{Env, EnvOptions, TestType, WAIT, apply_crd, kubernetes_cluster},
+    cluster::{Env, EnvOptions, TestType, WAIT, kubernetes_cluster, tighten_status_schema},
     eventually,
 };
 
@@ -143,27 +143,16 @@ async fn a_saved_status_the_type_no_longer_accepts_is_dead_lettered_and_reported
     env.wait_deletion_recorded(&id).await;
 
     // The type's schema is tightened meanwhile: status.port must now be an integer.
-    let mut crd = STRICT.crd();
-    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"] = json!({
-        "type": "object",
-        "properties": {"port": {"type": "integer"}},
-        "x-kubernetes-preserve-unknown-fields": true
-    });
-    apply_crd(&env.client, crd).await;
-    api.create(&PostParams::default(), &STRICT.object("probe"))
-        .await
-        .unwrap();
-    eventually(WAIT, "the tightened schema to be enforced", || async {
-        let dry = PatchParams {
-            dry_run: true,
-            ..Default::default()
-        };
-        let patch = Patch::Merge(json!({"status": {"port": "x"}}));
-        api.patch_status("probe", &dry, &patch)
-            .await
-            .is_err()
-            .then_some(())
-    })
+    tighten_status_schema(
+        &env,
+        &STRICT,
+        json!({
+            "type": "object",
+            "properties": {"port": {"type": "integer"}},
+            "x-kubernetes-preserve-unknown-fields": true
+        }),
+        json!({"port": "x"}),
+    )
     .await;
 
     api.create(&PostParams::default(), &STRICT.object("strict"))

@@ -792,6 +792,43 @@ pub fn load_balancer_service(name: &str) -> Service {
     .unwrap()
 }
 
+/// Waits until the object carries `restatus.io/restored-at` and no `restatus.io/restore`.
+pub async fn wait_restored(api: &Api<DynamicObject>, name: &str) -> DynamicObject {
+    use restatus::policy::{ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT};
+    super::eventually(WAIT, &format!("{name} to be restored"), || async {
+        let obj = api.get_opt(name).await.ok()??;
+        let a = obj.metadata.annotations.clone().unwrap_or_default();
+        (a.contains_key(ANNOTATION_RESTORED_AT) && !a.contains_key(ANNOTATION_RESTORE))
+            .then_some(obj)
+    })
+    .await
+}
+
+/// Replaces the status schema of a test type's CRD (to make a saved status invalid for it)
+/// and waits until the API server enforces it: a dry-run status patch of a probe object
+/// with `refused` is rejected.
+pub async fn tighten_status_schema(env: &Env, t: &TestType, schema: Value, refused: Value) {
+    let mut crd = t.crd();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"] = schema;
+    apply_crd(&env.client, crd).await;
+    let api = env.api(t);
+    api.create(&PostParams::default(), &t.object("probe"))
+        .await
+        .unwrap();
+    super::eventually(WAIT, "the tightened schema to be enforced", || async {
+        let dry = PatchParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let patch = Patch::Merge(json!({"status": refused}));
+        api.patch_status("probe", &dry, &patch)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+}
+
 /// Patches `.status` through the status subresource (merge patch).
 pub async fn patch_status(api: &Api<DynamicObject>, name: &str, status: Value) -> DynamicObject {
     api.patch_status(

@@ -80,6 +80,16 @@ where
     }
 }
 
+/// The object of the KubernetesCluster review fixtures: `team-a/prod-eu-1`.
+pub fn fixture_cluster() -> ::restatus::store::ObjectIdentity {
+    ::restatus::store::ObjectIdentity {
+        group: "infra.example.com".into(),
+        resource: "kubernetesclusters".into(),
+        namespace: Some("team-a".into()),
+        name: "prod-eu-1".into(),
+    }
+}
+
 /// Reads a JSON fixture from `tests/fixtures/`.
 pub fn fixture(name: &str) -> serde_json::Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

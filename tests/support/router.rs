@@ -67,7 +67,7 @@ pub fn harness_with(
     settings: admission::Settings,
 ) -> Harness {
     let mut metrics = telemetry::registry();
-    let prefix = super::unique("hostile");
+    let prefix = super::unique("router");
     let store = Store::connect(
         &redis.url(),
         &prefix,
