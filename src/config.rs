@@ -445,6 +445,16 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    /// The arguments of `restatus serve` with `flags`, or clap's message.
+    fn serve(flags: &[&str]) -> Result<ServeArgs, String> {
+        let cli = Cli::try_parse_from(["restatus", "serve"].iter().chain(flags))
+            .map_err(|e| e.to_string())?;
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        Ok(*args)
+    }
+
     #[test]
     fn command_is_well_formed() {
         Cli::command().debug_assert();
@@ -452,10 +462,7 @@ mod tests {
 
     #[test]
     fn serve_defaults_match_the_documented_interface() {
-        let cli = Cli::try_parse_from(["restatus", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command else {
-            panic!("expected serve");
-        };
+        let args = serve(&[]).unwrap();
         assert_eq!(args.server.listen.to_string(), "0.0.0.0:8443");
         assert_eq!(args.server.admin_listen.to_string(), "0.0.0.0:8080");
         assert_eq!(args.store.redis_url, "redis://127.0.0.1:6379");
@@ -484,32 +491,23 @@ mod tests {
 
     #[test]
     fn the_exclude_list_can_be_emptied() {
-        let cli =
-            Cli::try_parse_from(["restatus", "serve", "--restore-exclude-fields", ""]).unwrap();
-        let Command::Serve(args) = cli.command else {
-            panic!("expected serve");
-        };
+        let args = serve(&["--restore-exclude-fields", ""]).unwrap();
         assert!(args.restore.restore_exclude_fields.0.is_empty());
         assert!(
-            Cli::try_parse_from(["restatus", "serve", "--restore-fields", "status"]).is_err(),
+            serve(&["--restore-fields", "status"]).is_err(),
             "a pattern must be a pointer"
         );
     }
 
     #[test]
     fn self_managed_flags_and_their_defaults() {
-        let cli = Cli::try_parse_from([
-            "restatus",
-            "serve",
+        let args = serve(&[
             "--cert-mode",
             "self-managed",
             "--cert-hosts",
             "restatus.ns.svc,127.0.0.1",
         ])
         .unwrap();
-        let Command::Serve(args) = cli.command else {
-            panic!("expected serve");
-        };
         assert_eq!(args.tls.cert_mode, CertMode::SelfManaged);
         assert_eq!(args.tls.cert_hosts, ["restatus.ns.svc", "127.0.0.1"]);
         assert_eq!(args.tls.ca_secret, "restatus-ca");
@@ -517,23 +515,18 @@ mod tests {
         assert_eq!(args.tls.cert_validity, Duration::from_secs(30 * 86_400));
         assert_eq!(args.tls.cert_check_interval, Duration::from_secs(60));
         assert!(
-            Cli::try_parse_from(["restatus", "serve", "--cert-check-interval", "0s"]).is_err(),
+            serve(&["--cert-check-interval", "0s"]).is_err(),
             "a zero interval is refused"
         );
     }
 
     #[test]
     fn policy_flags_and_their_defaults() {
-        let cli = Cli::try_parse_from(["restatus", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command else {
-            panic!("expected serve");
-        };
+        let args = serve(&[]).unwrap();
         assert_eq!(args.restore.restore_for, RestoreFor::StatusWriters);
         assert_eq!(args.restore.default_policy, Enablement::Enabled);
         assert!(args.restore.resource_policy.is_empty());
-        let cli = Cli::try_parse_from([
-            "restatus",
-            "serve",
+        let args = serve(&[
             "--restore-for",
             "creators",
             "--default-policy",
@@ -542,41 +535,21 @@ mod tests {
             "services=enabled,kubernetesclusters.infra.example.com=disabled",
         ])
         .unwrap();
-        let Command::Serve(args) = cli.command else {
-            panic!("expected serve");
-        };
         assert_eq!(args.restore.restore_for, RestoreFor::Creators);
         assert_eq!(args.restore.resource_policy.len(), 2);
         assert_eq!(args.restore.resource_policy[1].group, "infra.example.com");
-        assert!(
-            Cli::try_parse_from(["restatus", "serve", "--resource-policy", "services=on"]).is_err()
-        );
+        assert!(serve(&["--resource-policy", "services=on"]).is_err());
     }
 
     #[test]
     fn tls_files_come_in_pairs() {
-        let err = Cli::try_parse_from(["restatus", "serve", "--tls-cert-file", "a.crt"]);
-        assert!(err.is_err());
-        assert!(
-            Cli::try_parse_from([
-                "restatus",
-                "serve",
-                "--tls-cert-file",
-                "a.crt",
-                "--tls-key-file",
-                "a.key"
-            ])
-            .is_ok()
-        );
+        assert!(serve(&["--tls-cert-file", "a.crt"]).is_err());
+        assert!(serve(&["--tls-cert-file", "a.crt", "--tls-key-file", "a.key"]).is_ok());
     }
 
     /// `restatus serve` with `flags`, its listener flags checked as `App::build` does.
     fn server_args(flags: &[&str]) -> Result<ServerArgs, String> {
-        let cli = Cli::try_parse_from(["restatus", "serve"].iter().chain(flags))
-            .map_err(|e| e.to_string())?;
-        let Command::Serve(args) = cli.command else {
-            panic!("expected serve");
-        };
+        let args = serve(flags)?;
         args.server.check().map_err(|e| e.to_string())?;
         Ok(args.server)
     }
@@ -591,62 +564,36 @@ mod tests {
         assert_eq!(server.max_connections, 512);
         assert_eq!(server.max_concurrent_streams, 100);
         assert_eq!(server.max_inflight_body_bytes, 32 * 1024 * 1024);
-        let cli = Cli::try_parse_from(["restatus", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command else {
-            panic!("expected serve");
-        };
+        let args = serve(&[]).unwrap();
         assert_eq!(args.tls.client_ca_file, None);
-        let cli = Cli::try_parse_from(["restatus", "serve", "--client-ca-file", "ca.crt"]).unwrap();
-        let Command::Serve(args) = cli.command else {
-            panic!("expected serve");
-        };
+        let args = serve(&["--client-ca-file", "ca.crt"]).unwrap();
         assert_eq!(args.tls.client_ca_file, Some(PathBuf::from("ca.crt")));
     }
 
     #[test]
-    fn a_zero_header_read_timeout_is_refused() {
-        let err = server_args(&["--header-read-timeout", "0s"]).unwrap_err();
-        assert!(err.contains("must be longer than zero"), "{err}");
-    }
-
-    #[test]
-    fn a_zero_body_read_timeout_is_refused() {
-        let err = server_args(&["--body-read-timeout", "0ms"]).unwrap_err();
-        assert!(err.contains("must be longer than zero"), "{err}");
-    }
-
-    #[test]
-    fn a_zero_idle_timeout_is_refused() {
-        let err = server_args(&["--idle-timeout", "0s"]).unwrap_err();
-        assert!(err.contains("must be longer than zero"), "{err}");
-    }
-
-    #[test]
-    fn a_zero_http2_keepalive_interval_is_refused() {
-        let err = server_args(&["--http2-keepalive-interval", "0s"]).unwrap_err();
-        assert!(err.contains("must be longer than zero"), "{err}");
-    }
-
-    #[test]
-    fn zero_connections_are_refused() {
-        assert!(server_args(&["--max-connections", "0"]).is_err());
+    fn zero_listener_timeouts_and_counts_are_refused() {
+        for (flag, zero, says) in [
+            ("--header-read-timeout", "0s", "must be longer than zero"),
+            ("--body-read-timeout", "0ms", "must be longer than zero"),
+            ("--idle-timeout", "0s", "must be longer than zero"),
+            (
+                "--http2-keepalive-interval",
+                "0s",
+                "must be longer than zero",
+            ),
+            ("--max-connections", "0", "0 is not in 1.."),
+            ("--max-concurrent-streams", "0", "0 is not in 1.."),
+            ("--max-inflight-body-bytes", "0", "out of range"),
+        ] {
+            let err = server_args(&[flag, zero]).unwrap_err();
+            assert!(err.contains(says), "{flag} {zero}: {err}");
+        }
         assert_eq!(
             server_args(&["--max-connections", "1"])
                 .unwrap()
                 .max_connections,
             1
         );
-    }
-
-    #[test]
-    fn zero_concurrent_streams_are_refused() {
-        assert!(server_args(&["--max-concurrent-streams", "0"]).is_err());
-    }
-
-    #[test]
-    fn a_zero_inflight_body_budget_is_refused() {
-        let err = server_args(&["--max-inflight-body-bytes", "0"]).unwrap_err();
-        assert!(err.contains("out of range"), "{err}");
     }
 
     #[test]

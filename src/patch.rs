@@ -137,27 +137,22 @@ mod tests {
     }
 
     #[test]
-    fn resource_version_precondition_replaces_the_version() {
-        let op = expect_resource_version("42");
+    fn preconditions_on_the_version_and_the_incarnation() {
+        // The resourceVersion is replaced: the API server compares it with the stored one.
+        let version = expect_resource_version("42");
+        let uid = expect_uid("u-2");
         assert_eq!(
-            serde_json::to_value(&op).unwrap(),
-            json!({"op": "replace", "path": "/metadata/resourceVersion", "value": "42"})
+            serde_json::to_value([&version, &uid]).unwrap(),
+            json!([
+                {"op": "replace", "path": "/metadata/resourceVersion", "value": "42"},
+                {"op": "test", "path": "/metadata/uid", "value": "u-2"}
+            ])
         );
-        let mut doc = json!({"metadata": {"resourceVersion": "41"}});
-        apply(&mut doc, vec![op]);
+        let mut doc = json!({"metadata": {"resourceVersion": "41", "uid": "u-2"}});
+        apply(&mut doc, vec![version, uid.clone()]);
         assert_eq!(doc["metadata"]["resourceVersion"], "42");
-    }
-
-    #[test]
-    fn a_uid_precondition_fails_on_another_incarnation() {
-        let op = expect_uid("u-2");
-        assert_eq!(
-            serde_json::to_value(&op).unwrap(),
-            json!({"op": "test", "path": "/metadata/uid", "value": "u-2"})
-        );
-        let mut same = json!({"metadata": {"uid": "u-2"}});
-        apply(&mut same, vec![op.clone()]);
+        // The uid is tested: the patch fails on another incarnation.
         let mut other = json!({"metadata": {"uid": "u-1"}});
-        assert!(json_patch::patch(&mut other, &[op]).is_err());
+        assert!(json_patch::patch(&mut other, &[uid]).is_err());
     }
 }

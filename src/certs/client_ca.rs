@@ -26,7 +26,6 @@ use rustls_pki_types::{CertificateDer, pem::PemObject};
 use tokio_util::sync::CancellationToken;
 
 use super::{CertError, CertMetrics, ServingCert, Validity, resolver::read, server_config};
-use crate::error::error_chain;
 
 /// The metric label of the client CA.
 const CLIENT_CA: &str = "client_ca";
@@ -222,21 +221,10 @@ impl ListenerTls {
             shutdown.cancelled().await;
             return;
         };
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(interval) => {},
-            }
-            let this = self.clone();
-            match tokio::task::spawn_blocking(move || this.reload_client_ca()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => tracing::warn!(
-                    error = %error_chain(&error),
-                    "client CA not reloaded; the previous one stays in service"
-                ),
-                Err(error) => tracing::warn!(%error, "client CA reload task failed"),
-            }
-        }
+        super::resolver::poll_files("client CA", interval, shutdown, move || {
+            self.reload_client_ca()
+        })
+        .await;
     }
 
     /// The client CA file, if callers must present a certificate.
@@ -338,6 +326,24 @@ mod tests {
         (ca, client)
     }
 
+    /// A listener that asks for certificates from the CAs in `ca_pem`, read from a file in a
+    /// temporary directory: its metrics, the directory (removed on drop) and the file.
+    fn guarded(
+        ca_pem: &str,
+    ) -> (
+        prometheus_client::registry::Registry,
+        tempfile::TempDir,
+        PathBuf,
+        Listener,
+    ) {
+        let (registry, metrics) = registered(CertMetrics::register);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("client-ca.crt");
+        std::fs::write(&file, ca_pem).unwrap();
+        let l = listener(Some(&file), metrics).unwrap();
+        (registry, dir, file, l)
+    }
+
     #[test]
     fn without_a_client_ca_no_certificate_is_asked_for() {
         let (_registry, metrics) = registered(CertMetrics::register);
@@ -349,13 +355,9 @@ mod tests {
 
     #[test]
     fn only_a_certificate_from_the_client_ca_is_accepted() {
-        let (registry, metrics) = registered(CertMetrics::register);
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("client-ca.crt");
         let (ca, good) = client_pki();
         let (_, foreign) = client_pki();
-        std::fs::write(&file, &ca.cert_pem).unwrap();
-        let l = listener(Some(&file), metrics).unwrap();
+        let (registry, _dir, file, l) = guarded(&ca.cert_pem);
         assert!(l.tls.requires_client_certificates());
         assert_eq!(l.tls.client_ca_file(), Some(file.as_path()));
 
@@ -379,13 +381,9 @@ mod tests {
 
     #[test]
     fn a_new_client_ca_applies_to_new_connections_and_a_broken_one_keeps_the_old() {
-        let (registry, metrics) = registered(CertMetrics::register);
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("client-ca.crt");
         let (old_ca, old_client) = client_pki();
         let (new_ca, new_client) = client_pki();
-        std::fs::write(&file, &old_ca.cert_pem).unwrap();
-        let l = listener(Some(&file), metrics).unwrap();
+        let (registry, _dir, file, l) = guarded(&old_ca.cert_pem);
         assert!(!l.tls.reload_client_ca().unwrap(), "unchanged file");
 
         std::fs::write(&file, &new_ca.cert_pem).unwrap();

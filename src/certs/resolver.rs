@@ -240,22 +240,40 @@ impl FileSource {
     /// instance half-written) keeps the previous one in service and is retried.
     pub async fn watch(self, interval: Duration, shutdown: CancellationToken) {
         let this = Arc::new(self);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(interval) => {},
+        let cert = this.cert_path.display().to_string();
+        poll_files("serving certificate", interval, shutdown, move || {
+            let reloaded = this.reload()?;
+            if reloaded {
+                tracing::info!(%cert, "serving certificate reloaded");
             }
-            let source = this.clone();
-            match tokio::task::spawn_blocking(move || source.reload()).await {
-                Ok(Ok(true)) => {
-                    tracing::info!(cert = %this.cert_path.display(), "serving certificate reloaded")
-                }
-                Ok(Ok(false)) => {}
-                Ok(Err(error)) => {
-                    tracing::warn!(error = %error_chain(&error), "serving certificate not reloaded; the previous one stays in service")
-                }
-                Err(error) => tracing::warn!(%error, "certificate reload task failed"),
-            }
+            Ok(reloaded)
+        })
+        .await;
+    }
+}
+
+/// Calls `reload` off the async runtime every `interval` until `shutdown`. A reload that
+/// fails is logged, and what was loaded before stays in service until a later one succeeds.
+pub(super) async fn poll_files(
+    what: &'static str,
+    interval: Duration,
+    shutdown: CancellationToken,
+    reload: impl Fn() -> Result<bool, CertError> + Send + Sync + 'static,
+) {
+    let reload = Arc::new(reload);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {},
+        }
+        let once = reload.clone();
+        match tokio::task::spawn_blocking(move || once()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(
+                error = %error_chain(&error),
+                "{what} not reloaded; the previous one stays in service"
+            ),
+            Err(error) => tracing::warn!(%error, "{what} reload task failed"),
         }
     }
 }

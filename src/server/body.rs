@@ -210,13 +210,15 @@ mod tests {
         assert_samples(&registry, &["restatus_webhook_body_bytes_in_flight 0"]);
     }
 
+    /// A body of `text` read within `b`, and the room it holds.
+    async fn hold(b: &BodyBudget, text: &'static str) -> Read {
+        b.read(&HeaderMap::new(), Body::from(text)).await.unwrap()
+    }
+
     #[tokio::test]
     async fn no_room_soon_enough_refuses_and_gives_back_what_was_held() {
         let (_registry, b) = budget(10, 10, LONG);
-        let first = b
-            .read(&HeaderMap::new(), Body::from("123456"))
-            .await
-            .unwrap();
+        let first = hold(&b, "123456").await;
         let (tx, body) = streamed();
         tx.unbounded_send(Ok(Bytes::from_static(b"abc"))).unwrap();
         tx.unbounded_send(Ok(Bytes::from_static(b"defg"))).unwrap();
@@ -236,10 +238,7 @@ mod tests {
     #[tokio::test]
     async fn room_that_frees_up_within_the_wait_is_taken() {
         let (_registry, b) = budget(10, 10, LONG);
-        let first = b
-            .read(&HeaderMap::new(), Body::from("123456789"))
-            .await
-            .unwrap();
+        let first = hold(&b, "123456789").await;
         let headers = HeaderMap::new();
         let second = b.read(&headers, Body::from("abc"));
         let release = async move {

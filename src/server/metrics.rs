@@ -121,11 +121,7 @@ impl ServerMetrics {
     }
 
     pub(super) fn handshake_failed(&self, failure: HandshakeFailure) {
-        self.handshake_failures
-            .get_or_create(&ReasonLabels {
-                reason: failure.label(),
-            })
-            .inc();
+        count(&self.handshake_failures, failure.label());
     }
 
     /// A connection was accepted; it counts as open until the guard is dropped.
@@ -143,9 +139,7 @@ impl ServerMetrics {
             Closed::Idle => "idle",
             Closed::HeaderRead => "header_read",
         };
-        self.connections_closed
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
+        count(&self.connections_closed, reason);
     }
 
     pub(super) fn request_refused(&self, why: Refused) {
@@ -153,9 +147,7 @@ impl ServerMetrics {
             Refused::BodyBudget => "body_budget",
             Refused::BodyTimeout => "body_timeout",
         };
-        self.requests_refused
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
+        count(&self.requests_refused, reason);
     }
 
     pub(super) fn body_bytes_held(&self, bytes: usize) {
@@ -165,6 +157,10 @@ impl ServerMetrics {
     pub(super) fn body_bytes_released(&self, bytes: usize) {
         self.body_bytes.dec_by(saturating_i64(bytes));
     }
+}
+
+fn count(family: &Family<ReasonLabels, Counter>, reason: &'static str) {
+    family.get_or_create(&ReasonLabels { reason }).inc();
 }
 
 fn saturating_i64(n: usize) -> i64 {

@@ -163,14 +163,11 @@ pub async fn serve_tls(
             // run into their own timeouts.
             shared.metrics.connection_refused();
             tracing::debug!(%peer, "connection refused: --max-connections are open");
-            if let Some(count) = shared.refusal_warnings.hit() {
-                tracing::warn!(
-                    %peer,
-                    refused = count,
-                    limit = shared.limits.max_connections,
-                    "webhook connections refused at --max-connections (at most one warning a minute; see restatus_webhook_connections_refused_total)"
-                );
-            }
+            shared.refusal_warnings.warn(
+                peer,
+                shared.limits.max_connections,
+                "webhook connections refused at --max-connections (at most one warning a minute; see restatus_webhook_connections_refused_total)",
+            );
             drop(stream);
             continue;
         };
@@ -359,14 +356,11 @@ fn refuse(shared: &Shared, peer: SocketAddr, refused: Refused) -> Response<Body>
     let (status, text) = match refused {
         Refused::BodyBudget => {
             tracing::debug!(%peer, "request refused: no room within --max-inflight-body-bytes");
-            if let Some(count) = shared.budget_warnings.hit() {
-                tracing::warn!(
-                    %peer,
-                    refused = count,
-                    limit = shared.limits.max_inflight_body_bytes,
-                    "requests answered 503: request bodies in flight fill --max-inflight-body-bytes (at most one warning a minute; see restatus_webhook_requests_refused_total)"
-                );
-            }
+            shared.budget_warnings.warn(
+                peer,
+                shared.limits.max_inflight_body_bytes,
+                "requests answered 503: request bodies in flight fill --max-inflight-body-bytes (at most one warning a minute; see restatus_webhook_requests_refused_total)",
+            );
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "restatus is holding as many request bodies as --max-inflight-body-bytes allows; try again\n",
@@ -482,6 +476,14 @@ impl Throttle {
         }
         *last = Some(now);
         Some(std::mem::take(count))
+    }
+
+    /// Records a refusal of `peer` at `limit`; logs `message` with the count when a warning is
+    /// due.
+    fn warn(&self, peer: SocketAddr, limit: usize, message: &'static str) {
+        if let Some(refused) = self.hit() {
+            tracing::warn!(%peer, refused, limit, "{message}");
+        }
     }
 }
 

@@ -342,14 +342,28 @@ impl Store {
         retention: Duration,
         budget: Duration,
     ) -> Result<bool, StoreError> {
+        let args = [Timestamp::now().to_string(), millis(retention).to_string()];
+        self.flag("expire", &self.expire_script, identity, &args, budget)
+            .await
+    }
+
+    /// Runs a script that answers 1 when it changed the record of `identity`, else 0.
+    async fn flag(
+        &self,
+        command: &'static str,
+        script: &Script,
+        identity: &ObjectIdentity,
+        args: &[String],
+        budget: Duration,
+    ) -> Result<bool, StoreError> {
         let key = self.keys.record(identity);
-        let mut invocation = self.expire_script.prepare_invoke();
-        invocation
-            .key(&key)
-            .arg(Timestamp::now().to_string())
-            .arg(millis(retention));
-        let started: i64 = self.send("expire", &key, budget, &invocation).await?;
-        Ok(started == 1)
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&key);
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let changed: i64 = self.send(command, &key, budget, &invocation).await?;
+        Ok(changed == 1)
     }
 
     /// The status text and digest to store for `status` in the record `key`: sealed and
@@ -422,16 +436,18 @@ impl Store {
         new_uid: &str,
         budget: Duration,
     ) -> Result<bool, StoreError> {
-        let key = self.keys.record(identity);
-        let mut invocation = self.mark_restored_script.prepare_invoke();
-        invocation
-            .key(&key)
-            .arg(old_uid)
-            .arg(new_uid)
-            .arg(Timestamp::now().to_string());
-        let changed: i64 = self
-            .send("mark_restored", &key, budget, &invocation)
-            .await?;
-        Ok(changed == 1)
+        let args = [
+            old_uid.to_owned(),
+            new_uid.to_owned(),
+            Timestamp::now().to_string(),
+        ];
+        self.flag(
+            "mark_restored",
+            &self.mark_restored_script,
+            identity,
+            &args,
+            budget,
+        )
+        .await
     }
 }
