@@ -1228,3 +1228,40 @@ async fn broken_http2_and_tls_leave_the_server_serving() {
     let legit_key = KeySchema::new(&r.key_prefix, "default").record(&kc("prod-eu-1"));
     assert_eq!(keys, vec![legit_key]);
 }
+
+#[tokio::test]
+async fn huge_names_are_answered_and_logged_cut_short() {
+    let redis = RedisServer::start().await;
+    let r = Restatus::start(Options::new(redis.url())).await;
+    let long = |c: &str| c.repeat(1 << 20);
+    let mut rv = write_of("placeholder");
+    rv["request"]["uid"] = json!(long("u"));
+    rv["request"]["name"] = json!(long("n"));
+    rv["request"]["namespace"] = json!(long("s"));
+    rv["request"]["object"]["metadata"]["name"] = json!(long("n"));
+    rv["request"]["object"]["metadata"]["namespace"] = json!(long("s"));
+    rv["request"]["oldObject"] = rv["request"]["object"].clone();
+
+    let resp = TlsClient::new(&r.ca_file(), Alpn::Http2)
+        .post(&r.mutate_url(), rv.to_string())
+        .await
+        .expect("POST /mutate");
+    assert_eq!(resp.status, 200, "{}", clip(&resp.body));
+    router::allowed(resp.body.as_bytes(), &rv["request"]["uid"]);
+
+    // The answer's debug line, with the review's fields, is written before the answer.
+    let log = r.log_text();
+    assert!(log.contains("review answered"), "{}", clip(&log));
+    for c in ["u", "n", "s"] {
+        let run = c.repeat(1024);
+        assert!(
+            !log.contains(&run),
+            "the log holds a 1 KiB run of {c:?}: {}",
+            clip(&log)
+        );
+    }
+}
+
+fn clip(text: &str) -> String {
+    restatus::text::clip(text, 2000)
+}

@@ -37,11 +37,16 @@ use crate::{
         Resolved, RestoreFor, RestoreMode, RestorePolicy, Skipped, TypeInfo, decide, resolve,
     },
     store::{RecordWrite, RestoreJob, Store, StoreError, WriteOutcome},
+    text::clip,
 };
 
 pub use metrics::AdmissionMetrics;
 pub use plan::{Context, plan};
 pub use plan::{CreateCheck, Plan, Skip};
+
+/// The most characters of a review's uid, resource, namespace or name put in a log line: the
+/// API server's are far shorter, a forged review's need not be.
+const LOG_FIELD_CHARS: usize = 256;
 
 /// Settings of the admission path.
 #[derive(Debug, Clone)]
@@ -160,11 +165,11 @@ impl Admission {
     #[tracing::instrument(
         skip_all,
         fields(
-            uid = %req.uid,
+            uid = %clip(&req.uid, LOG_FIELD_CHARS),
             operation = operation_label(&req.operation),
-            resource = %req.resource.resource,
-            namespace = req.namespace.as_deref().unwrap_or(""),
-            object = %req.name,
+            resource = %clip(&req.resource.resource, LOG_FIELD_CHARS),
+            namespace = %clip(req.namespace.as_deref().unwrap_or(""), LOG_FIELD_CHARS),
+            object = %clip(&req.name, LOG_FIELD_CHARS),
         )
     )]
     pub async fn review(&self, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {

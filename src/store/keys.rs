@@ -4,6 +4,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::text::clip;
+
 /// Which object a record belongs to: survives delete and recreate, unlike the uid.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ObjectIdentity {
@@ -18,16 +20,18 @@ pub struct ObjectIdentity {
 }
 
 impl fmt::Display for ObjectIdentity {
-    /// `resource.group/namespace/name`, the way logs and Events name an object.
+    /// `resource.group/namespace/name`, the way logs and Events name an object. Each part is
+    /// cut at 256 characters: the API server's names are shorter, a forged review's need not be.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.resource)?;
+        const PART: usize = 256;
+        f.write_str(&clip(&self.resource, PART))?;
         if !self.group.is_empty() {
-            write!(f, ".{}", self.group)?;
+            write!(f, ".{}", clip(&self.group, PART))?;
         }
         if let Some(ns) = &self.namespace {
-            write!(f, "/{ns}")?;
+            write!(f, "/{}", clip(ns, PART))?;
         }
-        write!(f, "/{}", self.name)
+        write!(f, "/{}", clip(&self.name, PART))
     }
 }
 
@@ -202,5 +206,9 @@ mod tests {
             id("infra.example.com", "regions", None, "eu").to_string(),
             "regions.infra.example.com/eu"
         );
+        let long = "n".repeat(1 << 20);
+        let shown = id(&long, &long, Some(&long), &long).to_string();
+        assert_eq!(shown.chars().count(), 4 * 257 + 3, "{}", &shown[..80]);
+        assert!(shown.ends_with(&format!("/{}…", "n".repeat(256))));
     }
 }
