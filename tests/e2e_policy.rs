@@ -385,6 +385,39 @@ async fn only_creators_who_may_write_status_get_it_back_until_the_namespace_open
     assert!(pending(&created));
     let restored = wait_restored(&env.clusters(), "operated").await;
     assert_eq!(status_of(&restored), Some(&saved()));
+    // Asked for every name in the namespace: the answer serves the operator's next object.
+    let allowed_from_cache = "restatus_access_checks_total{outcome=\"allowed\",cached=\"true\"}";
+    let before = r.metric(allowed_from_cache).await;
+    env.create_record_delete("operated-too", &saved()).await;
+    let created = as_operator
+        .create(&PostParams::default(), &kubernetes_cluster("operated-too"))
+        .await
+        .unwrap();
+    assert!(pending(&created));
+    assert_eq!(r.metric(allowed_from_cache).await, before + 1.0);
+
+    // Status rights on some names only (RBAC resourceNames) give back those names only.
+    let mut rules = cluster_rules(false);
+    rules.as_array_mut().unwrap().push(json!({
+        "apiGroups": ["infra.example.com"], "resources": ["kubernetesclusters/status"],
+        "verbs": ["update"], "resourceNames": ["named"]
+    }));
+    let scoped = identity::user(&env.client, &env.ns, "scoped", rules).await;
+    let as_scoped: Api<DynamicObject> = Api::namespaced_with(
+        scoped.client.clone(),
+        &env.ns,
+        &cluster::kubernetes_cluster_resource(),
+    );
+    for (name, restores) in [("unnamed", false), ("named", true)] {
+        env.create_record_delete(name, &saved()).await;
+        let created = as_scoped
+            .create(&PostParams::default(), &kubernetes_cluster(name))
+            .await
+            .unwrap();
+        assert_eq!(pending(&created), restores, "{name}");
+    }
+    let restored = wait_restored(&env.clusters(), "named").await;
+    assert_eq!(status_of(&restored), Some(&saved()));
 
     // The namespace opens restores to every creator. The cache learns it from the watch: the
     // tenant retries until its create comes back pending.

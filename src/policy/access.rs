@@ -65,6 +65,11 @@ impl AccessChecker {
     }
 
     /// May `user` update `<resource>/status` of the object `namespace/name` in `group`?
+    ///
+    /// First asked for every object of the resource in the namespace (an empty name, which
+    /// authorizers read as "all"): that answer serves every object the creator makes there
+    /// while it is cached. Only when it is not "allowed" is the object itself asked about,
+    /// for rights limited to some names (RBAC `resourceNames`).
     pub async fn may_write_status(
         &self,
         user: &UserInfo,
@@ -73,7 +78,7 @@ impl AccessChecker {
         namespace: Option<&str>,
         name: &str,
     ) -> Access {
-        let question = Question {
+        let any = Question {
             user: user.username.clone().unwrap_or_default(),
             uid: user.uid.clone().unwrap_or_default(),
             groups: user.groups.clone().unwrap_or_default(),
@@ -81,16 +86,45 @@ impl AccessChecker {
             group: group.to_owned(),
             resource: resource.to_owned(),
             namespace: namespace.unwrap_or_default().to_owned(),
-            name: name.to_owned(),
+            name: String::new(),
         };
-        if let Some(allowed) = self.cached(&question) {
-            self.metrics.access_check(outcome(allowed), true);
-            return if allowed {
-                Access::Allowed
-            } else {
-                Access::Denied
-            };
+        let this = Question {
+            name: name.to_owned(),
+            ..any.clone()
+        };
+        let deadline = Instant::now() + self.timeout;
+        let known_for_any = self.cached(&any);
+        if known_for_any == Some(true) {
+            return self.answered(true, true);
         }
+        if let Some(allowed) = self.cached(&this) {
+            return self.answered(allowed, true);
+        }
+        if known_for_any.is_none() {
+            match self.ask(&any, deadline).await {
+                Ok(true) => return self.answered(true, false),
+                Ok(false) => {}
+                Err(reason) => return Access::Unknown(reason),
+            }
+        }
+        match self.ask(&this, deadline).await {
+            Ok(allowed) => self.answered(allowed, false),
+            Err(reason) => Access::Unknown(reason),
+        }
+    }
+
+    /// Counts an answer and gives it.
+    fn answered(&self, allowed: bool, cached: bool) -> Access {
+        self.metrics.access_check(outcome(allowed), cached);
+        if allowed {
+            Access::Allowed
+        } else {
+            Access::Denied
+        }
+    }
+
+    /// Asks the API server, by `deadline`, and remembers the answer.
+    async fn ask(&self, question: &Question, deadline: Instant) -> Result<bool, String> {
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(question.user.clone()),
@@ -102,8 +136,8 @@ impl AccessChecker {
                     resource: Some(question.resource.clone()),
                     subresource: Some("status".into()),
                     verb: Some("update".into()),
-                    namespace: namespace.map(str::to_owned),
-                    name: Some(question.name.clone()),
+                    namespace: Some(question.namespace.clone()).filter(|n| !n.is_empty()),
+                    name: Some(question.name.clone()).filter(|n| !n.is_empty()),
                     ..ResourceAttributes::default()
                 }),
                 ..SubjectAccessReviewSpec::default()
@@ -112,26 +146,21 @@ impl AccessChecker {
         };
         let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
         let params = PostParams::default();
-        let asked = tokio::time::timeout(self.timeout, api.create(&params, &review));
+        let asked = tokio::time::timeout_at(deadline, api.create(&params, &review));
         let answer = match asked.await {
             Ok(Ok(answer)) => answer,
             Ok(Err(error)) => {
                 self.metrics.access_check("failed", false);
-                return Access::Unknown(error_chain(&error));
+                return Err(error_chain(&error));
             }
             Err(_) => {
                 self.metrics.access_check("failed", false);
-                return Access::Unknown(format!("no answer within {:?}", self.timeout));
+                return Err(format!("no answer within {:?}", self.timeout));
             }
         };
         let allowed = answer.status.is_some_and(|s| s.allowed);
-        self.remember(question, allowed);
-        self.metrics.access_check(outcome(allowed), false);
-        if allowed {
-            Access::Allowed
-        } else {
-            Access::Denied
-        }
+        self.remember(question.clone(), allowed);
+        Ok(allowed)
     }
 
     fn cached(&self, question: &Question) -> Option<bool> {
