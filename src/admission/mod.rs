@@ -122,6 +122,13 @@ fn operation_label(op: &Operation) -> &'static str {
 
 type Answer = (Outcome, Vec<PatchOperation>);
 
+/// A review being answered, with the policy resolved for its object.
+#[derive(Clone, Copy)]
+struct Reviewed<'a> {
+    req: &'a AdmissionRequest<DynamicObject>,
+    policy: &'a Policy,
+}
+
 /// The webhook's shared state.
 pub struct Admission {
     store: Store,
@@ -186,7 +193,11 @@ impl Admission {
             policy: &resolved.policy,
         };
         let plan = plan::plan(req, &ctx);
-        let (outcome, ops) = match self.execute(req, plan, &resolved.policy).await {
+        let reviewed = Reviewed {
+            req,
+            policy: &resolved.policy,
+        };
+        let (outcome, ops) = match self.execute(reviewed, plan).await {
             Ok(done) => done,
             Err(error) => {
                 tracing::warn!(
@@ -250,17 +261,12 @@ impl Admission {
         });
     }
 
-    async fn execute(
-        &self,
-        req: &AdmissionRequest<DynamicObject>,
-        plan: Plan,
-        policy: &Policy,
-    ) -> Result<Answer, StoreError> {
+    async fn execute(&self, reviewed: Reviewed<'_>, plan: Plan) -> Result<Answer, StoreError> {
         match plan {
             Plan::Skip(skip) => Ok((Outcome::Skipped(skip), Vec::new())),
             Plan::Record(write) => Ok((self.record(&write).await?, Vec::new())),
-            Plan::Create(check) => self.create(req, check, policy).await,
-            Plan::PendingStatusWrite(write) => self.merge_pending(write, policy).await,
+            Plan::Create(check) => self.create(reviewed, check).await,
+            Plan::PendingStatusWrite(write) => self.merge_pending(write, reviewed.policy).await,
             Plan::Expire {
                 identity,
                 retention,
@@ -289,15 +295,14 @@ impl Admission {
         })
     }
 
-    /// Whether the creator in `req` may get the saved status of `check` back: anyone when
-    /// the policy opens restores to creators, otherwise only a user who may update the
-    /// object's status.
+    /// Whether the creator may get the saved status of `check` back: anyone when the policy
+    /// opens restores to creators, otherwise only a user who may update the object's status.
     async fn may_restore(
         &self,
-        req: &AdmissionRequest<DynamicObject>,
+        reviewed: Reviewed<'_>,
         check: &CreateCheck,
-        policy: &Policy,
     ) -> Result<(), Outcome> {
+        let Reviewed { req, policy } = reviewed;
         if policy.restore_for == RestoreFor::Creators {
             return Ok(());
         }
@@ -334,17 +339,17 @@ impl Admission {
     /// pending and queueing a job.
     async fn create(
         &self,
-        req: &AdmissionRequest<DynamicObject>,
+        reviewed: Reviewed<'_>,
         check: CreateCheck,
-        policy: &Policy,
     ) -> Result<Answer, StoreError> {
+        let Reviewed { req, policy } = reviewed;
         let budget = self.settings.redis_timeout;
         let Some(record) = self.store.get(&check.identity, budget).await? else {
             // Nothing is recorded on create: the create may still fail, and the first update
             // or the delete records what the API server kept.
             return Ok((Outcome::NoRecord, Vec::new()));
         };
-        if let Err(outcome) = self.may_restore(req, &check, policy).await {
+        if let Err(outcome) = self.may_restore(reviewed, &check).await {
             return Ok((outcome, Vec::new()));
         }
 
