@@ -2,8 +2,10 @@
 //!
 //! Logs name objects by identity and requests by uid; they never contain objects or status
 //! contents. Each concern owns its metric group (`AdmissionMetrics`, `StoreMetrics`,
-//! `RestoreMetrics`, `CertMetrics`) with a `register` function and recording methods; this
-//! module holds the registry they register into and the histogram shapes they share.
+//! `RestoreMetrics`, `CertMetrics`, `PolicyMetrics`, `ServerMetrics`), declared with
+//! [`metric_group!`], which gives it a `register` function; the group adds its recording
+//! methods. This module holds the registry they register into and the histogram shapes they
+//! share.
 
 use std::{fmt::Debug, hash::Hash, io::IsTerminal, sync::atomic::AtomicI64};
 
@@ -96,11 +98,41 @@ pub fn encode(registry: &Registry) -> String {
     out
 }
 
+/// What a metric group's module uses, in one import: `use crate::telemetry::group::*;`.
+pub(crate) mod group {
+    pub(crate) use prometheus_client::{
+        encoding::EncodeLabelSet,
+        metrics::{counter::Counter, family::Family, histogram::Histogram},
+    };
+
+    pub(crate) use super::{
+        HistogramFamily, IntGauge, ReasonCounters, count_reason, latency_histogram, metric_group,
+        slow_histogram,
+    };
+}
+
+/// A gauge of whole numbers.
+pub type IntGauge = Gauge<i64, AtomicI64>;
+
+/// Counters by `reason`, the label set several groups share.
+pub type ReasonCounters = Family<ReasonLabels, Counter>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Counts one of `reason` in `counters`.
+pub fn count_reason(counters: &ReasonCounters, reason: &'static str) {
+    counters.get_or_create(&ReasonLabels { reason }).inc();
+}
+
 /// A family of histograms with one shape.
 pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Makes metrics and registers them in one step, so a metric group builds each of its fields
-/// with one call: `requests: r.counters("admission_requests", "Reviews answered")`.
+/// with one call: `requests: r.family("admission_requests", "Reviews answered")`. Groups
+/// declare their fields with [`metric_group!`], which calls it.
 pub struct Registrar<'a> {
     registry: &'a mut Registry,
 }
@@ -120,24 +152,18 @@ impl<'a> Registrar<'a> {
         self.add(name, help, Counter::default())
     }
 
-    /// Counters by label set `L`.
-    pub fn counters<L>(&mut self, name: &str, help: &str) -> Family<L, Counter>
+    /// Metrics of kind `M` (counters, gauges) by label set `L`.
+    pub fn family<L, M>(&mut self, name: &str, help: &str) -> Family<L, M>
     where
         L: Clone + Hash + Eq + EncodeLabelSet + Debug + Send + Sync + 'static,
+        M: Default + Debug + Send + Sync + 'static,
+        Family<L, M>: Metric,
     {
         self.add(name, help, Family::default())
     }
 
-    pub fn gauge(&mut self, name: &str, help: &str) -> Gauge<i64, AtomicI64> {
+    pub fn gauge(&mut self, name: &str, help: &str) -> IntGauge {
         self.add(name, help, Gauge::default())
-    }
-
-    /// Gauges by label set `L`.
-    pub fn gauges<L>(&mut self, name: &str, help: &str) -> Family<L, Gauge<i64, AtomicI64>>
-    where
-        L: Clone + Hash + Eq + EncodeLabelSet + Debug + Send + Sync + 'static,
-    {
-        self.add(name, help, Family::default())
     }
 
     /// A histogram with the buckets `shape` makes.
@@ -158,6 +184,42 @@ impl<'a> Registrar<'a> {
         self.add(name, help, Family::new_with_constructor(shape))
     }
 }
+
+/// Declares a metric group: a struct with one field per metric, and a `register` function
+/// that makes each field with the [`Registrar`] method named after its `=` and registers it.
+/// Each metric's type, name and help stand together, once:
+///
+/// ```ignore
+/// metric_group! {
+///     #[derive(Clone)]
+///     pub struct ExampleMetrics {
+///         requests: Family<Labels, Counter> = family("example_requests", "Requests, by outcome"),
+///         latency: Histogram = histogram("example_seconds", "Time taken", latency_histogram),
+///     }
+/// }
+/// ```
+macro_rules! metric_group {
+    (
+        $(#[$attr:meta])*
+        $vis:vis struct $group:ident {
+            $( $field:ident : $ty:ty = $make:ident ( $($arg:expr),+ $(,)? ) ),+ $(,)?
+        }
+    ) => {
+        $(#[$attr])*
+        $vis struct $group {
+            $( $field: $ty, )+
+        }
+
+        impl $group {
+            /// Makes every metric of the group and registers it in `registry`.
+            pub fn register(registry: &mut ::prometheus_client::registry::Registry) -> Self {
+                let mut r = $crate::telemetry::Registrar::new(registry);
+                Self { $( $field: r.$make($($arg),+), )+ }
+            }
+        }
+    };
+}
+pub(crate) use metric_group;
 
 /// Request-sized latencies: 250 µs .. ~8 s.
 pub fn latency_histogram() -> Histogram {

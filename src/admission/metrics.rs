@@ -2,62 +2,20 @@
 
 use std::time::Duration;
 
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
-    registry::Registry,
-};
+use crate::telemetry::group::*;
 
-use crate::telemetry::{HistogramFamily, Registrar, latency_histogram};
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AnsweredLabels {
-    operation: &'static str,
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OperationLabels {
-    operation: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
-}
-
-#[derive(Clone)]
-pub struct AdmissionMetrics {
-    requests: Family<AnsweredLabels, Counter>,
-    duration: HistogramFamily<OperationLabels>,
-    invalid: Family<ReasonLabels, Counter>,
-    jobs_enqueued: Counter,
+metric_group! {
+    /// Reviews answered and their latency by operation; bodies refused; jobs queued.
+    #[derive(Clone)]
+    pub struct AdmissionMetrics {
+        requests: Family<AnsweredLabels, Counter> = family("admission_requests", "Admission reviews answered, by operation and outcome"),
+        duration: HistogramFamily<OperationLabels> = histograms("admission_duration_seconds", "Time to answer an admission review, by operation", latency_histogram),
+        invalid: ReasonCounters = family("admission_invalid_requests", "Requests to /mutate answered 4xx because the body was not a usable AdmissionReview"),
+        jobs_enqueued: Counter = counter("restore_jobs_enqueued", "Restore jobs added to the queue by the webhook"),
+    }
 }
 
 impl AdmissionMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let r = &mut Registrar::new(registry);
-        Self {
-            requests: r.counters(
-                "admission_requests",
-                "Admission reviews answered, by operation and outcome",
-            ),
-            duration: r.histograms(
-                "admission_duration_seconds",
-                "Time to answer an admission review, by operation",
-                latency_histogram,
-            ),
-            invalid: r.counters(
-                "admission_invalid_requests",
-                "Requests to /mutate answered 4xx because the body was not a usable AdmissionReview",
-            ),
-            jobs_enqueued: r.counter(
-                "restore_jobs_enqueued",
-                "Restore jobs added to the queue by the webhook",
-            ),
-        }
-    }
-
     /// A review of `operation` answered with `outcome` after `elapsed`.
     pub fn answered(&self, operation: &'static str, outcome: &'static str, elapsed: Duration) {
         self.requests
@@ -70,12 +28,23 @@ impl AdmissionMetrics {
 
     /// A body refused before it became a review.
     pub fn invalid(&self, reason: &'static str) {
-        self.invalid.get_or_create(&ReasonLabels { reason }).inc();
+        count_reason(&self.invalid, reason);
     }
 
     pub fn job_enqueued(&self) {
         self.jobs_enqueued.inc();
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnsweredLabels {
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
 }
 
 #[cfg(test)]

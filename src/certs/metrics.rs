@@ -1,44 +1,20 @@
 //! Metrics of the certificates: when each expires, and how often each was replaced.
 
-use std::sync::atomic::AtomicI64;
-
 use jiff::Timestamp;
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
-};
 
-use crate::telemetry::Registrar;
+use crate::telemetry::group::*;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CertificateLabels {
-    certificate: &'static str,
-}
-
-/// `certificate` is `serving` (what the webhook listener serves) or `ca` (the self-managed CA
-/// that signs it).
-#[derive(Clone, Debug)]
-pub struct CertMetrics {
-    expiry: Family<CertificateLabels, Gauge<i64, AtomicI64>>,
-    rotations: Family<CertificateLabels, Counter>,
+metric_group! {
+    /// `certificate` is `serving` (what the webhook listener serves), `ca` (the self-managed
+    /// CA that signs it) or `client_ca` (the CA that callers' certificates must chain to).
+    #[derive(Clone, Debug)]
+    pub struct CertMetrics {
+        expiry: Family<CertificateLabels, IntGauge> = family("certificate_expiry_timestamp_seconds", "When the certificate expires, in seconds since the Unix epoch, by certificate (serving, ca, client_ca)"),
+        rotations: Family<CertificateLabels, Counter> = family("certificate_rotations", "Certificates replaced while running, by certificate (serving, ca, client_ca)"),
+    }
 }
 
 impl CertMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let mut r = Registrar::new(registry);
-        Self {
-            expiry: r.gauges(
-                "certificate_expiry_timestamp_seconds",
-                "When the certificate expires, in seconds since the Unix epoch, by certificate (serving, ca)",
-            ),
-            rotations: r.counters(
-                "certificate_rotations",
-                "Certificates replaced while running, by certificate (serving, ca)",
-            ),
-        }
-    }
-
     /// `certificate` now expires at `not_after`.
     pub fn expires(&self, certificate: &'static str, not_after: Timestamp) {
         self.expiry
@@ -52,4 +28,9 @@ impl CertMetrics {
             .get_or_create(&CertificateLabels { certificate })
             .inc();
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    certificate: &'static str,
 }

@@ -1,52 +1,20 @@
 //! Metrics of policy resolution: invalid annotations, and the checks of who may get a
 //! status back.
 
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
-    registry::Registry,
-};
-
 use super::Level;
-use crate::telemetry::Registrar;
+use crate::telemetry::group::*;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct LevelLabels {
-    level: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AccessLabels {
-    outcome: &'static str,
-    cached: &'static str,
-}
-
-#[derive(Clone, Debug)]
-pub struct PolicyMetrics {
-    invalid_reviews: Family<LevelLabels, Counter>,
-    invalid_seen: Family<LevelLabels, Counter>,
-    access_checks: Family<AccessLabels, Counter>,
+metric_group! {
+    /// Invalid policy annotations by level; access checks by outcome.
+    #[derive(Clone, Debug)]
+    pub struct PolicyMetrics {
+        invalid_reviews: Family<LevelLabels, Counter> = family("policy_invalid_annotations", "Reviews whose policy annotations at a level were invalid (that level was skipped), by level"),
+        invalid_seen: Family<LevelLabels, Counter> = family("policy_invalid_annotations_reported", "Objects newly seen with an invalid policy annotation (an InvalidPolicyAnnotation Event), by level"),
+        access_checks: Family<AccessLabels, Counter> = family("access_checks", "Checks that a creator may update <resource>/status before a restore, by outcome (allowed, denied, failed) and whether the answer was cached"),
+    }
 }
 
 impl PolicyMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let mut r = Registrar::new(registry);
-        Self {
-            invalid_reviews: r.counters(
-                "policy_invalid_annotations",
-                "Reviews whose policy annotations at a level were invalid (that level was skipped), by level",
-            ),
-            invalid_seen: r.counters(
-                "policy_invalid_annotations_reported",
-                "Objects newly seen with an invalid policy annotation (an InvalidPolicyAnnotation Event), by level",
-            ),
-            access_checks: r.counters(
-                "access_checks",
-                "Checks that a creator may update <resource>/status before a restore, by outcome (allowed, denied, failed) and whether the answer was cached",
-            ),
-        }
-    }
-
     /// A review skipped the annotations of `level`.
     pub fn invalid_annotation(&self, level: Level) {
         self.invalid_reviews
@@ -72,6 +40,17 @@ impl PolicyMetrics {
             .get_or_create(&AccessLabels { outcome, cached })
             .inc();
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LevelLabels {
+    level: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccessLabels {
+    outcome: &'static str,
+    cached: &'static str,
 }
 
 #[cfg(test)]

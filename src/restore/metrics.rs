@@ -1,56 +1,21 @@
 //! Metrics of the restore worker: jobs by outcome, create-to-restored latency, the queue.
 
-use std::{sync::atomic::AtomicI64, time::Duration};
+use std::time::Duration;
 
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
-    registry::Registry,
-};
+use crate::telemetry::group::*;
 
-use crate::telemetry::{Registrar, slow_histogram};
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: &'static str,
-}
-
-#[derive(Clone)]
-pub struct RestoreMetrics {
-    restores: Family<OutcomeLabels, Counter>,
-    latency: Histogram,
-    queue_depth: Gauge<i64, AtomicI64>,
-    dead_letters: Counter,
+metric_group! {
+    /// Jobs by outcome, create-to-restored latency, queue depth, dead letters.
+    #[derive(Clone)]
+    pub struct RestoreMetrics {
+        restores: Family<OutcomeLabels, Counter> = family("restores", "Restore jobs finished, by outcome (restored, already_restored, already_exists, expired, gone, no_record, failed, dead_lettered)"),
+        latency: Histogram = histogram("restore_latency_seconds", "Time from the CREATE admission to the restored status", slow_histogram),
+        queue_depth: IntGauge = gauge("restore_queue_depth", "Restore jobs in the queue (waiting or in progress)"),
+        dead_letters: Counter = counter("restore_dead_letters", "Restore jobs moved to the dead-letter stream"),
+    }
 }
 
 impl RestoreMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let r = &mut Registrar::new(registry);
-        let restores = r.counters(
-            "restores",
-            "Restore jobs finished, by outcome (restored, already_restored, already_exists, expired, gone, no_record, failed, dead_lettered)",
-        );
-        let latency = r.histogram(
-            "restore_latency_seconds",
-            "Time from the CREATE admission to the restored status",
-            slow_histogram,
-        );
-        let queue_depth = r.gauge(
-            "restore_queue_depth",
-            "Restore jobs in the queue (waiting or in progress)",
-        );
-        let dead_letters = r.counter(
-            "restore_dead_letters",
-            "Restore jobs moved to the dead-letter stream",
-        );
-        Self {
-            restores,
-            latency,
-            queue_depth,
-            dead_letters,
-        }
-    }
-
     /// A job finished with `outcome`.
     pub fn finished(&self, outcome: &'static str) {
         self.restores
@@ -73,6 +38,11 @@ impl RestoreMetrics {
         self.queue_depth
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
 }
 
 #[cfg(test)]

@@ -1,20 +1,7 @@
 //! Metrics of the webhook listener: refused TLS handshakes, connections, and requests
 //! refused before they reach the handler.
 
-use std::sync::atomic::AtomicI64;
-
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
-};
-
-use crate::telemetry::Registrar;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
-}
+use crate::telemetry::group::*;
 
 /// Why a TLS handshake failed: the `reason` label of `restatus_tls_handshake_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,57 +50,22 @@ pub enum Refused {
     BodyTimeout,
 }
 
-#[derive(Clone, Debug)]
-pub struct ServerMetrics {
-    handshake_failures: Family<ReasonLabels, Counter>,
-    connections: Gauge<i64, AtomicI64>,
-    connections_limit: Gauge<i64, AtomicI64>,
-    connections_refused: Counter,
-    connections_closed: Family<ReasonLabels, Counter>,
-    requests_refused: Family<ReasonLabels, Counter>,
-    body_bytes: Gauge<i64, AtomicI64>,
-    body_bytes_limit: Gauge<i64, AtomicI64>,
+metric_group! {
+    /// Handshakes refused, connections open and closed, requests refused, body bytes held.
+    #[derive(Clone, Debug)]
+    pub struct ServerMetrics {
+        connections_refused: Counter = counter("webhook_connections_refused", "Webhook connections closed as soon as they were accepted, because --max-connections were open"),
+        handshake_failures: ReasonCounters = family("tls_handshake_failures", "TLS handshakes of the webhook listener that failed, by reason (no_client_certificate, untrusted_client_certificate, server_certificate_rejected, timeout, other)"),
+        connections_closed: ReasonCounters = family("webhook_connections_closed", "Webhook connections restatus closed, by reason (idle: no request for --idle-timeout; header_read: HTTP/1.1 headers not complete within --header-read-timeout)"),
+        requests_refused: ReasonCounters = family("webhook_requests_refused", "Requests answered before reaching the handler, by reason (body_budget: 503, no room within --max-inflight-body-bytes; body_timeout: 408, body not complete within --body-read-timeout)"),
+        connections: IntGauge = gauge("webhook_connections", "Webhook connections open, TLS handshakes in progress included"),
+        connections_limit: IntGauge = gauge("webhook_connections_limit", "Webhook connections allowed open at once (--max-connections)"),
+        body_bytes: IntGauge = gauge("webhook_body_bytes_in_flight", "Bytes of request bodies held at once across webhook connections"),
+        body_bytes_limit: IntGauge = gauge("webhook_body_bytes_limit", "Bytes of request bodies allowed at once (--max-inflight-body-bytes)"),
+    }
 }
 
 impl ServerMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let mut r = Registrar::new(registry);
-        Self {
-            handshake_failures: r.counters(
-                "tls_handshake_failures",
-                "TLS handshakes of the webhook listener that failed, by reason (no_client_certificate, untrusted_client_certificate, server_certificate_rejected, timeout, other)",
-            ),
-            connections: r.gauge(
-                "webhook_connections",
-                "Webhook connections open, TLS handshakes in progress included",
-            ),
-            connections_limit: r.gauge(
-                "webhook_connections_limit",
-                "Webhook connections allowed open at once (--max-connections)",
-            ),
-            connections_refused: r.counter(
-                "webhook_connections_refused",
-                "Webhook connections closed as soon as they were accepted, because --max-connections were open",
-            ),
-            connections_closed: r.counters(
-                "webhook_connections_closed",
-                "Webhook connections restatus closed, by reason (idle: no request for --idle-timeout; header_read: HTTP/1.1 headers not complete within --header-read-timeout)",
-            ),
-            requests_refused: r.counters(
-                "webhook_requests_refused",
-                "Requests answered before reaching the handler, by reason (body_budget: 503, no room within --max-inflight-body-bytes; body_timeout: 408, body not complete within --body-read-timeout)",
-            ),
-            body_bytes: r.gauge(
-                "webhook_body_bytes_in_flight",
-                "Bytes of request bodies held at once across webhook connections",
-            ),
-            body_bytes_limit: r.gauge(
-                "webhook_body_bytes_limit",
-                "Bytes of request bodies allowed at once (--max-inflight-body-bytes)",
-            ),
-        }
-    }
-
     /// The limits the listener runs with, for ratios in dashboards and alerts.
     pub(super) fn limits(&self, connections: usize, body_bytes: usize) {
         self.connections_limit.set(saturating_i64(connections));
@@ -121,7 +73,7 @@ impl ServerMetrics {
     }
 
     pub(super) fn handshake_failed(&self, failure: HandshakeFailure) {
-        count(&self.handshake_failures, failure.label());
+        count_reason(&self.handshake_failures, failure.label());
     }
 
     /// A connection was accepted; it counts as open until the guard is dropped.
@@ -139,7 +91,7 @@ impl ServerMetrics {
             Closed::Idle => "idle",
             Closed::HeaderRead => "header_read",
         };
-        count(&self.connections_closed, reason);
+        count_reason(&self.connections_closed, reason);
     }
 
     pub(super) fn request_refused(&self, why: Refused) {
@@ -147,7 +99,7 @@ impl ServerMetrics {
             Refused::BodyBudget => "body_budget",
             Refused::BodyTimeout => "body_timeout",
         };
-        count(&self.requests_refused, reason);
+        count_reason(&self.requests_refused, reason);
     }
 
     pub(super) fn body_bytes_held(&self, bytes: usize) {
@@ -159,16 +111,12 @@ impl ServerMetrics {
     }
 }
 
-fn count(family: &Family<ReasonLabels, Counter>, reason: &'static str) {
-    family.get_or_create(&ReasonLabels { reason }).inc();
-}
-
 fn saturating_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// An open connection in `restatus_webhook_connections`.
-pub(super) struct OpenConnection(Gauge<i64, AtomicI64>);
+pub(super) struct OpenConnection(IntGauge);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {

@@ -2,57 +2,21 @@
 
 use std::time::Duration;
 
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
-    registry::Registry,
-};
-
 use super::WriteOutcome;
-use crate::telemetry::{HistogramFamily, Registrar, latency_histogram};
+use crate::telemetry::group::*;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CommandLabels {
-    command: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
-}
-
-/// Redis latency and errors by command; records written and skipped.
-#[derive(Clone)]
-pub struct StoreMetrics {
-    redis_errors: Family<CommandLabels, Counter>,
-    redis_duration: HistogramFamily<CommandLabels>,
-    records_written: Counter,
-    records_skipped: Family<ReasonLabels, Counter>,
+metric_group! {
+    /// Redis latency and errors by command; records written and skipped.
+    #[derive(Clone)]
+    pub struct StoreMetrics {
+        redis_duration: HistogramFamily<CommandLabels> = histograms("redis_duration_seconds", "Latency of Redis calls, by command", latency_histogram),
+        redis_errors: Family<CommandLabels, Counter> = family("redis_errors", "Redis calls that failed or ran out of time, by command"),
+        records_written: Counter = counter("records_written", "Status records written to the store"),
+        records_skipped: ReasonCounters = family("records_skipped", "Status records not written, by reason (unchanged, stale)"),
+    }
 }
 
 impl StoreMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let mut r = Registrar::new(registry);
-        let redis_errors = r.counters(
-            "redis_errors",
-            "Redis calls that failed or ran out of time, by command",
-        );
-        let redis_duration = r.histograms(
-            "redis_duration_seconds",
-            "Latency of Redis calls, by command",
-            latency_histogram,
-        );
-        Self {
-            redis_errors,
-            redis_duration,
-            records_written: r.counter("records_written", "Status records written to the store"),
-            records_skipped: r.counters(
-                "records_skipped",
-                "Status records not written, by reason (unchanged, stale)",
-            ),
-        }
-    }
-
     /// One Redis call of `command` that took `elapsed` and succeeded or not.
     pub fn redis_call(&self, command: &'static str, elapsed: Duration, ok: bool) {
         let labels = CommandLabels { command };
@@ -74,10 +38,13 @@ impl StoreMetrics {
             WriteOutcome::Unchanged => "unchanged",
             WriteOutcome::Stale => "stale",
         };
-        self.records_skipped
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
+        count_reason(&self.records_skipped, reason);
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    command: &'static str,
 }
 
 #[cfg(test)]
