@@ -25,12 +25,12 @@ use kube::{
 };
 use restatus::{
     certs::Validity,
-    policy::{ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT, status_of},
+    policy::status_of,
     store::{KeySchema, ObjectIdentity},
 };
 use serde_json::{Value, json};
 use support::{
-    cluster::{self, WAIT, kubernetes_cluster, patch_status},
+    cluster::{self, WAIT, kubernetes_cluster, patch_status, wait_restored},
     eventually, free_port,
     helm::{self, Output},
     identity,
@@ -710,13 +710,7 @@ async fn the_chart_runs_restatus_under_its_service_account_with_self_managed_cer
     api.create(&PostParams::default(), &kubernetes_cluster("charted"))
         .await
         .unwrap();
-    let restored = eventually(WAIT, "the status to come back", || async {
-        let obj = api.get_opt("charted").await.ok()??;
-        let a = obj.annotations();
-        (a.contains_key(ANNOTATION_RESTORED_AT) && !a.contains_key(ANNOTATION_RESTORE))
-            .then_some(obj)
-    })
-    .await;
+    let restored = wait_restored(&api, "charted").await;
     assert_eq!(status_of(&restored), Some(&saved));
     let log = env.restatus.log_text();
     assert!(

@@ -74,17 +74,6 @@ impl ProjectedVolume {
     }
 }
 
-/// The review must be answered `allowed`.
-async fn served(client: &TlsClient, r: &Restatus, review: &Value) {
-    let resp = client
-        .post(&r.mutate_url(), review.to_string())
-        .await
-        .expect("the review is served");
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    let answer: Value = serde_json::from_str(&resp.body).unwrap();
-    assert_eq!(answer["response"]["allowed"], true, "{}", resp.body);
-}
-
 /// The review must fail: the connection is refused during the TLS handshake.
 async fn refused(client: &TlsClient, r: &Restatus, review: &Value) -> String {
     match client.post(&r.mutate_url(), review.to_string()).await {
@@ -155,7 +144,8 @@ async fn only_callers_with_a_certificate_from_the_client_ca_are_served_and_the_c
     assert!(handshake_failures(&r, "untrusted_client_certificate").await >= 1.0);
 
     for alpn in [Alpn::Http2, Alpn::Http1] {
-        served(&with_cert(&r, alpn, &old_client), &r, &review).await;
+        r.review_allowed(&with_cert(&r, alpn, &old_client), &review)
+            .await;
     }
     assert!(
         redis.hgetall(&key).await.contains_key("status"),
@@ -193,7 +183,8 @@ async fn only_callers_with_a_certificate_from_the_client_ca_are_served_and_the_c
         },
     )
     .await;
-    served(&with_cert(&r, Alpn::Http2, &new_client), &r, &review).await;
+    r.review_allowed(&with_cert(&r, Alpn::Http2, &new_client), &review)
+        .await;
     refused(&with_cert(&r, Alpn::Http2, &old_client), &r, &review).await;
 
     // Every refused handshake is logged at debug level with the peer; warnings are at most one

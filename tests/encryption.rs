@@ -7,13 +7,13 @@ mod support;
 
 use kube::{ResourceExt, api::PostParams};
 use restatus::{
-    policy::{ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT, status_of},
+    policy::{ANNOTATION_RESTORE, status_of},
     store::{KeySchema, ObjectIdentity},
 };
 use serde_json::json;
 use support::{
-    cluster::{Env, EnvOptions, WAIT, kubernetes_cluster},
-    eventually, fixture,
+    cluster::{Env, EnvOptions, kubernetes_cluster, wait_restored},
+    fixture,
     http::{Alpn, TlsClient},
     redis::RedisServer,
     restatus::{Options, Restatus},
@@ -124,12 +124,6 @@ async fn a_record_sealed_under_the_old_key_is_restored_after_a_rotation() {
     let _worker = env
         .start_replica("rotated", &["--encryption-key-file", &rotated])
         .await;
-    let restored = eventually(WAIT, "the sealed status to be restored", || async {
-        let obj = api.get_opt("sealed").await.ok()??;
-        let a = obj.annotations();
-        (a.contains_key(ANNOTATION_RESTORED_AT) && !a.contains_key(ANNOTATION_RESTORE))
-            .then_some(obj)
-    })
-    .await;
+    let restored = wait_restored(&api, "sealed").await;
     assert_eq!(status_of(&restored), Some(&saved));
 }

@@ -134,6 +134,10 @@ async fn sample(r: &Restatus, name: &str) -> f64 {
     r.metric(name).await
 }
 
+async fn assert_sample(r: &Restatus, name: &str, want: f64) {
+    assert_eq!(sample(r, name).await, want, "{name}");
+}
+
 /// Waits until the gauge `restatus_webhook_connections` reads at least `n`.
 async fn connections_open(r: &Restatus, n: f64) {
     support::eventually(
@@ -183,31 +187,25 @@ async fn connections_that_never_send_a_request_are_closed() {
         "idle counts from the end of the last request ({last_request:?})"
     );
 
-    assert_eq!(
-        sample(
-            &r,
-            "restatus_tls_handshake_failures_total{reason=\"timeout\"}"
-        )
-        .await,
-        1.0
-    );
-    assert_eq!(
-        sample(
-            &r,
-            "restatus_webhook_connections_closed_total{reason=\"header_read\"}"
-        )
-        .await,
-        1.0
-    );
-    assert_eq!(
-        sample(
-            &r,
-            "restatus_webhook_connections_closed_total{reason=\"idle\"}"
-        )
-        .await,
-        2.0
-    );
-    assert_eq!(sample(&r, "restatus_webhook_connections").await, 0.0);
+    assert_sample(
+        &r,
+        "restatus_tls_handshake_failures_total{reason=\"timeout\"}",
+        1.0,
+    )
+    .await;
+    assert_sample(
+        &r,
+        "restatus_webhook_connections_closed_total{reason=\"header_read\"}",
+        1.0,
+    )
+    .await;
+    assert_sample(
+        &r,
+        "restatus_webhook_connections_closed_total{reason=\"idle\"}",
+        2.0,
+    )
+    .await;
+    assert_sample(&r, "restatus_webhook_connections", 0.0).await;
 }
 
 /// The headers of a request, long enough that sending them a byte at a time takes seconds.
@@ -245,14 +243,12 @@ async fn a_slow_loris_is_cut_off() {
         sent < head.len(),
         "all {sent} bytes of the headers went through"
     );
-    assert_eq!(
-        sample(
-            &r,
-            "restatus_webhook_connections_closed_total{reason=\"header_read\"}"
-        )
-        .await,
-        1.0
-    );
+    assert_sample(
+        &r,
+        "restatus_webhook_connections_closed_total{reason=\"header_read\"}",
+        1.0,
+    )
+    .await;
 
     // An HTTP/2 request whose body stops halfway is answered 408.
     let (mut send, _connection) = h2(&r).await;
@@ -271,14 +267,12 @@ async fn a_slow_loris_is_cut_off() {
         took >= Duration::from_millis(900),
         "answered after {took:?}"
     );
-    assert_eq!(
-        sample(
-            &r,
-            "restatus_webhook_requests_refused_total{reason=\"body_timeout\"}"
-        )
-        .await,
-        1.0
-    );
+    assert_sample(
+        &r,
+        "restatus_webhook_requests_refused_total{reason=\"body_timeout\"}",
+        1.0,
+    )
+    .await;
     // The connection goes on serving.
     timed_review(&mut send, &r).await;
     drop(tx);
@@ -300,7 +294,7 @@ async fn at_the_connection_cap_new_connections_are_closed_while_open_ones_are_se
     let took = closed(&mut tcp(&r).await, since, Duration::from_secs(5)).await;
     assert!(took < Duration::from_secs(1), "closed after {took:?}");
     assert!(sample(&r, "restatus_webhook_connections_refused_total").await >= 1.0);
-    assert_eq!(sample(&r, "restatus_webhook_connections_limit").await, 8.0);
+    assert_sample(&r, "restatus_webhook_connections_limit", 8.0).await;
 
     // The connection that holds a place is still served promptly.
     let took = timed_review(&mut send, &r).await;
@@ -434,14 +428,12 @@ async fn the_inflight_body_budget_answers_503_when_full() {
         resp.body
     );
     assert!(took < Duration::from_secs(2), "took {took:?}");
-    assert_eq!(
-        sample(
-            &r,
-            "restatus_webhook_requests_refused_total{reason=\"body_budget\"}"
-        )
-        .await,
-        1.0
-    );
+    assert_sample(
+        &r,
+        "restatus_webhook_requests_refused_total{reason=\"body_budget\"}",
+        1.0,
+    )
+    .await;
 
     // The two that hold room finish and are served; then the room is free again.
     for (tx, rest, answer) in held {

@@ -23,18 +23,6 @@ fn key(r: &Restatus) -> String {
     KeySchema::new(&r.key_prefix, "default").record(&kc())
 }
 
-async fn allowed(client: &TlsClient, r: &Restatus, review: &Value) -> support::http::Response {
-    let resp = client
-        .post(&r.mutate_url(), review.to_string())
-        .await
-        .expect("POST /mutate");
-    assert_eq!(resp.status, 200, "{}", resp.body);
-    let answer: Value = serde_json::from_str(&resp.body).unwrap();
-    assert_eq!(answer["response"]["allowed"], true, "{}", resp.body);
-    assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
-    resp
-}
-
 #[tokio::test]
 async fn https_with_the_generated_ca_over_http2_and_http1() {
     let redis = RedisServer::start().await;
@@ -44,7 +32,9 @@ async fn https_with_the_generated_ca_over_http2_and_http1() {
         (Alpn::Http1, http::Version::HTTP_11),
     ] {
         let client = TlsClient::new(&r.ca_file(), alpn);
-        let resp = allowed(&client, &r, &fixture("reviews/kc-update-status.json")).await;
+        let resp = r
+            .review_allowed(&client, &fixture("reviews/kc-update-status.json"))
+            .await;
         assert_eq!(resp.version, version, "{alpn:?}");
     }
     let rec = redis.hgetall(&key(&r)).await;
@@ -82,17 +72,15 @@ async fn records_deletes_with_expiry_and_ignores_dry_run_over_https() {
     let r = Restatus::start(Options::new(redis.url())).await;
     let client = TlsClient::new(&r.ca_file(), Alpn::Http2);
 
-    allowed(
-        &client,
-        &r,
-        &fixture("reviews/kc-update-status-dryrun.json"),
-    )
-    .await;
+    r.review_allowed(&client, &fixture("reviews/kc-update-status-dryrun.json"))
+        .await;
     assert!(redis.keys("*").await.is_empty(), "dry-run wrote something");
 
-    allowed(&client, &r, &fixture("reviews/kc-update-status.json")).await;
+    r.review_allowed(&client, &fixture("reviews/kc-update-status.json"))
+        .await;
     assert_eq!(redis.pttl(&key(&r)).await, -1);
-    allowed(&client, &r, &fixture("reviews/kc-delete.json")).await;
+    r.review_allowed(&client, &fixture("reviews/kc-delete.json"))
+        .await;
     let rec = redis.hgetall(&key(&r)).await;
     assert!(rec.contains_key("deletedAt"));
     assert!(
@@ -111,13 +99,13 @@ async fn redis_down_answers_allowed_within_the_budget_and_recording_resumes() {
     let r = Restatus::start(Options::new(redis.url())).await;
     let client = TlsClient::new(&r.ca_file(), Alpn::Http2);
     let mut rv = fixture("reviews/kc-update-status.json");
-    allowed(&client, &r, &rv).await;
+    r.review_allowed(&client, &rv).await;
 
     redis.stop();
     for i in 0..5 {
         rv["request"]["uid"] = json!(format!("down-{i}"));
         let start = Instant::now();
-        allowed(&client, &r, &rv).await;
+        r.review_allowed(&client, &rv).await;
         // The budget is 100 ms; the rest is TLS, HTTP and a loaded CI machine.
         assert!(
             start.elapsed() < Duration::from_millis(1000),
@@ -144,7 +132,7 @@ async fn redis_down_answers_allowed_within_the_budget_and_recording_resumes() {
         let rv = rv.clone();
         let (client, r, redis) = (&client, &r, &redis);
         async move {
-            allowed(client, r, &rv).await;
+            r.review_allowed(client, &rv).await;
             let rec = redis.hgetall(&key(r)).await;
             let status: Value = serde_json::from_str(rec.get("status")?).ok()?;
             (status["phase"] == "Recovered").then_some(())
@@ -161,11 +149,11 @@ async fn a_frozen_redis_costs_at_most_the_time_budget() {
     let r = Restatus::start(opts).await;
     let client = TlsClient::new(&r.ca_file(), Alpn::Http2);
     let rv = fixture("reviews/kc-update-status.json");
-    allowed(&client, &r, &rv).await;
+    r.review_allowed(&client, &rv).await;
 
     redis.pause();
     let start = Instant::now();
-    allowed(&client, &r, &rv).await;
+    r.review_allowed(&client, &rv).await;
     let took = start.elapsed();
     redis.resume();
     assert!(
@@ -204,7 +192,7 @@ async fn sigterm_lets_in_flight_reviews_finish() {
     let mut r = Restatus::start(opts).await;
     let client = TlsClient::new(&r.ca_file(), Alpn::Http2);
     let rv = fixture("reviews/kc-update-status.json");
-    allowed(&client, &r, &rv).await;
+    r.review_allowed(&client, &rv).await;
 
     // Freeze Redis so the next review waits inside restatus.
     redis.pause();
@@ -241,7 +229,8 @@ async fn sigterm_does_not_wait_for_idle_keep_alive_connections() {
     let mut r = Restatus::start(Options::new(redis.url())).await;
     // A client that keeps its HTTP/2 connection open, as the API server does.
     let client = TlsClient::new(&r.ca_file(), Alpn::Http2);
-    allowed(&client, &r, &fixture("reviews/kc-update-status.json")).await;
+    r.review_allowed(&client, &fixture("reviews/kc-update-status.json"))
+        .await;
     let start = Instant::now();
     r.send_sigterm();
     let status = r.wait_exit().expect("exit status");

@@ -34,15 +34,8 @@ async fn statuses_never_reach_the_logs_even_at_debug_level() {
     wait_restored(&env.clusters(), "logged").await;
 
     // A restored status the type no longer accepts: the API server's 422 quotes the value.
-    let api = env.api(&GUARDED);
-    api.create(&PostParams::default(), &GUARDED.object("refused"))
-        .await
-        .unwrap();
-    patch_status(&api, "refused", saved.clone()).await;
-    let id = env.identity(TestType::GROUP, GUARDED.plural, "refused");
-    env.wait_recorded(&id, &saved).await;
-    api.delete("refused", &Default::default()).await.unwrap();
-    env.wait_deletion_recorded(&id).await;
+    env.create_record_delete_of(&GUARDED, "refused", &saved)
+        .await;
     tighten_status_schema(
         &env,
         &GUARDED,
@@ -55,6 +48,7 @@ async fn statuses_never_reach_the_logs_even_at_debug_level() {
         json!({"port": "x"}),
     )
     .await;
+    let api = env.api(&GUARDED);
     api.create(&PostParams::default(), &GUARDED.object("refused"))
         .await
         .unwrap();

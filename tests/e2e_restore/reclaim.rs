@@ -3,10 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use kube::{
-    ResourceExt,
-    api::{Patch, PatchParams, PostParams},
-};
+use kube::{ResourceExt, api::PostParams};
 use restatus::policy::{ANNOTATION_RESTORE, RESTORE_FAILED, status_of};
 use serde_json::json;
 
@@ -125,22 +122,8 @@ const STRICT: TestType = TestType::namespaced("strictclusters", "StrictCluster")
 #[tokio::test]
 async fn a_saved_status_the_type_no_longer_accepts_is_dead_lettered_and_reported() {
     let env = Env::start(EnvOptions::with_types(&[STRICT])).await;
-    let api = env.api(&STRICT);
-    api.create(&PostParams::default(), &STRICT.object("strict"))
-        .await
-        .unwrap();
     let saved = json!({"port": "https", "endpoint": "203.0.113.9"});
-    api.patch_status(
-        "strict",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": saved})),
-    )
-    .await
-    .unwrap();
-    let id = env.identity(TestType::GROUP, STRICT.plural, "strict");
-    env.wait_recorded(&id, &saved).await;
-    api.delete("strict", &Default::default()).await.unwrap();
-    env.wait_deletion_recorded(&id).await;
+    env.create_record_delete_of(&STRICT, "strict", &saved).await;
 
     // The type's schema is tightened meanwhile: status.port must now be an integer.
     tighten_status_schema(
@@ -155,6 +138,7 @@ async fn a_saved_status_the_type_no_longer_accepts_is_dead_lettered_and_reported
     )
     .await;
 
+    let api = env.api(&STRICT);
     api.create(&PostParams::default(), &STRICT.object("strict"))
         .await
         .unwrap();

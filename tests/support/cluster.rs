@@ -689,11 +689,35 @@ impl Env {
         api.create(&PostParams::default(), &kubernetes_cluster(name))
             .await
             .unwrap();
-        patch_status(&api, name, status.clone()).await;
-        let id = self.kc_id(name);
-        self.wait_recorded(&id, &kept_by_default(status)).await;
-        api.delete(name, &DeleteParams::default()).await.unwrap();
-        self.wait_deletion_recorded(&id).await;
+        self.record_delete(&api, &self.kc_id(name), status, &kept_by_default(status))
+            .await;
+    }
+
+    /// [`Env::create_record_delete`] for an object of a test type, recorded whole.
+    pub async fn create_record_delete_of(&self, t: &TestType, name: &str, status: &Value) {
+        let api = self.api(t);
+        api.create(&PostParams::default(), &t.object(name))
+            .await
+            .unwrap();
+        let id = self.identity(TestType::GROUP, t.plural, name);
+        self.record_delete(&api, &id, status, status).await;
+    }
+
+    /// Gives the existing object `id` `status`, waits until it is recorded as `recorded`,
+    /// deletes the object and waits until the deletion is recorded.
+    async fn record_delete(
+        &self,
+        api: &Api<DynamicObject>,
+        id: &ObjectIdentity,
+        status: &Value,
+        recorded: &Value,
+    ) {
+        patch_status(api, &id.name, status.clone()).await;
+        self.wait_recorded(id, recorded).await;
+        api.delete(&id.name, &DeleteParams::default())
+            .await
+            .unwrap();
+        self.wait_deletion_recorded(id).await;
     }
 
     pub fn clusters(&self) -> Api<DynamicObject> {

@@ -9,13 +9,13 @@ use std::{
 };
 
 pub struct Options {
+    /// Name used for the log file in `target/test-logs/`.
+    pub name: String,
+    /// Extra `serve` flags.
+    pub args: Vec<String>,
     pub redis_url: String,
     pub key_prefix: String,
     pub kubeconfig: Option<PathBuf>,
-    /// Extra `serve` flags.
-    pub args: Vec<String>,
-    /// Name used for the log file in `target/test-logs/`.
-    pub name: String,
     /// The webhook port, when a test must know it before restatus starts; else a free one.
     pub port: Option<u16>,
 }
@@ -23,11 +23,11 @@ pub struct Options {
 impl Options {
     pub fn new(redis_url: String) -> Self {
         Self {
+            name: super::unique("restatus"),
+            args: Vec::new(),
             redis_url,
             key_prefix: super::unique("t"),
             kubeconfig: None,
-            args: Vec::new(),
-            name: super::unique("restatus"),
             port: None,
         }
     }
@@ -156,6 +156,24 @@ impl Restatus {
 
     pub fn mutate_url(&self) -> String {
         format!("https://127.0.0.1:{}/mutate", self.port)
+    }
+
+    /// POSTs `review` to `/mutate` with `client` and asserts that it is answered `allowed`,
+    /// for its uid.
+    pub async fn review_allowed(
+        &self,
+        client: &super::http::TlsClient,
+        review: &serde_json::Value,
+    ) -> super::http::Response {
+        let resp = client
+            .post(&self.mutate_url(), review.to_string())
+            .await
+            .expect("POST /mutate");
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        let answer: serde_json::Value = serde_json::from_str(&resp.body).unwrap();
+        assert_eq!(answer["response"]["allowed"], true, "{}", resp.body);
+        assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
+        resp
     }
 
     pub fn admin_url(&self, path: &str) -> String {
