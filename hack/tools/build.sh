@@ -12,11 +12,9 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-out=${1:-$repo/target/tools}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-
-command -v go >/dev/null 2>&1 || PATH=$PATH:/usr/local/go/bin
+# shellcheck source=hack/build-once.sh
+source "$repo/hack/build-once.sh"
+build_into "${1:-$repo/target/tools}"
 
 stamp() {
 	(
@@ -28,21 +26,8 @@ stamp() {
 	)
 }
 
-up_to_date() {
-	[[ -x $out/helm && -x $out/helm3 && -f $out/.stamp && $(<"$out/.stamp") == "$1" ]]
-}
-
 want=$(stamp)
-if up_to_date "$want"; then
-	exit 0
-fi
-
-exec 9>"$out/.lock"
-flock 9
-# Another caller may have finished the build while we waited for the lock.
-if up_to_date "$want"; then
-	exit 0
-fi
+skip_if_built "$out" "$want" helm helm3
 
 # The releases this module is pinned to, for the version ldflags.
 module_version() {

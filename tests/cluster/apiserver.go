@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -128,11 +127,7 @@ func waitReady(ctx context.Context, server string, p *pki, timeout time.Duration
 			}
 			select {
 			case err := <-apiserverDone:
-				apiserverDone <- err // leave it for the caller's shutdown
-				if err == nil {
-					err = errors.New("exited")
-				}
-				return fmt.Errorf("API server: %w", err)
+				return fmt.Errorf("API server: %w", exited(apiserverDone, err))
 			case err := <-etcdErr:
 				return fmt.Errorf("etcd: %w", err)
 			case <-ctx.Done():

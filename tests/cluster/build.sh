@@ -10,11 +10,9 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-out=${1:-$repo/target/cluster}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-
-command -v go >/dev/null 2>&1 || PATH=$PATH:/usr/local/go/bin
+# shellcheck source=hack/build-once.sh
+source "$repo/hack/build-once.sh"
+build_into "${1:-$repo/target/cluster}"
 
 # Kubernetes release this module is pinned to, for the version ldflags.
 kube_version=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v1\./ { print $2; exit }' "$here/go.mod")
@@ -36,21 +34,8 @@ stamp() {
 	)
 }
 
-up_to_date() {
-	[[ -x $out/kube-cluster && -x $out/kubectl && -f $out/.stamp && $(<"$out/.stamp") == "$1" ]]
-}
-
 want=$(stamp)
-if up_to_date "$want"; then
-	exit 0
-fi
-
-exec 9>"$out/.lock"
-flock 9
-# Another caller may have finished the build while we waited for the lock.
-if up_to_date "$want"; then
-	exit 0
-fi
+skip_if_built "$out" "$want" kube-cluster kubectl
 
 start=$(date +%s.%N)
 echo "build.sh: building kube-cluster and kubectl ($kube_version) into $out" >&2

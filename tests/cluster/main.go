@@ -292,17 +292,9 @@ func startControllerManager(ctx context.Context, dataDir, serverURL, controllers
 	case <-ready:
 		return nil
 	case err := <-done:
-		done <- err // leave it for the caller's shutdown
-		if err == nil {
-			err = errors.New("exited")
-		}
-		return err
+		return exited(done, err)
 	case err := <-apiserverDone:
-		apiserverDone <- err
-		if err == nil {
-			err = errors.New("exited")
-		}
-		return fmt.Errorf("API server: %w", err)
+		return fmt.Errorf("API server: %w", exited(apiserverDone, err))
 	case err := <-etcdErr:
 		return fmt.Errorf("etcd: %w", err)
 	case <-ctx.Done():
@@ -310,4 +302,15 @@ func startControllerManager(ctx context.Context, dataDir, serverURL, controllers
 	case <-timer.C:
 		return fmt.Errorf("controllers not running after %v", readyTimeout)
 	}
+}
+
+// exited puts what a component's done channel received back for the caller's
+// shutdown, and returns it as the reason the component ended early ("exited"
+// when it returned without an error).
+func exited(done chan error, err error) error {
+	done <- err
+	if err == nil {
+		return errors.New("exited")
+	}
+	return err
 }
