@@ -463,6 +463,44 @@ async fn only_creators_who_may_write_status_get_it_back_until_the_namespace_open
 }
 
 #[tokio::test]
+async fn a_restore_marker_a_tenant_sets_is_undone_and_merges_no_saved_status() {
+    let env = Env::start(EnvOptions::default()).await;
+    let tenant = identity::user(&env.client, &env.ns, "tenant", cluster_rules(false)).await;
+    let as_tenant = clusters_as(&tenant, &env.ns);
+    env.create_record_delete("forged", &saved()).await;
+
+    // The tenant may not get the saved status back, and marking the object pending itself
+    // does not help: the marker is removed on create, and refused on update.
+    let forged = annotated("forged", &[(ANNOTATION_RESTORE, RESTORE_PENDING)]);
+    let created = as_tenant
+        .create(&PostParams::default(), &forged)
+        .await
+        .unwrap();
+    assert!(!created.annotations().contains_key(ANNOTATION_RESTORE));
+    let updated = as_tenant
+        .patch(
+            "forged",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {ANNOTATION_RESTORE: RESTORE_PENDING}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(!updated.annotations().contains_key(ANNOTATION_RESTORE));
+
+    // The object's controller writes its first status: nothing saved is merged into it.
+    let written = patch_status(&env.clusters(), "forged", json!({"phase": "Provisioning"})).await;
+    assert_eq!(status_of(&written), Some(&json!({"phase": "Provisioning"})));
+    let r = &env.restatus[0];
+    assert_eq!(
+        r.metric("restatus_admission_requests_total{operation=\"UPDATE\",outcome=\"merged\"}")
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
 async fn namespace_deletion_starts_every_records_retention_clock() {
     let env = Env::start(EnvOptions::default()).await;
     let names: Vec<String> = (0..5).map(|i| format!("doomed-{i}")).collect();

@@ -360,6 +360,62 @@ async fn status_write_to_a_pending_object_is_merged_with_the_saved_status() {
 }
 
 #[tokio::test]
+async fn a_restore_marker_only_restatus_may_set_is_undone() {
+    let redis = RedisServer::start().await;
+    let h = harness(&redis, 8 << 20);
+    let pending = json!({"team": "a", "restatus.io/restore": "pending"});
+
+    // A CREATE that restores nothing keeps no marker its client set.
+    let mut create = fixture("reviews/kc-create.json");
+    create["request"]["object"]["metadata"]["annotations"] = pending.clone();
+    assert_eq!(
+        patch_of(&review(&h.router, &create).await),
+        Some(json!([{"op": "remove", "path": "/metadata/annotations/restatus.io~1restore"}]))
+    );
+
+    // An UPDATE may not set the marker, nor change it.
+    let mut update = fixture("reviews/kc-update-main.json");
+    update["request"]["object"]["metadata"]["annotations"] = pending.clone();
+    assert_eq!(
+        patch_of(&review(&h.router, &update).await),
+        Some(json!([{"op": "remove", "path": "/metadata/annotations/restatus.io~1restore"}]))
+    );
+    update["request"]["oldObject"]["metadata"]["annotations"] =
+        json!({"restatus.io/restore": "failed"});
+    assert_eq!(
+        patch_of(&review(&h.router, &update).await),
+        Some(
+            json!([{"op": "add", "path": "/metadata/annotations/restatus.io~1restore", "value": "failed"}])
+        )
+    );
+    // It may remove it.
+    update["request"]["object"]["metadata"]["annotations"] = json!({"team": "a"});
+    assert_eq!(patch_of(&review(&h.router, &update).await), None);
+
+    // A status write that sets the marker on an object with a saved status from an earlier
+    // incarnation is recorded as it is, not merged with the saved status.
+    review(&h.router, &fixture("reviews/kc-update-status.json")).await;
+    review(&h.router, &fixture("reviews/kc-delete.json")).await;
+    let mut write = fixture("reviews/kc-update-status.json");
+    for o in ["object", "oldObject"] {
+        write["request"][o]["metadata"]["uid"] = json!("new-incarnation");
+    }
+    write["request"]["object"]["metadata"]["annotations"] = pending;
+    write["request"]["object"]["status"] = json!({"phase": "Provisioning"});
+    assert_eq!(
+        patch_of(&review(&h.router, &write).await),
+        Some(json!([{"op": "remove", "path": "/metadata/annotations/restatus.io~1restore"}]))
+    );
+    assert_eq!(
+        metric(
+            &h.metrics,
+            "restatus_admission_requests_total{operation=\"UPDATE\",outcome=\"merged\"}"
+        ),
+        0.0
+    );
+}
+
+#[tokio::test]
 async fn malformed_requests_get_400_with_a_reason() {
     let redis = RedisServer::start().await;
     let h = harness(&redis, 8 << 20);

@@ -197,7 +197,7 @@ impl Admission {
             req,
             policy: &resolved.policy,
         };
-        let (outcome, ops) = match self.execute(reviewed, plan).await {
+        let (outcome, mut ops) = match self.execute(reviewed, plan).await {
             Ok(done) => done,
             Err(error) => {
                 tracing::warn!(
@@ -207,6 +207,14 @@ impl Admission {
                 (Outcome::Error, Vec::new())
             }
         };
+        // A restore that was queued or done set the marker itself.
+        if !matches!(outcome, Outcome::RestoreEnqueued | Outcome::RestoredInline) {
+            let undo = plan::undo_foreign_marker(req, self.settings.own_user.as_deref());
+            if !undo.is_empty() {
+                tracing::info!(user = %clip(req.user_info.username.as_deref().unwrap_or(""), LOG_FIELD_CHARS), "a {ANNOTATION_RESTORE} annotation only restatus may set was undone");
+                ops.extend(undo);
+            }
+        }
         self.report_skipped(req, &resolved.skipped);
         self.metrics.answered(
             operation_label(&req.operation),

@@ -1,8 +1,9 @@
 //! What a review asks of restatus: pure, decided from the request and the object's resolved
 //! policy.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
+use json_patch::PatchOperation;
 use kube::core::{
     DynamicObject,
     admission::{AdmissionRequest, Operation},
@@ -10,7 +11,8 @@ use kube::core::{
 use serde_json::Value;
 
 use crate::{
-    policy::{Policy, TypeInfo, is_restore_pending, status_of},
+    patch,
+    policy::{ANNOTATION_RESTORE, Policy, TypeInfo, is_restore_pending, status_of},
     store::{ObjectIdentity, RecordWrite, Source},
 };
 
@@ -172,6 +174,49 @@ fn record(
     }
 }
 
+/// Whether restatus itself made the request.
+fn own_request(req: &AdmissionRequest<DynamicObject>, own_user: Option<&str>) -> bool {
+    own_user.is_some_and(|own| req.user_info.username.as_deref() == Some(own))
+}
+
+/// The patch that undoes a change to `restatus.io/restore` only restatus may make.
+///
+/// The marker decides whose status writes are merged with a saved status, so a creator who
+/// set `pending` themselves would get a status back without the access check of a CREATE. A
+/// client's value is removed from a CREATE (restatus sets its own when it queues a job); on
+/// an UPDATE, of the object or its status, anyone but restatus may remove the marker but not
+/// set or change it.
+pub fn undo_foreign_marker(
+    req: &AdmissionRequest<DynamicObject>,
+    own_user: Option<&str>,
+) -> Vec<PatchOperation> {
+    if own_request(req, own_user) || !matches!(req.sub_resource.as_deref(), None | Some("status")) {
+        return Vec::new();
+    }
+    let new = annotations(req.object.as_ref());
+    let Some(set) = new.and_then(|a| a.get(ANNOTATION_RESTORE)) else {
+        return Vec::new();
+    };
+    let kept = match req.operation {
+        Operation::Create => None,
+        Operation::Update => {
+            annotations(req.old_object.as_ref()).and_then(|a| a.get(ANNOTATION_RESTORE))
+        }
+        Operation::Delete | Operation::Connect => return Vec::new(),
+    };
+    match kept {
+        Some(old) if old == set => Vec::new(),
+        Some(old) => patch::set_annotations(new, &[(ANNOTATION_RESTORE, old)]),
+        None => patch::remove_annotation(new, ANNOTATION_RESTORE)
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn annotations(obj: Option<&DynamicObject>) -> Option<&BTreeMap<String, String>> {
+    obj.and_then(|o| o.metadata.annotations.as_ref())
+}
+
 /// An update whose object carries a resourceVersion other than the stored one is refused
 /// by the API server (409) after admission.
 fn conflicting(req: &AdmissionRequest<DynamicObject>) -> bool {
@@ -201,10 +246,12 @@ pub fn plan(req: &AdmissionRequest<DynamicObject>, ctx: &Context<'_>) -> Plan {
             if conflicting(req) {
                 return Plan::Skip(Skip::Conflict);
             }
-            let own_write = ctx
-                .own_user
-                .is_some_and(|own| req.user_info.username.as_deref() == Some(own));
-            if is_restore_pending(obj.metadata.annotations.as_ref()) && !own_write {
+            // The stored object says whether a restore is pending: a status write cannot
+            // change metadata, and a marker it sets is undone (`undo_foreign_marker`).
+            let stored = req.old_object.as_ref().unwrap_or(obj);
+            if is_restore_pending(stored.metadata.annotations.as_ref())
+                && !own_request(req, ctx.own_user)
+            {
                 let status = status_of(obj).cloned().unwrap_or(Value::Null);
                 return Plan::PendingStatusWrite(write_of(
                     req,
@@ -527,6 +574,57 @@ mod tests {
         // A main-resource update of a pending object records nothing.
         let r = request(review("UPDATE", None, pending.clone(), pending));
         assert_eq!(plan(&r, &CTX()), Plan::Skip(Skip::PendingRestore));
+    }
+
+    #[test]
+    fn only_restatus_sets_the_restore_marker() {
+        let marked = |value: &str| {
+            let mut o = obj(json!({"phase": "Running"}), "7");
+            o["metadata"]["annotations"] = json!({"restatus.io/restore": value});
+            o
+        };
+        let plain = obj(json!({"phase": "Running"}), "7");
+        let remove =
+            "[{\"op\":\"remove\",\"path\":\"/metadata/annotations/restatus.io~1restore\"}]";
+        let back_to_failed = "[{\"op\":\"add\",\"path\":\"/metadata/annotations/restatus.io~1restore\",\"value\":\"failed\"}]";
+        let cases = [
+            ("CREATE", None, marked("pending"), Value::Null, remove),
+            ("CREATE", None, plain.clone(), Value::Null, "[]"),
+            ("UPDATE", None, marked("pending"), plain.clone(), remove),
+            (
+                "UPDATE",
+                Some("status"),
+                marked("pending"),
+                plain.clone(),
+                remove,
+            ),
+            (
+                "UPDATE",
+                None,
+                marked("pending"),
+                marked("failed"),
+                back_to_failed,
+            ),
+            ("UPDATE", None, marked("pending"), marked("pending"), "[]"),
+            ("UPDATE", None, plain.clone(), marked("pending"), "[]"),
+            (
+                "UPDATE",
+                Some("scale"),
+                marked("pending"),
+                plain.clone(),
+                "[]",
+            ),
+            ("DELETE", None, Value::Null, marked("pending"), "[]"),
+        ];
+        for (operation, sub, object, old, want) in cases {
+            let r = request(review(operation, sub, object.clone(), old.clone()));
+            let ops = serde_json::to_string(&undo_foreign_marker(&r, Some(OWN_USER))).unwrap();
+            assert_eq!(ops, want, "{operation} {sub:?} {object} over {old}");
+        }
+        // restatus itself may set and change it.
+        let mut own = review("UPDATE", None, marked("failed"), marked("pending"));
+        own["request"]["userInfo"] = json!({"username": OWN_USER});
+        assert!(undo_foreign_marker(&request(own), Some(OWN_USER)).is_empty());
     }
 
     #[test]
