@@ -193,6 +193,35 @@ async fn delete_records_the_final_status_with_an_expiry() {
 }
 
 #[tokio::test]
+async fn each_delete_restarts_the_retention_clock_and_a_live_write_stops_it() {
+    let redis = RedisServer::start().await;
+    let h = harness(&redis, 8 << 20);
+    let key = h.keys.record(&kc("prod-eu-1"));
+    let thirty_days = 30 * 86_400_000;
+    review(&h.router, &fixture("reviews/kc-update-status.json")).await;
+    review(&h.router, &fixture("reviews/kc-delete.json")).await;
+
+    // A second DELETE, as when the first was refused after restatus saw it: the clock runs
+    // from this one, though the status did not change.
+    redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(5_000)
+        .query_async::<()>(&mut redis.conn().await)
+        .await
+        .unwrap();
+    review(&h.router, &fixture("reviews/kc-delete.json")).await;
+    let ttl = redis.pttl(&key).await;
+    assert!(ttl > thirty_days - 60_000, "ttl {ttl}");
+
+    // The object lives on: a later write of the same status stops the clock.
+    let mut write = fixture("reviews/kc-update-status.json");
+    at_version(&mut write, "4791");
+    review(&h.router, &write).await;
+    assert_eq!(redis.pttl(&key).await, -1);
+    assert!(!redis.hgetall(&key).await.contains_key("deletedAt"));
+}
+
+#[tokio::test]
 async fn dry_run_writes_nothing() {
     let redis = RedisServer::start().await;
     let h = harness(&redis, 8 << 20);

@@ -71,6 +71,12 @@ pub enum StoreError {
 /// Compares the new status with what is stored and writes it when it is newer and different.
 /// KEYS[1] record; ARGV: status, digest, apiVersion, kind, uid, resourceVersion, generation,
 /// source rank, now, deleting (1/0), retention in ms.
+///
+/// The retention clock: a DELETE (rank 2) starts it, again if it already runs, so it counts
+/// from the last DELETE even when an earlier one never landed (a later webhook or a
+/// precondition refused it). An update of an object that has a `deletionTimestamp` starts it
+/// only when it does not run. Any other write of the incarnation stops it, even with an
+/// unchanged status.
 const RECORD_SCRIPT: &str = r#"
 local key = KEYS[1]
 local uid, rv, rank = ARGV[5], ARGV[6], tonumber(ARGV[8])
@@ -84,10 +90,15 @@ if cur_uid then
     if a and b and (a < b or (a == b and rank < (tonumber(cur_rank) or 0))) then
       return 'stale'
     end
-    same_deletion = deleting and cur_deleted and true or false
-    if cur_digest == ARGV[2] and (not deleting or same_deletion) then
+    local deleted = cur_deleted and true or false
+    if cur_digest == ARGV[2] and deleting == deleted then
+      if rank == 2 then
+        redis.call('HSET', key, 'deletedAt', now)
+        redis.call('PEXPIRE', key, retention)
+      end
       return 'unchanged'
     end
+    same_deletion = deleting and deleted and rank ~= 2
   elseif cur_deleted and rank == 0 then
     return 'stale'
   end
@@ -107,12 +118,11 @@ end
 return 'written'
 "#;
 
-/// Starts the retention clock of a record, unless it already runs: the object is deleted
-/// while restatus does not record it (its policy is disabled). KEYS[1] record; ARGV: now,
-/// retention in ms. Returns 1 when the clock was started.
+/// Starts the retention clock of a record, again if it already runs (as a recorded DELETE
+/// does): the object is deleted while restatus does not record it (its policy is disabled).
+/// KEYS[1] record; ARGV: now, retention in ms. Returns 1 when there was a record.
 const EXPIRE_SCRIPT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HEXISTS', KEYS[1], 'deletedAt') == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'deletedAt', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
@@ -334,8 +344,8 @@ impl Store {
         }
     }
 
-    /// Starts the retention clock of an object's record, if it has one and the clock does not
-    /// run yet. Returns whether it was started.
+    /// Starts the retention clock of an object's record, if it has one, again if it already
+    /// runs. Returns whether there was a record.
     pub async fn expire(
         &self,
         identity: &ObjectIdentity,
