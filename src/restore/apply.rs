@@ -226,9 +226,16 @@ impl Applier<'_> {
             return self.unmark(&api, live, Finished::NoRecord, &identity).await;
         };
         if !job.record_uid.is_empty() && record.uid != job.record_uid {
-            let adopted =
-                record.restored_at.is_some() && live.metadata.uid.as_ref() == Some(&record.uid);
-            if adopted {
+            let adopted = live.metadata.uid.as_ref() == Some(&record.uid);
+            if adopted && is_restore_pending(live.metadata.annotations.as_ref()) {
+                // While the object is pending only restatus's own status writes are
+                // recorded: this job patched the status, and stopped before the annotations.
+                tracing::info!("status restored by an earlier delivery of this job; finishing");
+                return self
+                    .annotate_restored(&api, &ar, live, record, &identity)
+                    .await;
+            }
+            if adopted && record.restored_at.is_some() {
                 // This job already restored it and the record was adopted: a duplicate.
                 return Ok((Finished::AlreadyRestored, Some(live)));
             }
@@ -257,7 +264,20 @@ impl Applier<'_> {
             return Ok((Finished::Gone, None));
         };
         tracing::debug!(since_create_ms = since(job), "status patched");
+        self.annotate_restored(&api, &ar, live, record, &identity)
+            .await
+    }
 
+    /// Swaps the pending mark of `live`, whose status is restored, for the time of the
+    /// restore, and reports it.
+    async fn annotate_restored(
+        &self,
+        api: &Api<DynamicObject>,
+        ar: &ApiResource,
+        live: DynamicObject,
+        record: &Record,
+        identity: &str,
+    ) -> Result<(Finished, Option<DynamicObject>), ApplyError> {
         let restored_at = Timestamp::now()
             .round(Unit::Second)
             .unwrap_or_else(|_| Timestamp::now());
@@ -266,12 +286,12 @@ impl Applier<'_> {
             ANNOTATION_RESTORED_AT: restored_at.to_string(),
         });
         if !self
-            .patch_annotations(&api, &live, swap, "annotating", &identity)
+            .patch_annotations(api, &live, swap, "annotating", identity)
             .await?
         {
             return Ok((Finished::Gone, None));
         }
-        self.event_restored(&live, &ar, record, "").await;
+        self.event_restored(&live, ar, record, "").await;
         Ok((Finished::Restored, Some(live)))
     }
 

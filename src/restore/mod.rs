@@ -299,7 +299,8 @@ impl Worker {
         let saved = record.as_ref().map(|r| &r.status);
         match self.applier().restore(job, record.as_ref()).await {
             Ok((finished, live)) => {
-                if finished == Finished::Restored
+                // A duplicate marks again: an earlier delivery may have stopped before it.
+                if matches!(finished, Finished::Restored | Finished::AlreadyRestored)
                     && let (Some(live), Some(record)) = (&live, &record)
                 {
                     let new_uid = live.uid().unwrap_or_default();
@@ -308,8 +309,14 @@ impl Worker {
                         .mark_restored(&job.identity, &record.uid, &new_uid, budget)
                         .await
                     {
+                        if delivery.deliveries < self.settings.max_deliveries {
+                            tracing::warn!(error = %error_chain(&error), "status restored, but the record could not be marked; the job will be retried to mark it");
+                            return;
+                        }
                         tracing::warn!(error = %error_chain(&error), "status restored, but the record could not be marked; it may expire with the old incarnation's retention");
                     }
+                }
+                if finished == Finished::Restored {
                     let latency = Timestamp::now().duration_since(job.created_at);
                     self.metrics
                         .restored_after(Duration::try_from(latency).unwrap_or_default());

@@ -103,6 +103,10 @@ if cur_uid then
     return 'stale'
   end
 end
+if cur_uid and cur_uid ~= uid then
+  -- restoredAt says which incarnation a restore went into: not this one.
+  redis.call('HDEL', key, 'restoredAt')
+end
 redis.call('HSET', key, 'status', ARGV[1], 'digest', ARGV[2], 'apiVersion', ARGV[3],
   'kind', ARGV[4], 'uid', uid, 'resourceVersion', rv, 'generation', ARGV[7],
   'rank', rank, 'recordedAt', now)

@@ -9,7 +9,10 @@ use kube::{ResourceExt, api::PostParams};
 use restatus::policy::{ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT, status_of};
 use serde_json::json;
 
-use super::{events, outcome, queue_len, saved_status, wait_queue_empty, wait_restored};
+use super::{
+    events, outcome, queue_len, recreate_pending, saved_status, wait_outcome, wait_queue_empty,
+    wait_restored,
+};
 use crate::support::{
     cluster::{Env, EnvOptions, WAIT, kubernetes_cluster, patch_status},
     eventually,
@@ -181,4 +184,33 @@ async fn a_create_rejected_after_restatus_expires_its_job_quietly() {
             .await
             .contains_key("deletedAt")
     );
+}
+
+#[tokio::test]
+async fn a_job_stopped_between_the_status_and_the_annotations_is_finished_when_redelivered() {
+    let env = Env::start(EnvOptions::with_args(&["--restore-worker=false"])).await;
+    let saved = saved_status();
+    recreate_pending(&env, "interrupted", &saved).await;
+    // What a worker stopped after its status patch leaves: the restored status, written as
+    // restatus (so recorded under the new incarnation), and the object still pending.
+    let kubeconfig = kube::config::Kubeconfig::read_from(&env.identity.kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let as_restatus = kube::Api::namespaced_with(
+        kube::Client::try_from(config).unwrap(),
+        &env.ns,
+        &crate::support::cluster::kubernetes_cluster_resource(),
+    );
+    patch_status(&as_restatus, "interrupted", saved.clone()).await;
+
+    let worker = env.start_replica("worker", &[]).await;
+    let restored = wait_restored(&env.clusters(), "interrupted").await;
+    assert_eq!(status_of(&restored), Some(&saved));
+    wait_outcome(&worker, "restored", 1.0).await;
+    let id = env.kc_id("interrupted");
+    let record = env.record(&id).await;
+    assert!(!record.contains_key("deletedAt"), "{record:?}");
+    assert!(record.contains_key("restoredAt"), "{record:?}");
+    assert_eq!(env.redis.pttl(&env.keys.record(&id)).await, -1);
 }
