@@ -117,6 +117,14 @@ fn typos_wrong_types_and_forbidden_resources_are_refused_with_a_clear_message() 
     assert!(unknown.contains("replicas"), "{unknown}");
     let wrong_type = refused(&["--set", "replicaCount=two"]);
     assert!(wrong_type.contains("replicaCount"), "{wrong_type}");
+    // restatus refuses TLS URLs at start: the chart says so at install instead.
+    let tls = refused(&[
+        "--set",
+        "redis.mode=external",
+        "--set",
+        "redis.external.url=rediss://r:6380",
+    ]);
+    assert!(tls.contains("/redis/external/url"), "{tls}");
     for forbidden in [
         "pods",
         "nodes",
@@ -310,7 +318,7 @@ fn rbac_grants_exactly_the_tracked_resources_with_no_wildcard() {
         .find(|r| r["apiGroups"] == json!([""]) && r["resources"].to_string().contains("services"))
         .unwrap();
     assert_eq!(core["resources"], json!(["services", "services/status"]));
-    assert_eq!(core["verbs"], json!(["get", "list", "watch", "patch"]));
+    assert_eq!(core["verbs"], json!(["get", "patch"]));
     let webhook_rule = rules
         .iter()
         .find(|r| r["resources"] == json!(["mutatingwebhookconfigurations"]))
@@ -319,7 +327,7 @@ fn rbac_grants_exactly_the_tracked_resources_with_no_wildcard() {
     let role = one(&objects, "Role");
     assert_eq!(
         role["rules"],
-        json!([{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["r-restatus-ca"], "verbs": ["get", "update", "patch"]}])
+        json!([{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["r-restatus-ca"], "verbs": ["get", "update"]}])
     );
 }
 
@@ -767,8 +775,6 @@ async fn the_service_account_may_do_what_restatus_needs_and_nothing_more() {
     };
     let allowed = [
         kc("get", None),
-        kc("list", None),
-        kc("watch", None),
         kc("patch", None),
         kc("patch", Some("status")),
         kc("get", Some("status")),
@@ -783,6 +789,8 @@ async fn the_service_account_may_do_what_restatus_needs_and_nothing_more() {
         json!({"group": "", "resource": "secrets", "verb": "update", "name": ca_secret}),
     ];
     let denied = [
+        kc("list", None),
+        kc("watch", None),
         kc("create", None),
         kc("update", None),
         kc("delete", None),
@@ -793,6 +801,7 @@ async fn the_service_account_may_do_what_restatus_needs_and_nothing_more() {
         json!({"group": "", "resource": "secrets", "verb": "create"}),
         json!({"group": "", "resource": "secrets", "verb": "get", "name": ca_secret, "namespace": "kube-system"}),
         json!({"group": "", "resource": "secrets", "verb": "delete", "name": ca_secret}),
+        json!({"group": "", "resource": "secrets", "verb": "patch", "name": ca_secret}),
         json!({"group": "admissionregistration.k8s.io", "resource": "mutatingwebhookconfigurations", "verb": "patch", "name": "someone-else", "namespace": ""}),
         json!({"group": "admissionregistration.k8s.io", "resource": "mutatingwebhookconfigurations", "verb": "list", "namespace": ""}),
         json!({"group": "admissionregistration.k8s.io", "resource": "validatingwebhookconfigurations", "verb": "patch", "name": own, "namespace": ""}),
