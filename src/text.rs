@@ -1,5 +1,9 @@
 //! Small text helpers every module may use: cutting quoted input short, base64.
 
+/// The most characters of a review's uid, resource, namespace or name put in a log line: the
+/// API server's are far shorter, a forged review's need not be.
+pub const LOG_FIELD_CHARS: usize = 256;
+
 /// `text` cut to at most `max_chars` characters, with `…` where it was cut: for messages
 /// that quote what a client sent, which must not echo hostile input back at length.
 pub fn clip(text: &str, max_chars: usize) -> String {

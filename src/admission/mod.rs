@@ -37,16 +37,12 @@ use crate::{
         Resolved, RestoreFor, RestoreMode, RestorePolicy, Skipped, TypeInfo, decide, resolve,
     },
     store::{RecordWrite, RestoreJob, Store, StoreError, WriteOutcome},
-    text::clip,
+    text::{LOG_FIELD_CHARS, clip},
 };
 
 pub use metrics::AdmissionMetrics;
 pub use plan::{Context, plan};
 pub use plan::{CreateCheck, Plan, Skip};
-
-/// The most characters of a review's uid, resource, namespace or name put in a log line: the
-/// API server's are far shorter, a forged review's need not be.
-const LOG_FIELD_CHARS: usize = 256;
 
 /// Settings of the admission path.
 #[derive(Debug, Clone)]

@@ -28,6 +28,7 @@ use crate::{
     error::error_chain,
     policy::RestorePolicy,
     store::{Delivery, QueueReader, RestoreJob, Store, StoreError},
+    text::{LOG_FIELD_CHARS, clip},
 };
 use apply::Applier;
 
@@ -275,11 +276,16 @@ impl Worker {
     }
 
     /// Handles one delivery to its end: acknowledged, left for a retry, or dead-lettered.
-    #[tracing::instrument(skip_all, fields(job = %delivery.id))]
+    #[tracing::instrument(skip_all, fields(job = %delivery.id, request = tracing::field::Empty))]
     async fn process(&self, delivery: &Delivery) {
         let budget = self.settings.redis_timeout;
         let job = match &delivery.job {
-            Ok(job) => job,
+            Ok(job) => {
+                // The uid of the CREATE's review, as the webhook logged it.
+                let request = clip(&job.request_uid, LOG_FIELD_CHARS);
+                tracing::Span::current().record("request", tracing::field::display(request));
+                job
+            }
             Err(error) => {
                 let reason = error_chain(error);
                 tracing::warn!(%reason, "restore job cannot be decoded; moved to the dead-letter stream");

@@ -149,6 +149,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// serde_json keeps maps sorted unless a crate in the build turns on its
+    /// `preserve_order` feature; then `canonical` must do the sorting that keeps digests
+    /// stable. This fails when that happens, so the change does not go unnoticed.
+    #[test]
+    fn maps_are_sorted_so_canonical_text_is_json_text() {
+        let reversed: Value =
+            serde_json::from_str(r#"{"z":1,"m":{"b":2,"a":[3,{"y":0,"x":0}]}}"#).unwrap();
+        let sorted = br#"{"m":{"a":[3,{"x":0,"y":0}],"b":2},"z":1}"#;
+        assert_eq!(serde_json::to_vec(&reversed).unwrap(), sorted);
+        assert_eq!(canonical(&reversed), sorted);
+    }
+
     #[test]
     fn digest_ignores_key_order_but_not_content() {
         let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":[1,2],"x":"s"}}"#).unwrap();

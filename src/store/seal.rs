@@ -38,7 +38,7 @@ pub enum KeyringError {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("no random bytes for an encryption nonce")]
+#[error("the status could not be sealed: no random bytes for a nonce, or more than AES-GCM seals")]
 pub struct SealError;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -144,19 +144,21 @@ impl Keyring {
         &self.keys[0].id
     }
 
-    /// Seals `plaintext` for the record `aad` with the first key. Fails only without a
-    /// random source for the nonce (a repeated nonce would break the encryption).
+    /// Seals `plaintext` for the record `aad` with the first key. Fails without a random
+    /// source for the nonce (a repeated nonce would break the encryption), or for a plaintext
+    /// longer than AES-GCM can seal; never stores it in clear.
     pub fn seal(&self, aad: &str, plaintext: &[u8]) -> Result<String, SealError> {
         let key = &self.keys[0];
         let mut nonce = [0u8; NONCE_LEN];
         self.random.fill(&mut nonce).map_err(|_| SealError)?;
         let mut buffer = plaintext.to_vec();
-        // Sealing with a fresh key and nonce cannot fail for inputs of this size.
-        let _ = key.aead.seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad.as_bytes()),
-            &mut buffer,
-        );
+        key.aead
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad.as_bytes()),
+                &mut buffer,
+            )
+            .map_err(|_| SealError)?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&buffer);
         Ok(format!("{PREFIX}{}:{}", key.id, base64_encode(&out)))
