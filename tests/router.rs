@@ -510,3 +510,77 @@ async fn only_post_is_served() {
     .await;
     assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+/// Redis looks at a bounded number of pending jobs per XAUTOCLAIM (ten per job asked for): a
+/// dead consumer's jobs queued behind many that live consumers still work on are reached by
+/// going on from the cursor each call returns.
+#[tokio::test]
+async fn reclaiming_goes_on_past_jobs_other_consumers_still_work_on() {
+    use restatus::store::{RestoreJob, Store, StoreMetrics};
+    use std::time::Duration;
+
+    let redis = RedisServer::start().await;
+    let mut metrics = telemetry::registry();
+    let store = Store::connect(
+        &redis.url(),
+        &support::unique("reclaim"),
+        "default",
+        StoreMetrics::register(&mut metrics),
+        None,
+    )
+    .unwrap();
+    let budget = Duration::from_secs(2);
+    store.ensure_queue_group(budget).await.unwrap();
+    let now = jiff::Timestamp::now();
+    for i in 0..30 {
+        let job = RestoreJob {
+            identity: kc(&format!("c-{i}")),
+            api_version: "infra.example.com/v1alpha1".into(),
+            kind: "KubernetesCluster".into(),
+            record_uid: String::new(),
+            created_at: now,
+            deadline: now,
+            inline: false,
+            request_uid: String::new(),
+            policy: None,
+        };
+        store.enqueue(&job, budget).await.unwrap();
+    }
+    let mut reader = store.reader(budget).await.unwrap();
+    let block = Duration::from_millis(100);
+    let alive = reader.read("alive", 25, block).await.unwrap();
+    let dead: Vec<String> = reader
+        .read("dead", 5, block)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!((alive.len(), dead.len()), (25, 5));
+
+    // The idle time is what is tested: the dead consumer's jobs pass it, the live
+    // consumer's are touched again.
+    let min_idle = Duration::from_millis(300);
+    tokio::time::sleep(min_idle + Duration::from_millis(100)).await;
+    let working: Vec<String> = alive.into_iter().map(|d| d.id).collect();
+    store.touch("alive", &working, budget).await.unwrap();
+
+    let mut cursor = String::from("0-0");
+    let mut reclaimed = Vec::new();
+    for _ in 0..4 {
+        let next = store
+            .reclaim("me", min_idle, &cursor, 1, budget)
+            .await
+            .unwrap();
+        reclaimed.extend(next.deliveries.into_iter().map(|d| d.id));
+        cursor = next.cursor;
+        if !reclaimed.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(reclaimed.len(), 1, "nothing reclaimed in 4 calls");
+    assert!(
+        dead.contains(&reclaimed[0]),
+        "{reclaimed:?} not of {dead:?}"
+    );
+}

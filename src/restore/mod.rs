@@ -125,7 +125,8 @@ impl Worker {
             match result {
                 Ok(deliveries) => {
                     backoff = Duration::from_millis(100);
-                    self.dispatch(deliveries, permit, &permits, &tracker).await;
+                    self.dispatch(deliveries, permit, &permits, &tracker, &shutdown)
+                        .await;
                 }
                 Err(error) => {
                     drop(permit);
@@ -175,33 +176,63 @@ impl Worker {
     }
 
     /// Starts one task per delivery; the first uses `permit`, the others wait for theirs.
+    /// Waiting deliveries count as in flight, so they stay claimed; at shutdown those still
+    /// waiting are left for another replica to reclaim.
     async fn dispatch(
         self: &Arc<Self>,
         deliveries: Vec<Delivery>,
         permit: OwnedSemaphorePermit,
         permits: &Arc<Semaphore>,
         tracker: &TaskTracker,
+        shutdown: &CancellationToken,
     ) {
+        self.set_inflight(&deliveries, true);
         let mut first = Some(permit);
-        for delivery in deliveries {
+        let mut waiting = deliveries.into_iter();
+        while let Some(delivery) = waiting.next() {
             let permit = match first.take() {
-                Some(p) => p,
-                None => match permits.clone().acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => return,
+                Some(p) => Some(p),
+                None => tokio::select! {
+                    () = shutdown.cancelled() => None,
+                    permit = permits.clone().acquire_owned() => permit.ok(),
                 },
             };
-            if let Ok(mut inflight) = self.inflight.lock() {
-                inflight.insert(delivery.id.clone());
+            let Some(permit) = permit else {
+                let left: Vec<Delivery> = std::iter::once(delivery).chain(waiting).collect();
+                self.set_inflight(&left, false);
+                return;
+            };
+            self.spawn_delivery(delivery, permit, tracker);
+        }
+    }
+
+    /// Processes `delivery` in a task of `tracker`, holding `permit` until it is done.
+    fn spawn_delivery(
+        self: &Arc<Self>,
+        delivery: Delivery,
+        permit: OwnedSemaphorePermit,
+        tracker: &TaskTracker,
+    ) {
+        let worker = self.clone();
+        tracker.spawn(async move {
+            worker.process(&delivery).await;
+            worker.set_inflight(std::slice::from_ref(&delivery), false);
+            drop(permit);
+        });
+    }
+
+    /// Adds `deliveries` to the jobs kept claimed, or removes them.
+    fn set_inflight(&self, deliveries: &[Delivery], inflight: bool) {
+        let mut set = self
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for delivery in deliveries {
+            if inflight {
+                set.insert(delivery.id.clone());
+            } else {
+                set.remove(&delivery.id);
             }
-            let worker = self.clone();
-            tracker.spawn(async move {
-                worker.process(&delivery).await;
-                if let Ok(mut inflight) = worker.inflight.lock() {
-                    inflight.remove(&delivery.id);
-                }
-                drop(permit);
-            });
         }
     }
 
@@ -216,6 +247,7 @@ impl Worker {
         let interval = (self.settings.claim_min_idle / 3)
             .clamp(Duration::from_millis(100), Duration::from_secs(10));
         let budget = self.settings.redis_timeout;
+        let mut cursor = String::from("0-0");
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -233,20 +265,26 @@ impl Worker {
             {
                 tracing::warn!(error = %error_chain(&error), "could not refresh claims on in-flight restore jobs");
             }
-            let free = permits.available_permits();
-            if free > 0 {
+            // Reclaim only as many jobs as there are permits to run them now: a reclaimed
+            // job waiting for a permit would go idle again.
+            let mut held: Vec<OwnedSemaphorePermit> =
+                std::iter::from_fn(|| permits.clone().try_acquire_owned().ok()).collect();
+            if !held.is_empty() {
                 match self
                     .store
                     .reclaim(
                         &self.settings.consumer,
                         self.settings.claim_min_idle,
-                        free,
+                        &cursor,
+                        held.len(),
                         budget,
                     )
                     .await
                 {
                     Ok(reclaimed) => {
+                        cursor = reclaimed.cursor;
                         let reclaimed: Vec<Delivery> = reclaimed
+                            .deliveries
                             .into_iter()
                             .filter(|d| !inflight.contains(&d.id))
                             .collect();
@@ -255,9 +293,10 @@ impl Worker {
                                 count = reclaimed.len(),
                                 "reclaimed restore jobs left idle by another consumer"
                             );
-                            // Claimed jobs are ours now: wait for room rather than drop them.
-                            if let Ok(permit) = permits.clone().acquire_owned().await {
-                                self.dispatch(reclaimed, permit, &permits, &tracker).await;
+                            self.set_inflight(&reclaimed, true);
+                            for delivery in reclaimed {
+                                let Some(permit) = held.pop() else { break };
+                                self.spawn_delivery(delivery, permit, &tracker);
                             }
                         }
                     }
@@ -266,6 +305,7 @@ impl Worker {
                     }
                 }
             }
+            drop(held);
             match self.store.queue_depth(budget).await {
                 Ok(depth) => self.metrics.queue_depth(depth),
                 Err(error) => {

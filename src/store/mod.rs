@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 pub use keys::{KeySchema, ObjectIdentity};
 pub use metrics::StoreMetrics;
-pub use queue::{Delivery, JobError, QueueReader, RestoreJob};
+pub use queue::{Delivery, JobError, QueueReader, Reclaimed, RestoreJob};
 pub use record::{DecodeRecordError, Record, RecordWrite, Source, WriteOutcome, canonical, digest};
 pub use seal::{Keyring, KeyringError, OpenError, SealError};
 

@@ -69,6 +69,13 @@ pub enum JobError {
     Invalid(#[source] serde_json::Error),
 }
 
+/// Jobs taken over by [`Store::reclaim`], and where its next call goes on.
+#[derive(Debug)]
+pub struct Reclaimed {
+    pub deliveries: Vec<Delivery>,
+    pub cursor: String,
+}
+
 /// A job as read from the stream.
 #[derive(Debug)]
 pub struct Delivery {
@@ -208,27 +215,34 @@ impl Store {
     }
 
     /// Takes over jobs that sat unacknowledged with any consumer for `min_idle`, with how
-    /// often each was delivered (the claim counts as one more delivery).
+    /// often each was delivered (the claim counts as one more delivery), scanning the pending
+    /// jobs from `cursor` on. Redis looks at a bounded number of pending jobs per call, so the
+    /// scan goes on where the last call stopped: the returned cursor, `0-0` once it wrapped.
     pub async fn reclaim(
         &self,
         consumer: &str,
         min_idle: Duration,
+        cursor: &str,
         count: usize,
         budget: Duration,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    ) -> Result<Reclaimed, StoreError> {
         let key = self.keys.queue();
         let claim = redis::cmd("XAUTOCLAIM")
             .arg(&key)
             .arg(GROUP)
             .arg(consumer)
             .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
-            .arg("0-0")
+            .arg(cursor)
             .arg("COUNT")
             .arg(count)
             .clone();
         let reply: StreamAutoClaimReply = self.send("xautoclaim", &key, budget, &claim).await?;
+        let cursor = reply.next_stream_id;
         if reply.claimed.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Reclaimed {
+                deliveries: Vec::new(),
+                cursor,
+            });
         }
         let mut pipe = redis::pipe();
         for entry in &reply.claimed {
@@ -241,7 +255,7 @@ impl Store {
         }
         let counts: Vec<StreamPendingCountReply> =
             self.send("xpending", &key, budget, &pipe).await?;
-        Ok(reply
+        let deliveries = reply
             .claimed
             .iter()
             .zip(counts)
@@ -252,7 +266,8 @@ impl Store {
                     .map_or(1, |p| u64::try_from(p.times_delivered).unwrap_or(u64::MAX));
                 Delivery::from_entry(entry, deliveries)
             })
-            .collect())
+            .collect();
+        Ok(Reclaimed { deliveries, cursor })
     }
 
     /// Resets the idle time of jobs this consumer is still working on, so no other replica
