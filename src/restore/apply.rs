@@ -325,8 +325,10 @@ impl Applier<'_> {
         job.policy.as_ref().unwrap_or(self.policy)
     }
 
-    /// Merge-patches annotations of the object (`null` removes one). Returns false when the
-    /// object is gone.
+    /// Merge-patches annotations of the object (`null` removes one), of this incarnation only:
+    /// the patch carries its uid, which the API server refuses to change, so a patch that
+    /// would land on an object created again meanwhile fails. Returns false when the object
+    /// is gone or replaced.
     async fn patch_annotations(
         &self,
         api: &Api<DynamicObject>,
@@ -335,13 +337,26 @@ impl Applier<'_> {
         action: &'static str,
         identity: &str,
     ) -> Result<bool, ApplyError> {
-        let patch = json!({"metadata": {"annotations": annotations}});
+        let name = obj.name_any();
+        let mut patch = json!({"metadata": {"annotations": annotations}});
+        if let Some(uid) = &obj.metadata.uid {
+            patch["metadata"]["uid"] = json!(uid);
+        }
         match api
-            .patch(&obj.name_any(), &self.params(), &Patch::Merge(&patch))
+            .patch(&name, &self.params(), &Patch::Merge(&patch))
             .await
         {
             Ok(_) => Ok(true),
             Err(e) if api_status_code(&e) == Some(404) => Ok(false),
+            Err(e) if matches!(api_status_code(&e), Some(409 | 422)) => {
+                match api.get_opt(&name).await {
+                    Ok(Some(now)) if now.metadata.uid == obj.metadata.uid => {
+                        Err(ApplyError::from_kube(action, identity, e))
+                    }
+                    Ok(_) => Ok(false),
+                    Err(read) => Err(ApplyError::from_kube(action, identity, read)),
+                }
+            }
             Err(e) => Err(ApplyError::from_kube(action, identity, e)),
         }
     }

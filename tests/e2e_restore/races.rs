@@ -214,3 +214,43 @@ async fn a_job_stopped_between_the_status_and_the_annotations_is_finished_when_r
     assert!(record.contains_key("restoredAt"), "{record:?}");
     assert_eq!(env.redis.pttl(&env.keys.record(&id)).await, -1);
 }
+
+/// The worker's annotation patches carry the uid of the incarnation they are for; the API
+/// server refuses one that reaches an object created again in between, so a late swap cannot
+/// unmark the next incarnation's restore.
+#[tokio::test]
+async fn an_annotation_patch_for_an_earlier_incarnation_is_refused() {
+    let env = Env::start(EnvOptions::default()).await;
+    let api = env.clusters();
+    let first = api
+        .create(&PostParams::default(), &kubernetes_cluster("again"))
+        .await
+        .unwrap();
+    api.delete("again", &Default::default()).await.unwrap();
+    api.create(&PostParams::default(), &kubernetes_cluster("again"))
+        .await
+        .unwrap();
+    let late = json!({"metadata": {"uid": first.uid(), "annotations": {ANNOTATION_RESTORE: null}}});
+    let refused = api
+        .patch(
+            "again",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&late),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 409 || s.code == 422),
+        "{refused:?}"
+    );
+    // With the live incarnation's uid the same patch lands.
+    let live = api.get("again").await.unwrap();
+    let current = json!({"metadata": {"uid": live.uid(), "annotations": {"team": "a"}}});
+    api.patch(
+        "again",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&current),
+    )
+    .await
+    .unwrap();
+}
