@@ -447,7 +447,8 @@ impl Applier<'_> {
         let params = self.params();
         let name = job.identity.name.as_str();
         let mut use_subresource = true;
-        for _ in 0..=self.conflict_retries {
+        let mut conflicts = 0;
+        loop {
             let Some(status) = decide(&record.status, status_of(&live), self.policy_of(job)) else {
                 return Ok(Some(live));
             };
@@ -464,9 +465,18 @@ impl Applier<'_> {
             match result {
                 Ok(obj) => return Ok(Some(obj)),
                 Err(e) => match api_status_code(&e) {
-                    Some(409) => {}
+                    Some(409) => {
+                        conflicts += 1;
+                        if conflicts > self.conflict_retries {
+                            return Err(ApplyError::Conflicts {
+                                identity: identity.to_owned(),
+                                attempts: conflicts,
+                            });
+                        }
+                    }
                     Some(404) if use_subresource => {
-                        // Either the object is gone or its type has no status subresource.
+                        // Either the object is gone or its type has no status subresource:
+                        // not a conflict, so it does not count as a retry.
                         use_subresource = false;
                     }
                     Some(404) => return Ok(None),
@@ -480,10 +490,6 @@ impl Applier<'_> {
                 Err(e) => return Err(ApplyError::from_kube("reading", identity, e)),
             }
         }
-        Err(ApplyError::Conflicts {
-            identity: identity.to_owned(),
-            attempts: self.conflict_retries + 1,
-        })
     }
 
     /// After a failure that will not heal: mark the object `restatus.io/restore: failed` (so
