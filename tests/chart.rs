@@ -831,6 +831,37 @@ async fn the_service_account_may_do_what_restatus_needs_and_nothing_more() {
 }
 
 #[tokio::test]
+async fn the_serving_certificate_is_renewed_while_the_webhook_configuration_cannot_be_written() {
+    let _serial = INSTALLING.lock().await;
+    let env = ChartEnv::start(&[
+        "--set",
+        "certificates.selfManaged.certValidity=6s",
+        "--set",
+        "certificates.selfManaged.checkInterval=1s",
+    ])
+    .await;
+    // The caBundle cannot be published any more: the serving certificate must not lapse.
+    Api::<MutatingWebhookConfiguration>::all(env.client.clone())
+        .delete(&env.release.fullname(), &DeleteParams::default())
+        .await
+        .unwrap();
+    let renewals = "restatus_certificate_rotations_total{certificate=\"serving\"}";
+    let before = env.restatus.metric(renewals).await;
+    eventually(
+        Duration::from_secs(30),
+        "a renewal without a webhook configuration",
+        || async { (env.restatus.metric(renewals).await >= before + 2.0).then_some(()) },
+    )
+    .await;
+    assert!(
+        env.restatus
+            .log_text()
+            .contains("certificate check failed; retrying at the next check"),
+        "the publish failure is still reported"
+    );
+}
+
+#[tokio::test]
 async fn serving_and_ca_rotation_under_load_lose_no_review() {
     let _serial = INSTALLING.lock().await;
     // Short lives so that both rotate within the test: the serving certificate is renewed

@@ -103,7 +103,14 @@ pub enum ManagerError {
 pub struct SelfManaged {
     ca: CaStore,
     serving: Arc<ServingCert>,
-    leaf: Mutex<Leaf>,
+    issued: Mutex<Issued>,
+}
+
+/// This replica's serving certificate, and the caBundle last published, which is what the
+/// API server trusts while the webhook configuration cannot be written.
+struct Issued {
+    leaf: Leaf,
+    published: Option<String>,
 }
 
 /// The CA Secret and the webhook configuration, as the API server has them.
@@ -215,7 +222,7 @@ impl SelfManaged {
         Ok(Arc::new(Self {
             ca,
             serving,
-            leaf: Mutex::new(leaf),
+            issued: Mutex::new(Issued { leaf, published }),
         }))
     }
 
@@ -246,20 +253,29 @@ impl SelfManaged {
         }
     }
 
-    /// One check: the CA, the caBundle, this replica's serving certificate.
+    /// One check: the CA, the caBundle, this replica's serving certificate. The serving
+    /// certificate is renewed even when the caBundle cannot be published (the webhook
+    /// configuration deleted, or not writable): against the bundle last published. The
+    /// publish error is returned after that.
     pub async fn reconcile(&self, now: Timestamp) -> Result<(), ManagerError> {
         let read = self.ca.ensure(now).await?;
-        let published = self.ca.publish(&read, now).await?;
-        let mut leaf = self.leaf.lock().await;
+        let mut issued = self.issued.lock().await;
+        let publish_error = match self.ca.publish(&read, now).await {
+            Ok(bundle) => {
+                issued.published = Some(bundle);
+                None
+            }
+            Err(error) => Some(error),
+        };
         let step = rotation::leaf_step(
-            Some(&leaf),
+            Some(&issued.leaf),
             &read.state,
-            Some(&published),
+            issued.published.as_deref(),
             self.ca.settings.check_interval,
             now,
         );
         let LeafStep::Issue(signer) = step else {
-            return Ok(());
+            return publish_error.map_or(Ok(()), Err);
         };
         let (new_leaf, pair) = self.ca.issue(&read, signer).await?;
         self.serving.replace(
@@ -267,11 +283,11 @@ impl SelfManaged {
             pair.cert_pem.into_bytes(),
             pair.key_pem.into_bytes(),
         )?;
-        let switched =
-            rotation::pem_bodies(&new_leaf.signed_by) != rotation::pem_bodies(&leaf.signed_by);
+        let switched = rotation::pem_bodies(&new_leaf.signed_by)
+            != rotation::pem_bodies(&issued.leaf.signed_by);
         let not_after = new_leaf.validity.not_after;
-        *leaf = new_leaf;
-        drop(leaf);
+        issued.leaf = new_leaf;
+        drop(issued);
         tracing::info!(%not_after, switched_ca = switched, "serving certificate renewed");
         let from = if switched { " from the new CA" } else { "" };
         let note = format!(
@@ -281,7 +297,7 @@ impl SelfManaged {
         self.ca
             .event(EventType::Normal, "ServingCertificateRenewed", note)
             .await;
-        Ok(())
+        publish_error.map_or(Ok(()), Err)
     }
 }
 
