@@ -1,5 +1,10 @@
 //! Small text helpers every module may use: cutting quoted input short, base64.
 
+use base64::{
+    Engine, alphabet,
+    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+};
+
 /// The most characters of a review's uid, resource, namespace or name put in a log line: the
 /// API server's are far shorter, a forged review's need not be.
 pub const LOG_FIELD_CHARS: usize = 256;
@@ -15,44 +20,20 @@ pub fn clip(text: &str, max_chars: usize) -> String {
     out
 }
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+/// Standard base64 that decodes with or without padding.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// Standard base64 (RFC 4648) with padding.
 pub fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    BASE64.encode(bytes)
 }
 
 /// Decodes standard base64, padding optional; `None` on anything else.
 pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=');
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in text.bytes() {
-        let v = ALPHABET.iter().position(|a| *a == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((acc >> bits) & 0xff) as u8);
-        }
-    }
-    // Leftover bits must be zero padding.
-    (acc & ((1 << bits) - 1) == 0).then_some(out)
+    BASE64.decode(text).ok()
 }
 
 #[cfg(test)]
@@ -75,5 +56,13 @@ mod tests {
         assert_eq!(base64_encode(b"abc"), "YWJj");
         assert_eq!(base64_encode(b"ab"), "YWI=");
         assert!(base64_decode("YW*j").is_none());
+        assert_eq!(
+            base64_decode("YWI").as_deref(),
+            Some(&b"ab"[..]),
+            "padding optional"
+        );
+        // A lone character, or bits beyond the last byte: not base64.
+        assert!(base64_decode("A").is_none());
+        assert!(base64_decode("YWJ=").is_none());
     }
 }

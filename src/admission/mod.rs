@@ -155,12 +155,10 @@ impl Admission {
         let resource = &req.resource.resource;
         let defaults = self.settings.global.for_type(group, resource);
         let crd = self.sources.crds.overrides(group, resource);
-        let identity = plan::identity(req);
-        let namespace = identity
-            .namespace
-            .as_deref()
-            .and_then(|ns| self.sources.namespaces.overrides(ns));
-        let object = own_annotations(req).map(|a| Overrides::parse(Some(a)));
+        let namespace = plan::namespace(req).and_then(|ns| self.sources.namespaces.overrides(ns));
+        let object = plan::subject(req)
+            .and_then(|o| o.metadata.annotations.as_ref())
+            .map(|a| Overrides::parse(Some(a)));
         resolve(&defaults, crd.as_ref(), namespace.as_ref(), object.as_ref())
     }
 
@@ -243,26 +241,24 @@ impl Admission {
         }
         let main_write = req.sub_resource.is_none()
             && matches!(req.operation, Operation::Create | Operation::Update);
-        if req.dry_run || !main_write || !skipped.iter().any(|s| s.level == Level::Object) {
+        let Some(own) = skipped.iter().find(|s| s.level == Level::Object) else {
             return;
-        }
-        let Some(obj) = &req.object else { return };
+        };
+        let Some(obj) = req.object.as_ref().filter(|_| main_write && !req.dry_run) else {
+            return;
+        };
         let identity = plan::identity(req);
         let reference = ObjectReference {
-            api_version: Some(plan::api_version(req)),
+            api_version: Some(req.kind.api_version()),
             kind: Some(req.kind.kind.clone()),
             namespace: identity.namespace,
             name: Some(identity.name),
             uid: obj.metadata.uid.clone(),
             ..ObjectReference::default()
         };
-        let annotations = obj.metadata.annotations.clone();
-        let reporter = self.sources.reporter.clone();
-        tokio::spawn(async move {
-            reporter
-                .check(Level::Object, &reference, annotations.as_ref())
-                .await;
-        });
+        self.sources
+            .reporter
+            .report(Level::Object, reference, &own.error);
     }
 
     async fn execute(&self, reviewed: Reviewed<'_>, plan: Plan) -> Result<Answer, StoreError> {
@@ -445,17 +441,6 @@ impl Admission {
             None => Ok((Outcome::Skipped(Skip::PendingRestore), Vec::new())),
         }
     }
-}
-
-/// The annotations of the object a review is about (the new one; the old one for a DELETE).
-fn own_annotations(
-    req: &AdmissionRequest<DynamicObject>,
-) -> Option<&std::collections::BTreeMap<String, String>> {
-    let obj = match req.operation {
-        Operation::Delete => req.old_object.as_ref(),
-        _ => req.object.as_ref(),
-    }?;
-    obj.metadata.annotations.as_ref()
 }
 
 /// The webhook router: `POST /mutate`.

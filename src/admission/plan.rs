@@ -96,7 +96,7 @@ pub struct Context<'a> {
 }
 
 /// The object a review is about: the new one, or for a DELETE the old one.
-fn subject(req: &AdmissionRequest<DynamicObject>) -> Option<&DynamicObject> {
+pub(super) fn subject(req: &AdmissionRequest<DynamicObject>) -> Option<&DynamicObject> {
     match req.operation {
         Operation::Delete => req.old_object.as_ref(),
         _ => req.object.as_ref().or(req.old_object.as_ref()),
@@ -108,30 +108,26 @@ fn subject(req: &AdmissionRequest<DynamicObject>) -> Option<&DynamicObject> {
 /// from the object itself.
 pub fn identity(req: &AdmissionRequest<DynamicObject>) -> ObjectIdentity {
     let meta = subject(req).map(|o| &o.metadata);
-    let name = Some(req.name.clone())
+    let name = Some(req.name.as_str())
         .filter(|n| !n.is_empty())
-        .or_else(|| meta.and_then(|m| m.name.clone()))
+        .or_else(|| meta.and_then(|m| m.name.as_deref()))
         .unwrap_or_default();
-    let namespace = req
-        .namespace
-        .clone()
-        .filter(|ns| !ns.is_empty())
-        .or_else(|| meta.and_then(|m| m.namespace.clone()))
-        .filter(|ns| !ns.is_empty());
     ObjectIdentity {
         group: req.resource.group.clone(),
         resource: req.resource.resource.clone(),
-        namespace,
-        name,
+        namespace: namespace(req).map(str::to_owned),
+        name: name.to_owned(),
     }
 }
 
-pub fn api_version(req: &AdmissionRequest<DynamicObject>) -> String {
-    if req.kind.group.is_empty() {
-        req.kind.version.clone()
-    } else {
-        format!("{}/{}", req.kind.group, req.kind.version)
-    }
+/// The namespace of the object a review is about (see [`identity`]); `None` when it is
+/// cluster-scoped.
+pub(super) fn namespace(req: &AdmissionRequest<DynamicObject>) -> Option<&str> {
+    req.namespace
+        .as_deref()
+        .filter(|ns| !ns.is_empty())
+        .or_else(|| subject(req).and_then(|o| o.metadata.namespace.as_deref()))
+        .filter(|ns| !ns.is_empty())
 }
 
 fn write_of(
@@ -144,7 +140,7 @@ fn write_of(
     RecordWrite {
         identity: identity(req),
         status,
-        api_version: api_version(req),
+        api_version: req.kind.api_version(),
         kind: req.kind.kind.clone(),
         uid: obj.metadata.uid.clone().unwrap_or_default(),
         resource_version: obj.metadata.resource_version.clone().unwrap_or_default(),
@@ -316,7 +312,7 @@ pub fn plan(req: &AdmissionRequest<DynamicObject>, ctx: &Context<'_>) -> Plan {
             };
             Plan::Create(CreateCheck {
                 identity: identity(req),
-                api_version: api_version(req),
+                api_version: req.kind.api_version(),
                 kind: req.kind.kind.clone(),
                 type_info: ctx.type_info,
                 status,

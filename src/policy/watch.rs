@@ -48,9 +48,10 @@ impl InvalidReporter {
 
     /// Remembers that `key` (an object) has `bad` now; true when that is news.
     fn news(&self, key: &str, bad: Option<&InvalidAnnotation>) -> bool {
-        let Ok(mut reported) = self.reported.lock() else {
-            return false;
-        };
+        let mut reported = self
+            .reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match bad {
             None => {
                 reported.remove(key);
@@ -78,21 +79,40 @@ impl InvalidReporter {
         reference: &ObjectReference,
         annotations: Option<&BTreeMap<String, String>>,
     ) {
-        let error = Overrides::parse(annotations).err();
-        let key = format!(
-            "{}/{}/{}/{}",
-            reference.kind.as_deref().unwrap_or_default(),
-            reference.namespace.as_deref().unwrap_or_default(),
-            reference.name.as_deref().unwrap_or_default(),
-            reference.uid.as_deref().unwrap_or_default(),
-        );
-        let Some(error) = error.filter(|e| self.news(&key, Some(e))) else {
-            if annotations.is_some() {
-                // Valid now: a later bad value is news again.
-                let _ = self.news(&key, None);
+        match Overrides::parse(annotations) {
+            Err(error) => {
+                if let Some(event) = self.newly_invalid(level, reference, &error) {
+                    self.publish(&event, reference).await;
+                }
             }
-            return;
-        };
+            Ok(_) if annotations.is_some() => {
+                // Valid now: a later bad value is news again.
+                let _ = self.news(&key_of(reference), None);
+            }
+            Ok(_) => {}
+        }
+    }
+
+    /// [`InvalidReporter::check`] for an invalid annotation a review already found: the
+    /// Event, when it is news, is published in the background.
+    pub fn report(&self, level: Level, reference: ObjectReference, error: &InvalidAnnotation) {
+        if let Some(event) = self.newly_invalid(level, &reference, error) {
+            let reporter = self.clone();
+            tokio::spawn(async move { reporter.publish(&event, &reference).await });
+        }
+    }
+
+    /// Counts and logs `error` of the object `reference` when it is news, and makes the Event
+    /// that reports it.
+    fn newly_invalid(
+        &self,
+        level: Level,
+        reference: &ObjectReference,
+        error: &InvalidAnnotation,
+    ) -> Option<Event> {
+        if !self.news(&key_of(reference), Some(error)) {
+            return None;
+        }
         self.metrics.invalid_annotation_seen(level);
         tracing::warn!(
             level = level.label(),
@@ -101,10 +121,8 @@ impl InvalidReporter {
             error = %error,
             "invalid restatus policy annotation; that level is ignored"
         );
-        let Some(recorder) = &self.recorder else {
-            return;
-        };
-        let event = Event {
+        self.recorder.as_ref()?;
+        Some(Event {
             type_: EventType::Warning,
             reason: "InvalidPolicyAnnotation".into(),
             note: Some(format!(
@@ -112,11 +130,28 @@ impl InvalidReporter {
             )),
             action: "ResolvePolicy".into(),
             secondary: None,
+        })
+    }
+
+    async fn publish(&self, event: &Event, reference: &ObjectReference) {
+        let Some(recorder) = &self.recorder else {
+            return;
         };
-        if let Err(e) = recorder.publish(&event, reference).await {
+        if let Err(e) = recorder.publish(event, reference).await {
             tracing::warn!(error = %error_chain(&e), "could not publish the InvalidPolicyAnnotation event");
         }
     }
+}
+
+/// Which object, and which incarnation, a report is about.
+fn key_of(reference: &ObjectReference) -> String {
+    format!(
+        "{}/{}/{}/{}",
+        reference.kind.as_deref().unwrap_or_default(),
+        reference.namespace.as_deref().unwrap_or_default(),
+        reference.name.as_deref().unwrap_or_default(),
+        reference.uid.as_deref().unwrap_or_default(),
+    )
 }
 
 /// Runs `stream` into the reflector `writer` until `shutdown`, checking the policy
