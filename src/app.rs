@@ -24,11 +24,11 @@ use crate::{
     certs::{
         self, CertError, CertMetrics, FileSource, ManagerError, SelfManaged, SelfManagedSettings,
     },
-    config::{CertMode, ServeArgs, ServerArgs, ServerArgsError, TlsArgs},
+    config::{CertMode, ServeArgs, ServerArgs, ServerArgsError, TlsArgs, TlsArgsError},
     error::error_chain,
     policy::{
-        AccessChecker, CrdCache, CrdWatch, Defaults, GlobalPolicy, InvalidReporter, NamespaceCache,
-        NamespaceWatch, PolicyMetrics, RestorePolicy,
+        self, AccessChecker, CrdCache, CrdWatch, Defaults, GlobalPolicy, InvalidReporter,
+        NamespaceCache, NamespaceWatch, PolicyMetrics,
     },
     restore::{self, RestoreMetrics, Worker},
     server::{self, BindError, Readiness},
@@ -53,6 +53,8 @@ pub enum BuildError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Listener(#[from] ServerArgsError),
+    #[error(transparent)]
+    Tls(#[from] TlsArgsError),
     #[error("could not set up the Redis store")]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -199,21 +201,6 @@ impl Certificates {
             .ok_or(BuildError::SelfManagedConfig(
                 "needs --namespace outside a cluster",
             ))?;
-        if tls.cert_hosts.is_empty() {
-            return Err(BuildError::SelfManagedConfig(
-                "needs --cert-hosts, the names the API server calls the webhook by",
-            ));
-        }
-        if tls.cert_validity >= tls.ca_validity {
-            return Err(BuildError::SelfManagedConfig(
-                "needs --cert-validity shorter than --ca-validity",
-            ));
-        }
-        if tls.cert_check_interval * 3 > tls.cert_validity {
-            return Err(BuildError::SelfManagedConfig(
-                "needs --cert-check-interval under a third of --cert-validity, or renewals come too late",
-            ));
-        }
         let settings = SelfManagedSettings {
             namespace,
             ca_secret: tls.ca_secret.clone(),
@@ -264,6 +251,7 @@ impl App {
     /// both listeners and builds the webhook, the worker and the caches. Nothing runs yet.
     pub async fn build(args: ServeArgs) -> Result<Self, BuildError> {
         args.server.check()?;
+        args.tls.check()?;
         let mut registry = telemetry::registry();
         let store_metrics = StoreMetrics::register(&mut registry);
         let admission_metrics = AdmissionMetrics::register(&mut registry);
@@ -309,12 +297,10 @@ impl App {
         store.warm_up(WARM_UP_BUDGET).await;
 
         let global = global_policy(&args);
-        let policy = RestorePolicy {
-            mode: args.restore.restore_mode,
-            fields: args.restore.restore_fields.0.clone(),
-            narrowed_to: Vec::new(),
-            exclude_fields: args.restore.restore_exclude_fields.0.clone(),
-        };
+        // Jobs queued by versions that did not carry their policy restore with the global one.
+        let policy = policy::resolve(&global.defaults, None, None, None)
+            .policy
+            .restore;
 
         let webhook_listener = server::bind(args.server.listen).await?;
         let admin_listener = server::bind(args.server.admin_listen).await?;

@@ -205,6 +205,46 @@ pub struct TlsArgs {
     pub cert_check_interval: Duration,
 }
 
+/// Self-managed certificate flags that do not fit together.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TlsArgsError {
+    #[error(
+        "--cert-mode self-managed needs --cert-hosts, the names the API server calls the webhook by"
+    )]
+    NoCertHosts,
+    #[error("--cert-mode self-managed needs --cert-validity shorter than --ca-validity")]
+    CertOutlivesCa,
+    #[error(
+        "--cert-mode self-managed needs --cert-check-interval under a third of --cert-validity, or renewals come too late"
+    )]
+    CheckTooRare,
+}
+
+impl TlsArgs {
+    /// Checks what single flags cannot, for `--cert-mode self-managed`: names to issue for,
+    /// a serving certificate that does not outlive its CA, and checks often enough to renew
+    /// it in time.
+    pub fn check(&self) -> Result<(), TlsArgsError> {
+        if self.cert_mode != CertMode::SelfManaged {
+            return Ok(());
+        }
+        if self.cert_hosts.is_empty() {
+            return Err(TlsArgsError::NoCertHosts);
+        }
+        if self.cert_validity >= self.ca_validity {
+            return Err(TlsArgsError::CertOutlivesCa);
+        }
+        if self
+            .cert_check_interval
+            .checked_mul(3)
+            .is_none_or(|thrice| thrice > self.cert_validity)
+        {
+            return Err(TlsArgsError::CheckTooRare);
+        }
+        Ok(())
+    }
+}
+
 /// Where the serving certificate comes from.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CertMode {
@@ -539,6 +579,34 @@ mod tests {
         assert_eq!(args.restore.resource_policy.len(), 2);
         assert_eq!(args.restore.resource_policy[1].group, "infra.example.com");
         assert!(serve(&["--resource-policy", "services=on"]).is_err());
+    }
+
+    #[test]
+    fn self_managed_flags_must_fit_together() {
+        let self_managed = |flags: &[&str]| {
+            let mut all = vec!["--cert-mode", "self-managed", "--cert-hosts", "r.ns.svc"];
+            all.extend_from_slice(flags);
+            serve(&all).unwrap().tls.check()
+        };
+        assert_eq!(self_managed(&[]), Ok(()));
+        assert_eq!(
+            self_managed(&["--cert-validity", "10m", "--cert-check-interval", "200s"]),
+            Ok(())
+        );
+        assert_eq!(
+            self_managed(&["--cert-validity", "10m", "--cert-check-interval", "201s"]),
+            Err(TlsArgsError::CheckTooRare)
+        );
+        assert_eq!(
+            self_managed(&["--ca-validity", "30d"]),
+            Err(TlsArgsError::CertOutlivesCa)
+        );
+        assert_eq!(
+            serve(&["--cert-mode", "self-managed"]).unwrap().tls.check(),
+            Err(TlsArgsError::NoCertHosts)
+        );
+        // Files mode has none of these.
+        assert_eq!(serve(&["--ca-validity", "1d"]).unwrap().tls.check(), Ok(()));
     }
 
     #[test]

@@ -12,8 +12,8 @@
 //! the previous CAs in service.
 
 use std::{
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError, RwLock},
     time::Duration,
 };
 
@@ -182,10 +182,7 @@ impl ListenerTls {
             return Ok(false);
         };
         let pem = read(&file.path)?;
-        let mut contents = match file.contents.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut contents = file.contents.lock().unwrap_or_else(PoisonError::into_inner);
         if contents.in_service == pem || contents.rejected.as_ref() == Some(&pem) {
             return Ok(false);
         }
@@ -197,10 +194,7 @@ impl ListenerTls {
             }
         };
         let config = Arc::new(server_config(self.resolver.clone(), Some(ca.verifier))?);
-        match self.config.write() {
-            Ok(mut guard) => *guard = config,
-            Err(poisoned) => *poisoned.into_inner() = config,
-        }
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
         *contents = Contents {
             in_service: pem,
             rejected: None,
@@ -228,7 +222,8 @@ impl ListenerTls {
     }
 
     /// The client CA file, if callers must present a certificate.
-    pub fn client_ca_file(&self) -> Option<&Path> {
+    #[cfg(test)]
+    fn client_ca_file(&self) -> Option<&std::path::Path> {
         self.client_ca.as_ref().map(|c| c.path.as_path())
     }
 }
@@ -257,7 +252,7 @@ mod tests {
     }
 
     fn listener(
-        client_ca_file: Option<&Path>,
+        client_ca_file: Option<&std::path::Path>,
         metrics: CertMetrics,
     ) -> Result<Listener, CertError> {
         let g = generate(&["a.example".into()], HOUR).unwrap();

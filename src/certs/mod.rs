@@ -24,7 +24,8 @@ use rcgen::{
 pub use client_ca::{ClientAuth, ListenerTls};
 pub use manager::{ManagerError, SelfManaged, SelfManagedSettings};
 pub use metrics::CertMetrics;
-pub use resolver::{CertError, FileSource, ServingCert, server_config};
+use resolver::server_config;
+pub use resolver::{CertError, FileSource, ServingCert};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {

@@ -172,11 +172,6 @@ impl ServingCert {
         self.loaded().validity
     }
 
-    /// The served certificate chain, PEM encoded.
-    pub fn cert_pem(&self) -> Vec<u8> {
-        self.loaded().cert_pem.clone()
-    }
-
     /// Due for renewal at `now`: less than a third of its lifetime left.
     pub fn due(&self, now: Timestamp) -> bool {
         self.validity().due(now)

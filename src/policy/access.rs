@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Mutex,
+    sync::{Mutex, PoisonError},
     time::Duration,
 };
 
@@ -164,21 +164,20 @@ impl AccessChecker {
     }
 
     fn cached(&self, question: &Question) -> Option<bool> {
-        let cache = self.cache.lock().ok()?;
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let (allowed, at) = cache.get(question)?;
         (at.elapsed() < self.ttl).then_some(*allowed)
     }
 
     fn remember(&self, question: Question, allowed: bool) {
-        if let Ok(mut cache) = self.cache.lock() {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= CACHED {
+            cache.retain(|_, (_, at)| at.elapsed() < self.ttl);
             if cache.len() >= CACHED {
-                cache.retain(|_, (_, at)| at.elapsed() < self.ttl);
-                if cache.len() >= CACHED {
-                    cache.clear();
-                }
+                cache.clear();
             }
-            cache.insert(question, (allowed, Instant::now()));
         }
+        cache.insert(question, (allowed, Instant::now()));
     }
 }
 

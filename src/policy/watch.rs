@@ -5,7 +5,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt::Debug,
     hash::Hash,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use futures::{Stream, StreamExt};
@@ -48,10 +48,7 @@ impl InvalidReporter {
 
     /// Remembers that `key` (an object) has `bad` now; true when that is news.
     fn news(&self, key: &str, bad: Option<&InvalidAnnotation>) -> bool {
-        let mut reported = self
-            .reported
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut reported = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
         match bad {
             None => {
                 reported.remove(key);

@@ -9,7 +9,7 @@ mod metrics;
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -223,10 +223,7 @@ impl Worker {
 
     /// Adds `deliveries` to the jobs kept claimed, or removes them.
     fn set_inflight(&self, deliveries: &[Delivery], inflight: bool) {
-        let mut set = self
-            .inflight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut set = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
         for delivery in deliveries {
             if inflight {
                 set.insert(delivery.id.clone());
@@ -256,8 +253,10 @@ impl Worker {
             let inflight: Vec<String> = self
                 .inflight
                 .lock()
-                .map(|set| set.iter().cloned().collect())
-                .unwrap_or_default();
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned()
+                .collect();
             if let Err(error) = self
                 .store
                 .touch(&self.settings.consumer, &inflight, budget)

@@ -18,7 +18,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -403,10 +403,10 @@ impl Activity {
     }
 
     fn idle_since(&self) -> Instant {
-        match self.idle_since.lock() {
-            Ok(guard) => *guard,
-            Err(poisoned) => *poisoned.into_inner(),
-        }
+        *self
+            .idle_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Returns once no request is in flight.
@@ -440,10 +440,11 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             let now = Instant::now();
-            match self.0.idle_since.lock() {
-                Ok(mut guard) => *guard = now,
-                Err(poisoned) => *poisoned.into_inner() = now,
-            }
+            *self
+                .0
+                .idle_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = now;
         }
     }
 }
@@ -464,10 +465,7 @@ impl Throttle {
 
     /// Records an event; returns how many there were since the last warning when one is due.
     fn hit(&self) -> Option<u64> {
-        let mut state = match self.state.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let (last, count) = &mut *state;
         *count += 1;
         let now = Instant::now();
