@@ -313,6 +313,23 @@ mod tests {
         assert!(g.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(g.key_pem.contains("PRIVATE KEY"));
         assert_ne!(g.ca_pem, g.cert_pem);
+        // The names go in as a DNS name and an IP address, as clients check them.
+        let (_, pem) = x509_parser::pem::parse_x509_pem(g.cert_pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let names: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .expect("a subjectAltName extension")
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => format!("dns:{d}"),
+                x509_parser::extensions::GeneralName::IPAddress(ip) => format!("ip:{ip:?}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(names, ["dns:restatus.restatus.svc", "ip:[127, 0, 0, 1]"]);
     }
 
     #[test]
