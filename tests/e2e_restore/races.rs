@@ -20,14 +20,21 @@ use crate::support::{
 
 #[tokio::test]
 async fn a_controller_writing_right_after_the_create_keeps_its_facts_and_gets_the_saved_ones() {
-    let env = Env::start(EnvOptions::default()).await;
+    // No worker yet, so the controller's write certainly comes first.
+    let env = Env::start(EnvOptions::webhook_only()).await;
     env.create_record_delete("raced", &saved_status()).await;
     let api = env.clusters();
     api.create(&PostParams::default(), &kubernetes_cluster("raced"))
         .await
         .unwrap();
-    // The owning controller reacts to the new object at once.
-    patch_status(&api, "raced", json!({"phase": "Provisioning"})).await;
+    // The owning controller reacts to the new object at once: its write lands with the
+    // saved facts merged in, while the object still waits for its restore.
+    let written = patch_status(&api, "raced", json!({"phase": "Provisioning"})).await;
+    let merged = status_of(&written).unwrap();
+    assert_eq!(merged["phase"], "Provisioning");
+    assert_eq!(merged["clusterID"], "c-7f3a9", "merged in the write");
+    assert!(written.annotations().contains_key(ANNOTATION_RESTORE));
+    let _worker = env.start_replica("worker", &[]).await;
     let restored = wait_restored(&api, "raced").await;
     let status = status_of(&restored).unwrap();
     assert_eq!(

@@ -104,17 +104,27 @@ async fn two_replicas_restore_fifty_recreated_objects_exactly_once_each() {
             .collect();
         assert_eq!(ours.len(), 1, "{name}: {ours:?}");
     }
-    // The worker counts a restore once it has also swapped the annotation and reported it.
-    let restored_total = eventually(WAIT, "50 restores to be counted", || async {
-        let mut total = 0.0;
-        for r in &env.restatus {
-            total += outcome(r, "restored").await;
+    // Once every job is acknowledged, the replicas together counted 50 restores and no
+    // second delivery of any job (which would count as already_restored or record_replaced).
+    wait_queue_empty(&env).await;
+    let total = |name: &'static str| {
+        let env = &env;
+        async move {
+            let mut sum = 0.0;
+            for r in &env.restatus {
+                sum += outcome(r, name).await;
+            }
+            sum
         }
-        (total >= 50.0).then_some(total)
+    };
+    let restored_total = eventually(WAIT, "50 restores to be counted", || async {
+        let restored = total("restored").await;
+        (restored >= 50.0).then_some(restored)
     })
     .await;
     assert_eq!(restored_total, 50.0, "each object restored exactly once");
-    wait_queue_empty(&env).await;
+    assert_eq!(total("already_restored").await, 0.0);
+    assert_eq!(total("record_replaced").await, 0.0);
 }
 
 const STRICT: TestType = TestType::namespaced("strictclusters", "StrictCluster");
