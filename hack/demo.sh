@@ -32,6 +32,7 @@ bash hack/prereqs.sh
 cargo build --locked --quiet
 restatus=$repo/target/debug/restatus
 kubectl_bin=$repo/target/cluster/kubectl
+helm=$repo/target/tools/helm
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/restatus-demo.XXXXXX")
 pids=()
@@ -60,6 +61,25 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
 pids+=($!)
 wait_for 10 "redis" redis-cli -p "$redis_port" ping
 
+say "Giving restatus the chart's ServiceAccount and least-privilege RBAC"
+kubectl create namespace restatus >/dev/null
+# Certificates come from files here and Redis runs outside the chart: the values only make
+# the chart render; what is applied is its ServiceAccount, ClusterRole and binding.
+placeholder_ca=$(printf -- '-----BEGIN CERTIFICATE-----\nunused\n-----END CERTIFICATE-----\n' | base64 -w0)
+"$helm" template restatus charts/restatus --namespace restatus \
+	--set certificates.mode=provided --set certificates.provided.secretName=unused \
+	--set "certificates.provided.caBundle=$placeholder_ca" \
+	--set redis.mode=external --set "redis.external.url=redis://127.0.0.1:$redis_port" \
+	--set-json 'trackedResources=[{"group":"infra.example.com","resources":["kubernetesclusters"]}]' \
+	--show-only templates/serviceaccount.yaml --show-only templates/rbac.yaml |
+	kubectl apply -f - | sed 's/^/  /'
+token=$(kubectl --namespace restatus create token restatus --duration=2h)
+restatus_kubeconfig=$work/restatus.kubeconfig
+kubectl config view --raw --minify --flatten >"$restatus_kubeconfig"
+KUBECONFIG=$restatus_kubeconfig "$kubectl_bin" config set-credentials restatus --token="$token" >/dev/null
+KUBECONFIG=$restatus_kubeconfig "$kubectl_bin" config set-context --current --user=restatus >/dev/null
+echo "  restatus runs as $(KUBECONFIG=$restatus_kubeconfig "$kubectl_bin" auth whoami -o jsonpath='{.status.userInfo.username}')"
+
 say "Starting restatus"
 "$restatus" certs --out "$work/certs" --host 127.0.0.1 --host localhost >/dev/null
 port=$(free_port)
@@ -68,7 +88,7 @@ admin_port=$(free_port)
 	--listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin_port" \
 	--redis-url "redis://127.0.0.1:$redis_port" \
 	--tls-cert-file "$work/certs/tls.crt" --tls-key-file "$work/certs/tls.key" \
-	--kubeconfig "$kubeconfig" >"$work/restatus.log" 2>&1 &
+	--kubeconfig "$restatus_kubeconfig" >"$work/restatus.log" 2>&1 &
 pids+=($!)
 wait_for 30 "restatus /readyz" curl -fsS "http://127.0.0.1:$admin_port/readyz"
 echo "  webhook https://127.0.0.1:$port/mutate, metrics http://127.0.0.1:$admin_port/metrics"
