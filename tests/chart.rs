@@ -353,6 +353,63 @@ fn leaves(prefix: &str, value: &serde_yaml::Value, out: &mut BTreeSet<String>) {
 }
 
 #[test]
+fn the_alerts_of_the_docs_ship_as_a_prometheus_rule_for_the_charts_job() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shipped = std::fs::read_to_string(helm::chart().join("alerts/restatus.yaml")).unwrap();
+    let docs = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+    let block = docs.split("## Alerts").nth(1).unwrap();
+    let block = block
+        .split("```yaml\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let rules: String = shipped
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        rules, block,
+        "charts/restatus/alerts/restatus.yaml and docs/metrics.md differ"
+    );
+
+    assert!(
+        helm::of_kind(&defaults(), "PrometheusRule").is_empty(),
+        "off by default"
+    );
+    let objects = helm::template("r", "restatus", &["--set", "prometheusRule.enabled=true"]);
+    let rule = one(&objects, "PrometheusRule");
+    let alerts = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
+    assert_eq!(alerts.len(), block.matches("- alert:").count());
+    let exprs: Vec<&str> = alerts.iter().map(|a| a["expr"].as_str().unwrap()).collect();
+    assert!(
+        exprs.iter().all(|e| !e.contains("job=\"restatus\"")),
+        "{exprs:?}"
+    );
+    assert!(
+        exprs.iter().all(|e| e.contains("job=\"r-restatus\"")),
+        "the ServiceMonitor's job: {exprs:?}"
+    );
+    let objects = helm::template(
+        "r",
+        "restatus",
+        &[
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "prometheusRule.job=webhooks",
+        ],
+    );
+    let exprs = one(&objects, "PrometheusRule")["spec"]["groups"][0]["rules"].to_string();
+    assert!(
+        exprs.contains("job=\\\"webhooks\\\"") && !exprs.contains("r-restatus"),
+        "{exprs}"
+    );
+}
+
+#[test]
 fn the_values_reference_lists_every_value() {
     let values: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(helm::chart().join("values.yaml")).unwrap())
