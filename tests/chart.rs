@@ -591,6 +591,16 @@ struct ChartEnv {
 }
 
 impl ChartEnv {
+    /// [`ChartEnv::start`] with `certificates.selfManaged` values (short lives, in tests).
+    async fn self_managed(values: &[(&str, &str)]) -> ChartEnv {
+        let sets: Vec<String> = values
+            .iter()
+            .map(|(k, v)| format!("certificates.selfManaged.{k}={v}"))
+            .collect();
+        let args: Vec<&str> = sets.iter().flat_map(|s| ["--set", s.as_str()]).collect();
+        ChartEnv::start(&args).await
+    }
+
     /// Installs the chart for KubernetesClusters with a development webhook URL and
     /// external Redis, then runs the Deployment's container as a process: its args, its env
     /// (downward API and Secret references resolved), the chart's ServiceAccount's token.
@@ -890,13 +900,7 @@ async fn the_service_account_may_do_what_restatus_needs_and_nothing_more() {
 #[tokio::test]
 async fn the_serving_certificate_is_renewed_while_the_webhook_configuration_cannot_be_written() {
     let _serial = INSTALLING.lock().await;
-    let env = ChartEnv::start(&[
-        "--set",
-        "certificates.selfManaged.certValidity=6s",
-        "--set",
-        "certificates.selfManaged.checkInterval=1s",
-    ])
-    .await;
+    let env = ChartEnv::self_managed(&[("certValidity", "6s"), ("checkInterval", "1s")]).await;
     // The caBundle cannot be published any more: the serving certificate must not lapse.
     Api::<MutatingWebhookConfiguration>::all(env.client.clone())
         .delete(&env.release.fullname(), &DeleteParams::default())
@@ -923,13 +927,10 @@ async fn serving_and_ca_rotation_under_load_lose_no_review() {
     let _serial = INSTALLING.lock().await;
     // Short lives so that both rotate within the test: the serving certificate is renewed
     // about every 10 s, the CA once after about 30 s.
-    let env = ChartEnv::start(&[
-        "--set",
-        "certificates.selfManaged.caValidity=45s",
-        "--set",
-        "certificates.selfManaged.certValidity=15s",
-        "--set",
-        "certificates.selfManaged.checkInterval=1s",
+    let env = ChartEnv::self_managed(&[
+        ("caValidity", "45s"),
+        ("certValidity", "15s"),
+        ("checkInterval", "1s"),
     ])
     .await;
     let api = env.clusters();
