@@ -14,10 +14,8 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    admissionregistration::v1::MutatingWebhookConfiguration,
-    apps::v1::Deployment,
-    authorization::v1::SubjectAccessReview,
-    core::v1::{Namespace, Secret},
+    admissionregistration::v1::MutatingWebhookConfiguration, apps::v1::Deployment,
+    authorization::v1::SubjectAccessReview, core::v1::Secret,
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -30,7 +28,7 @@ use restatus::{
 };
 use serde_json::{Value, json};
 use support::{
-    cluster::{self, WAIT, kubernetes_cluster, patch_status, wait_restored},
+    cluster::{self, WAIT, create_namespace, kubernetes_cluster, patch_status, wait_restored},
     eventually, free_port,
     helm::{self, Output},
     identity,
@@ -494,16 +492,6 @@ impl Drop for Release {
             eprintln!("helm uninstall failed: {}", out.stderr);
         }
     }
-}
-
-async fn create_namespace(client: &Client, name: &str) {
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
-        )
-        .await
-        .unwrap();
 }
 
 async fn secret_data(client: &Client, ns: &str, name: &str) -> BTreeMap<String, Vec<u8>> {

@@ -11,9 +11,7 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::{
-    admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Namespace,
-};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use restatus::{
     certs::{Pair, generate_ca, issue_client},
@@ -22,7 +20,7 @@ use restatus::{
 use serde_json::{Value, json};
 use support::{
     cluster::{
-        ControlPlane, apply_crd, base64, example_crd, kubernetes_cluster,
+        ControlPlane, apply_crd, base64, create_namespace, example_crd, kubernetes_cluster,
         kubernetes_cluster_resource, patch_status,
     },
     fixture,
@@ -253,13 +251,7 @@ async fn the_api_server_presents_its_client_certificate_and_a_forged_review_is_r
     let client = cp.client().await;
     apply_crd(&client, example_crd()).await;
     let ns = support::unique("mtls");
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    create_namespace(&client, &ns).await;
     let identity = cp.restatus_identity(&client, &ns, &[]).await;
 
     let redis = RedisServer::start().await;

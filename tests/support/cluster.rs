@@ -442,6 +442,17 @@ fn identity_values(types: &[TestType]) -> Vec<String> {
     .collect()
 }
 
+/// Creates the namespace `name`.
+pub async fn create_namespace(client: &Client, name: &str) {
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
 /// Standard base64 with padding.
 pub fn base64(text: &str) -> String {
     restatus::text::base64_encode(text.as_bytes())
