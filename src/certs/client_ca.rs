@@ -162,10 +162,10 @@ impl ListenerTls {
 
     /// The configuration for a new connection.
     pub fn config(&self) -> Arc<ServerConfig> {
-        match self.config.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether callers must present a client certificate.

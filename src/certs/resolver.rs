@@ -7,7 +7,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{Arc, PoisonError, RwLock},
     time::Duration,
 };
 
@@ -95,7 +95,7 @@ impl Loaded {
             what: what.into(),
             source,
         })?;
-        let validity = Validity::of_pem(&cert_pem).map_err(|source| CertError::Validity {
+        let validity = Validity::of_der(&chain[0]).map_err(|source| CertError::Validity {
             what: what.into(),
             source,
         })?;
@@ -139,10 +139,10 @@ impl ServingCert {
     }
 
     fn loaded(&self) -> Arc<Loaded> {
-        match self.current.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Serves a new pair if it differs from the served one and is valid. Returns whether a
@@ -160,10 +160,7 @@ impl ServingCert {
         let loaded = Arc::new(Loaded::parse(what, cert_pem, key_pem)?);
         self.metrics.expires("serving", loaded.validity.not_after);
         self.metrics.rotated("serving");
-        match self.current.write() {
-            Ok(mut guard) => *guard = loaded,
-            Err(poisoned) => *poisoned.into_inner() = loaded,
-        }
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = loaded;
         Ok(true)
     }
 
