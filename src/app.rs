@@ -88,10 +88,9 @@ pub enum TaskError {
 pub struct App {
     webhook_listener: TcpListener,
     admin_listener: TcpListener,
-    tls: Arc<certs::ListenerTls>,
-    limits: server::Limits,
-    server_metrics: server::ServerMetrics,
-    webhook: Router,
+    webhook: server::Webhook,
+    /// The listener's TLS, when its client CA file is to be reloaded.
+    client_ca: Option<Arc<certs::ListenerTls>>,
     admin: Router,
     ready: Arc<Readiness>,
     certificates: Certificates,
@@ -382,13 +381,18 @@ impl App {
             });
 
         let ready = Arc::new(Readiness::default());
+        let client_ca = Some(tls.clone()).filter(|tls| tls.requires_client_certificates());
+        let webhook = server::Webhook {
+            tls: Arc::new(move || tls.config()),
+            router: admission::router(admission, args.server.max_request_bytes),
+            limits: listener_limits(&args.server),
+            metrics: server_metrics,
+        };
         Ok(Self {
             webhook_listener,
             admin_listener,
-            tls,
-            limits: listener_limits(&args.server),
-            server_metrics,
-            webhook: admission::router(admission, args.server.max_request_bytes),
+            webhook,
+            client_ca,
             admin: server::admin_router(Arc::new(registry), ready.clone()),
             ready,
             certificates,
@@ -447,8 +451,8 @@ impl App {
                 })
             }
         }
-        if self.tls.requires_client_certificates() {
-            let (tls, stop) = (self.tls.clone(), shutdown.clone());
+        if let Some(tls) = self.client_ca {
+            let stop = shutdown.clone();
             tasks.spawn("the client CA reloader", async move {
                 tls.watch(stop).await;
                 Ok(())
@@ -460,14 +464,8 @@ impl App {
                 .await
                 .map_err(TaskError::Admin)
         });
-        let (limits, metrics) = (self.limits, self.server_metrics);
-        let (listener, tls, webhook, ready, stop) = (
-            self.webhook_listener,
-            self.tls,
-            self.webhook,
-            self.ready,
-            shutdown,
-        );
+        let (listener, webhook, ready, stop) =
+            (self.webhook_listener, self.webhook, self.ready, shutdown);
         tasks.spawn("the webhook listener", async move {
             // Serve once the policy caches hold the cluster's CRDs and namespaces, so that the
             // first reviews see their annotations.
@@ -477,12 +475,6 @@ impl App {
                     "the CRD and namespace caches did not sync within {CACHE_SYNC_TIMEOUT:?}; serving anyway, with the global policy where they know nothing yet"
                 );
             }
-            let webhook = server::Webhook {
-                tls: Arc::new(move || tls.config()),
-                router: webhook,
-                limits,
-                metrics,
-            };
             server::serve_tls(listener, webhook, ready, stop, grace).await;
             Ok(())
         });
