@@ -34,7 +34,7 @@ use crate::{
     policy::{
         ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT, Access, AccessChecker, CrdCache, GlobalPolicy,
         InvalidReporter, Level, NamespaceCache, Overrides, Policy, PolicyMetrics, RESTORE_PENDING,
-        Resolved, RestoreFor, RestoreMode, RestorePolicy, Skipped, TypeInfo, decide, resolve,
+        Resolved, RestoreFor, Skipped, TypeInfo, decide, decide_fill, resolve,
     },
     store::{RecordWrite, RestoreJob, Store, StoreError, WriteOutcome},
     text::{LOG_FIELD_CHARS, clip},
@@ -432,11 +432,7 @@ impl Admission {
             return Ok((self.record(&write).await?, Vec::new()));
         };
         let written = Some(&write.status).filter(|s| !s.is_null());
-        let fill = RestorePolicy {
-            mode: RestoreMode::Fill,
-            ..policy.restore.clone()
-        };
-        match decide(&record.status, written, &fill) {
+        match decide_fill(&record.status, written, &policy.restore) {
             Some(merged) => Ok((Outcome::Merged, vec![patch::set_status(merged)])),
             None => Ok((Outcome::Skipped(Skip::PendingRestore), Vec::new())),
         }

@@ -19,6 +19,12 @@ pub fn decide(saved: &Value, live: Option<&Value>, policy: &RestorePolicy) -> Op
     merge(&policy.restorable(saved), live, policy.mode)
 }
 
+/// [`decide`] in `fill` mode whatever `policy.mode` says: for a status write to an object
+/// waiting for its restore, where the writer's fresh facts always win.
+pub fn decide_fill(saved: &Value, live: Option<&Value>, policy: &RestorePolicy) -> Option<Value> {
+    merge(&policy.restorable(saved), live, RestoreMode::Fill)
+}
+
 fn merge(saved: &Value, live: Option<&Value>, mode: RestoreMode) -> Option<Value> {
     let live = live.filter(|v| !v.is_null());
     let merged = match mode {
@@ -61,6 +67,23 @@ fn replace(saved: &Value, live: Option<&Value>) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn decide_fill_fills_whatever_the_mode() {
+        let saved = json!({"phase": "Running", "clusterID": "c-1"});
+        let live = json!({"phase": "Provisioning"});
+        let replace = policy(RestoreMode::Replace, &["/secret"]);
+        assert_eq!(
+            decide_fill(&saved, Some(&live), &replace),
+            Some(json!({"phase": "Provisioning", "clusterID": "c-1"}))
+        );
+        assert_eq!(
+            decide(&saved, Some(&live), &replace),
+            Some(json!({"phase": "Running", "clusterID": "c-1"}))
+        );
+        let complete = json!({"phase": "Provisioning", "clusterID": "c-1"});
+        assert_eq!(decide_fill(&saved, Some(&complete), &replace), None);
+    }
 
     fn policy(mode: RestoreMode, exclude: &[&str]) -> RestorePolicy {
         RestorePolicy {

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 pub use access::{Access, AccessChecker};
 pub use crds::{CrdCache, CrdWatch, TypeInfo};
-pub use decide::decide;
+pub use decide::{decide, decide_fill};
 pub use fields::{FieldPattern, FieldPatterns, PatternError, exclude, select, select_all};
 pub use metrics::PolicyMetrics;
 pub use namespaces::{NamespaceCache, NamespaceWatch};

@@ -10,7 +10,7 @@
 //! - A level with an invalid value is skipped as a whole (the levels below it apply) and
 //!   reported, so that a typo never half-applies.
 
-use std::{collections::BTreeMap, fmt, time::Duration};
+use std::{borrow::Cow, collections::BTreeMap, fmt, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -276,13 +276,21 @@ pub struct GlobalPolicy {
 }
 
 impl GlobalPolicy {
-    /// The defaults for objects of `group`/`resource`.
-    pub fn for_type(&self, group: &str, resource: &str) -> Defaults {
-        let mut defaults = self.defaults.clone();
-        if let Some(policy) = self.types.get(&(group.to_owned(), resource.to_owned())) {
-            defaults.policy = *policy;
+    /// The defaults for objects of `group`/`resource`: borrowed, unless the type is opted
+    /// in or out against them (on every review, so no copy when nothing differs).
+    pub fn for_type(&self, group: &str, resource: &str) -> Cow<'_, Defaults> {
+        let listed = self
+            .types
+            .iter()
+            .find(|((g, r), _)| g == group && r == resource);
+        match listed {
+            Some((_, policy)) if *policy != self.defaults.policy => {
+                let mut defaults = self.defaults.clone();
+                defaults.policy = *policy;
+                Cow::Owned(defaults)
+            }
+            _ => Cow::Borrowed(&self.defaults),
         }
-        defaults
     }
 }
 
@@ -574,6 +582,8 @@ mod tests {
         let kc = global.for_type("infra.example.com", "kubernetesclusters");
         assert_eq!(kc.policy, Enablement::Disabled);
         assert_eq!(global.for_type("", "services").policy, Enablement::Enabled);
+        assert!(matches!(global.for_type("", "services"), Cow::Borrowed(_)));
+        assert!(matches!(kc, Cow::Owned(_)));
         // A namespace can opt a disabled type in.
         let r = resolve(
             &kc,
