@@ -417,46 +417,25 @@ impl App {
 
         let (crds, namespaces) = (self.caches.crds.clone(), self.caches.namespaces.clone());
         if let Some((crd_watch, ns_watch)) = self.caches.watches {
-            let stop = shutdown.clone();
-            tasks.spawn("the CRD watch", async move {
-                crd_watch.run(stop).await;
-                Ok(())
-            });
-            let stop = shutdown.clone();
-            tasks.spawn("the namespace watch", async move {
-                ns_watch.run(stop).await;
-                Ok(())
-            });
+            tasks.spawn_until_shutdown("the CRD watch", |stop| crd_watch.run(stop));
+            tasks.spawn_until_shutdown("the namespace watch", |stop| ns_watch.run(stop));
         }
         if let Some(worker) = self.worker {
-            let stop = shutdown.clone();
-            tasks.spawn("the restore worker", async move {
-                worker.run(stop, grace).await;
-                Ok(())
-            });
+            tasks.spawn_until_shutdown("the restore worker", |stop| worker.run(stop, grace));
         }
-        let stop = shutdown.clone();
         match self.certificates {
             Certificates::Files {
                 source,
                 reload_interval,
-            } => tasks.spawn("the certificate reloader", async move {
-                source.watch(reload_interval, stop).await;
-                Ok(())
+            } => tasks.spawn_until_shutdown("the certificate reloader", |stop| {
+                source.watch(reload_interval, stop)
             }),
             Certificates::SelfManaged(manager) => {
-                tasks.spawn("the certificate manager", async move {
-                    manager.run(stop).await;
-                    Ok(())
-                })
+                tasks.spawn_until_shutdown("the certificate manager", |stop| manager.run(stop));
             }
         }
         if let Some(tls) = self.client_ca {
-            let stop = shutdown.clone();
-            tasks.spawn("the client CA reloader", async move {
-                tls.watch(stop).await;
-                Ok(())
-            });
+            tasks.spawn_until_shutdown("the client CA reloader", |stop| tls.watch(stop));
         }
         let (listener, admin, stop) = (self.admin_listener, self.admin, shutdown.clone());
         tasks.spawn("the admin listener", async move {
@@ -522,6 +501,22 @@ impl Tasks {
             }
         });
         self.names.insert(handle.id(), name);
+    }
+
+    /// Runs a part that cannot fail and stops when the shutdown token it is given is
+    /// cancelled (a watch, a reloader, the worker) as the task `name`.
+    fn spawn_until_shutdown<F>(
+        &mut self,
+        name: &'static str,
+        part: impl FnOnce(CancellationToken) -> F,
+    ) where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let part = part(self.shutdown.clone());
+        self.spawn(name, async move {
+            part.await;
+            Ok(())
+        });
     }
 
     /// Waits for every task. The first failure cancels the shutdown token (the others drain)
