@@ -582,8 +582,12 @@ mod tests {
         let kc = global.for_type("infra.example.com", "kubernetesclusters");
         assert_eq!(kc.policy, Enablement::Disabled);
         assert_eq!(global.for_type("", "services").policy, Enablement::Enabled);
-        assert!(matches!(global.for_type("", "services"), Cow::Borrowed(_)));
+        // Only the type listed, by group and resource.
+        let other = global.for_type("infra.example.com", "regions");
+        assert_eq!(other.policy, Enablement::Enabled);
+        // The defaults are copied only to change them.
         assert!(matches!(kc, Cow::Owned(_)));
+        assert!(matches!(other, Cow::Borrowed(_)));
         // A namespace can opt a disabled type in.
         let r = resolve(
             &kc,
@@ -595,5 +599,10 @@ mod tests {
         for bad in ["services", "services=maybe", "Services=enabled", "=enabled"] {
             assert!(bad.parse::<TypePolicy>().is_err(), "{bad}");
         }
+        // A type listed with the defaults' own enablement needs no copy either.
+        global
+            .types
+            .insert((String::new(), "services".into()), Enablement::Enabled);
+        assert!(matches!(global.for_type("", "services"), Cow::Borrowed(_)));
     }
 }
