@@ -315,21 +315,11 @@ async fn the_api_server_presents_its_client_certificate_and_a_forged_review_is_r
         },
     )
     .await;
-    let answered: f64 = r
-        .metrics()
-        .await
-        .iter()
-        .filter(|(k, _)| k.starts_with("restatus_admission_requests_total"))
-        .map(|(_, v)| v)
-        .sum();
+    let answered = r.metric_total("restatus_admission_requests_total").await;
     assert!(answered >= 1.0);
-    let failed: f64 = r
-        .metrics()
-        .await
-        .iter()
-        .filter(|(k, _)| k.starts_with("restatus_tls_handshake_failures_total"))
-        .map(|(_, v)| v)
-        .sum();
+    let failed = r
+        .metric_total("restatus_tls_handshake_failures_total")
+        .await;
     assert_eq!(
         failed, 0.0,
         "every connection of the API server carried its client certificate"

@@ -338,10 +338,7 @@ impl Applier<'_> {
         identity: &str,
     ) -> Result<bool, ApplyError> {
         let name = obj.name_any();
-        let mut patch = json!({"metadata": {"annotations": annotations}});
-        if let Some(uid) = &obj.metadata.uid {
-            patch["metadata"]["uid"] = json!(uid);
-        }
+        let patch = annotations_patch(obj, annotations);
         match api
             .patch(&name, &self.params(), &Patch::Merge(&patch))
             .await
@@ -557,10 +554,35 @@ impl Applier<'_> {
     }
 }
 
+/// A merge patch of `obj`'s annotations that applies to its incarnation only: it carries the
+/// uid, which the API server refuses to change.
+fn annotations_patch(obj: &DynamicObject, annotations: Value) -> Value {
+    let mut patch = json!({"metadata": {"annotations": annotations}});
+    if let Some(uid) = &obj.metadata.uid {
+        patch["metadata"]["uid"] = json!(uid);
+    }
+    patch
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::ObjectIdentity;
+
+    #[test]
+    fn annotation_patches_name_their_incarnation() {
+        let mut obj = DynamicObject::new(
+            "n",
+            &ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&()),
+        );
+        obj.metadata.uid = Some("uid-7".into());
+        let swap =
+            json!({ANNOTATION_RESTORE: null, ANNOTATION_RESTORED_AT: "2026-11-25T00:00:00Z"});
+        assert_eq!(
+            annotations_patch(&obj, swap.clone()),
+            json!({"metadata": {"uid": "uid-7", "annotations": swap}})
+        );
+    }
 
     fn job(api_version: &str, kind: &str, resource: &str) -> RestoreJob {
         RestoreJob {

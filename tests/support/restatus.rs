@@ -198,6 +198,16 @@ impl Restatus {
         self.metrics().await.get(sample).copied().unwrap_or(0.0)
     }
 
+    /// The sum of metric `name` over all its label sets (0 when it has no sample).
+    pub async fn metric_total(&self, name: &str) -> f64 {
+        self.metrics()
+            .await
+            .iter()
+            .filter(|(k, _)| k.split('{').next() == Some(name))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
     pub fn send_sigterm(&self) {
         if let Some(child) = &self.child {
             let _ = Command::new("kill")
