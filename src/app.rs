@@ -24,7 +24,9 @@ use crate::{
     certs::{
         self, CertError, CertMetrics, FileSource, ManagerError, SelfManaged, SelfManagedSettings,
     },
-    config::{CertMode, ServeArgs, ServerArgs, ServerArgsError, TlsArgs, TlsArgsError},
+    config::{
+        CertMode, RestoreArgs, ServeArgs, ServerArgs, ServerArgsError, TlsArgs, TlsArgsError,
+    },
     error::error_chain,
     policy::{
         self, AccessChecker, CrdCache, CrdWatch, Defaults, GlobalPolicy, InvalidReporter,
@@ -102,8 +104,8 @@ pub struct App {
 /// How long the start waits for Redis to answer before serving without it.
 const WARM_UP_BUDGET: Duration = Duration::from_secs(2);
 
-/// How long the webhook listener waits for the policy caches before it serves anyway.
-const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// While the policy caches have not synced, how often that is logged.
+const CACHE_SYNC_WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// The watch caches the admission path reads, and the watches that fill them.
 struct Caches {
@@ -231,6 +233,20 @@ impl Certificates {
     }
 }
 
+/// How long a queued restore job stays its object's live job at most: long enough for its
+/// CREATE to land and for every delivery the worker may make, so that a marker is believed
+/// while its job may still run, and not long after.
+fn job_ttl(restore: &RestoreArgs) -> Duration {
+    let deliveries = u32::try_from(restore.restore_max_deliveries).unwrap_or(u32::MAX);
+    restore
+        .restore_deadline
+        .saturating_add(restore.restore_claim_min_idle.saturating_mul(deliveries))
+        .saturating_add(JOB_TTL_MARGIN)
+}
+
+/// What a job's lifetime allows beyond its deadline and deliveries.
+const JOB_TTL_MARGIN: Duration = Duration::from_secs(300);
+
 /// How the webhook listener bounds its clients.
 fn listener_limits(server: &ServerArgs) -> server::Limits {
     server::Limits {
@@ -355,8 +371,14 @@ impl App {
             admission::Settings {
                 redis_timeout: args.store.redis_timeout,
                 restore_deadline: args.restore.restore_deadline,
+                job_ttl: job_ttl(&args.restore),
                 global,
                 own_user,
+                limits: admission::StatusLimits {
+                    max_values: usize::try_from(args.record.max_status_values)
+                        .unwrap_or(usize::MAX),
+                    ..admission::StatusLimits::default()
+                },
             },
         ));
 
@@ -446,13 +468,22 @@ impl App {
         let (listener, webhook, ready, stop) =
             (self.webhook_listener, self.webhook, self.ready, shutdown);
         tasks.spawn("the webhook listener", async move {
-            // Serve once the policy caches hold the cluster's CRDs and namespaces, so that the
-            // first reviews see their annotations.
+            // Serve, and be ready, only once the policy caches hold the cluster's CRDs and
+            // namespaces: a review answered before would miss their annotations (a
+            // namespace's `policy: disabled`, `exclude-fields`, `restore-for`). Until then the
+            // API server's calls fail and are ignored (failurePolicy: Ignore).
             let synced = async { tokio::join!(crds.synced(), namespaces.synced()) };
-            if tokio::time::timeout(CACHE_SYNC_TIMEOUT, synced).await.is_err() {
-                tracing::warn!(
-                    "the CRD and namespace caches did not sync within {CACHE_SYNC_TIMEOUT:?}; serving anyway, with the global policy where they know nothing yet"
-                );
+            tokio::pin!(synced);
+            let waiting = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = &mut synced => break,
+                    () = stop.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(CACHE_SYNC_WARN_EVERY) => tracing::warn!(
+                        waited_s = waiting.elapsed().as_secs(),
+                        "not serving yet: the CRD and namespace caches have not synced (can restatus list and watch customresourcedefinitions and namespaces? see the watch errors above); /readyz stays unready until they do"
+                    ),
+                }
             }
             server::serve_tls(listener, webhook, ready, stop, grace).await;
             Ok(())

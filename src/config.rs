@@ -294,6 +294,12 @@ pub struct RecordArgs {
     /// How long the record of a deleted object is kept (e.g. 30d, 720h).
     #[arg(long, env = "RESTATUS_RETENTION", default_value = "30d", value_parser = parse_duration)]
     pub retention: Duration,
+
+    /// Values (scalars, list items, object keys) a status may hold to be recorded. A larger
+    /// status is not parsed, recorded or merged: the write is allowed with a warning, and
+    /// counted. Bounds the memory one review takes.
+    #[arg(long, env = "RESTATUS_MAX_STATUS_VALUES", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_status_values: u64,
 }
 
 #[derive(Args, Debug, Clone)]

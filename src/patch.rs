@@ -80,6 +80,15 @@ pub fn expect_uid(uid: &str) -> PatchOperation {
     })
 }
 
+/// Makes the patch apply only while the object's annotation `key` has `value`: the API server
+/// refuses it (422) otherwise.
+pub fn expect_annotation(key: &str, value: &str) -> PatchOperation {
+    PatchOperation::Test(TestOperation {
+        path: PointerBuf::from_tokens(["metadata", "annotations", key]),
+        value: Value::String(value.to_owned()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -615,7 +615,7 @@ async fn a_client_naming_itself_restatus_in_field_manager_does_not_write_the_rec
 }
 
 #[tokio::test]
-async fn a_record_replaced_by_another_incarnation_is_not_restored() {
+async fn a_restore_cancelled_by_taking_the_marker_off_writes_nothing() {
     let env = Env::start(EnvOptions::webhook_only()).await;
     let api = env.clusters();
     env.create_record_delete("moved", &saved()).await;
@@ -624,8 +624,8 @@ async fn a_record_replaced_by_another_incarnation_is_not_restored() {
         .await
         .unwrap();
     assert!(pending(&created));
-    // Someone takes the pending mark off and the new incarnation writes its own status: the
-    // record now belongs to it, not to the deleted object.
+    // Someone takes the pending mark off (which anyone may) and the new incarnation writes
+    // its own status: the record now belongs to it, not to the deleted object.
     api.patch(
         "moved",
         &PatchParams::default(),
@@ -637,9 +637,9 @@ async fn a_record_replaced_by_another_incarnation_is_not_restored() {
     patch_status(&api, "moved", own.clone()).await;
     assert_eq!(env.recorded_status(&env.kc_id("moved")).await, Some(own));
     let worker = env.start_replica("worker", &[]).await;
-    eventually(WAIT, "the job to finish as record_replaced", || async {
+    eventually(WAIT, "the job to finish as cancelled", || async {
         let n = worker
-            .metric("restatus_restores_total{outcome=\"record_replaced\"}")
+            .metric("restatus_restores_total{outcome=\"cancelled\"}")
             .await;
         (n == 1.0).then_some(())
     })

@@ -24,7 +24,8 @@ async fn post(router: &Router, body: impl Into<Body>) -> (StatusCode, Vec<u8>) {
 }
 
 fn patch_of(response: &Value) -> Option<Value> {
-    let bytes: Vec<u8> = serde_json::from_value(response.get("patch")?.clone()).ok()?;
+    // Base64 of the JSON patch, as the API server reads a []byte.
+    let bytes = restatus::text::base64_decode(response.get("patch")?.as_str()?).unwrap();
     assert_eq!(response["patchType"], "JSONPatch");
     Some(serde_json::from_slice(&bytes).unwrap())
 }
@@ -301,10 +302,33 @@ async fn create_of_a_known_object_is_marked_pending_and_queued() {
     review(&h.router, &fixture("reviews/kc-delete.json")).await;
     let response = review(&h.router, &fixture("reviews/kc-create.json")).await;
     let patch = patch_of(&response).expect("a patch");
+    let id = patch[0]["value"]["restatus.io/restore-job"]
+        .as_str()
+        .expect("a job id")
+        .to_owned();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
     assert_eq!(
         patch,
-        json!([{"op": "add", "path": "/metadata/annotations", "value": {"restatus.io/restore": "pending"}}])
+        json!([{"op": "add", "path": "/metadata/annotations", "value": {"restatus.io/restore": "pending", "restatus.io/restore-job": id}}])
     );
+    // Redis holds the id as the object's live job, for a bounded time.
+    let mut conn = redis.conn().await;
+    let job_key = h.keys.job(&kc("prod-eu-1"));
+    let live: String = redis::cmd("GET")
+        .arg(&job_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(live, id);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&job_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "{ttl}");
     let mut conn = redis.conn().await;
     let len: u64 = redis::cmd("XLEN")
         .arg(h.keys.queue())
@@ -320,6 +344,7 @@ async fn create_of_a_known_object_is_marked_pending_and_queued() {
         .await
         .unwrap();
     let job: Value = serde_json::from_str(&entries.ids[0].get::<String>("job").unwrap()).unwrap();
+    assert_eq!(job["id"], id.as_str());
     assert_eq!(job["identity"]["name"], "prod-eu-1");
     assert_eq!(job["recordUid"], "0f4c7a52-3b1e-4d0a-9a7e-5c1f3e2b8d11");
     assert_eq!(job["apiVersion"], "infra.example.com/v1alpha1");
@@ -329,9 +354,14 @@ async fn create_of_a_known_object_is_marked_pending_and_queued() {
     let mut with_annotations = fixture("reviews/kc-create.json");
     with_annotations["request"]["object"]["metadata"]["annotations"] = json!({"team": "a"});
     let patch = patch_of(&review(&h.router, &with_annotations).await).unwrap();
+    let second = patch[1]["value"].as_str().unwrap();
+    assert_ne!(second, id, "each CREATE gets its own job");
     assert_eq!(
         patch,
-        json!([{"op": "add", "path": "/metadata/annotations/restatus.io~1restore", "value": "pending"}])
+        json!([
+            {"op": "add", "path": "/metadata/annotations/restatus.io~1restore", "value": "pending"},
+            {"op": "add", "path": "/metadata/annotations/restatus.io~1restore-job", "value": second}
+        ])
     );
 }
 
@@ -341,13 +371,19 @@ async fn status_write_to_a_pending_object_is_merged_with_the_saved_status() {
     let h = harness(&redis, 8 << 20);
     review(&h.router, &fixture("reviews/kc-update-status.json")).await;
     review(&h.router, &fixture("reviews/kc-delete.json")).await;
+    let created = patch_of(&review(&h.router, &fixture("reviews/kc-create.json")).await).unwrap();
+    let marker = created[0]["value"].clone();
     // The owner writes a fresh phase to the new incarnation before the restore.
-    let mut write = fixture("reviews/kc-update-status.json");
-    for o in ["object", "oldObject"] {
-        write["request"][o]["metadata"]["uid"] = json!("new-incarnation");
-        write["request"][o]["metadata"]["annotations"] = json!({"restatus.io/restore": "pending"});
-    }
-    write["request"]["object"]["status"] = json!({"phase": "Provisioning"});
+    let write_with = |annotations: &Value| {
+        let mut write = fixture("reviews/kc-update-status.json");
+        for o in ["object", "oldObject"] {
+            write["request"][o]["metadata"]["uid"] = json!("new-incarnation");
+            write["request"][o]["metadata"]["annotations"] = annotations.clone();
+        }
+        write["request"]["object"]["status"] = json!({"phase": "Provisioning"});
+        write
+    };
+    let write = write_with(&marker);
     let patch = patch_of(&review(&h.router, &write).await).expect("merge patch");
     let mut merged = write["request"]["object"].clone();
     json_patch::patch(
@@ -378,6 +414,44 @@ async fn status_write_to_a_pending_object_is_merged_with_the_saved_status() {
     );
     assert_eq!(rec["uid"], "0f4c7a52-3b1e-4d0a-9a7e-5c1f3e2b8d11");
     assert!(rec.contains_key("deletedAt"));
+
+    // A marker whose job is not the object's live one proves nothing: the write is recorded
+    // as it is, and the marker's removal is queued, once.
+    for _ in 0..3 {
+        let forged = write_with(
+            &json!({"restatus.io/restore": "pending", "restatus.io/restore-job": "f0f0f0"}),
+        );
+        assert!(patch_of(&review(&h.router, &forged).await).is_none());
+    }
+    let rec = redis.hgetall(&h.keys.record(&kc("prod-eu-1"))).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&rec["status"]).unwrap(),
+        json!({"phase": "Provisioning"})
+    );
+    assert_eq!(rec["uid"], "new-incarnation");
+    assert_eq!(
+        metric(&h.metrics, "restatus_dead_markers_total{action=\"queued\"}"),
+        1.0
+    );
+    let mut conn = redis.conn().await;
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(h.keys.queue())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let unmark: Vec<Value> = entries
+        .ids
+        .iter()
+        .map(|e| serde_json::from_str(&e.get::<String>("job").unwrap()).unwrap())
+        .filter(|j: &Value| j["action"]["type"] == "unmark")
+        .collect();
+    assert_eq!(unmark.len(), 1, "{unmark:?}");
+    assert_eq!(
+        unmark[0]["action"],
+        json!({"type": "unmark", "uid": "new-incarnation", "marker": "f0f0f0"})
+    );
 }
 
 #[tokio::test]
@@ -534,6 +608,8 @@ async fn reclaiming_goes_on_past_jobs_other_consumers_still_work_on() {
     let now = jiff::Timestamp::now();
     for i in 0..30 {
         let job = RestoreJob {
+            id: format!("j-{i}"),
+            action: Default::default(),
             identity: kc(&format!("c-{i}")),
             api_version: "infra.example.com/v1alpha1".into(),
             kind: "KubernetesCluster".into(),

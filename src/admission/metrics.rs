@@ -12,6 +12,7 @@ metric_group! {
         duration: HistogramFamily<OperationLabels> = histograms("admission_duration_seconds", "Time to answer an admission review, by operation", latency_histogram),
         invalid: ReasonCounters = family("admission_invalid_requests", "Requests to /mutate answered 4xx because the body was not a usable AdmissionReview"),
         jobs_enqueued: Counter = counter("restore_jobs_enqueued", "Restore jobs added to the queue by the webhook"),
+        dead_markers: Family<ActionLabels, Counter> = family("dead_markers", "Pending markers without a live restore job, found on writes: taken off by the answer (stripped) or their removal queued for the worker (queued)"),
     }
 }
 
@@ -34,12 +35,24 @@ impl AdmissionMetrics {
     pub fn job_enqueued(&self) {
         self.jobs_enqueued.inc();
     }
+
+    /// A pending marker without a live job was `stripped` or its removal `queued`.
+    pub fn dead_marker(&self, action: &'static str) {
+        self.dead_markers
+            .get_or_create(&ActionLabels { action })
+            .inc();
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AnsweredLabels {
     operation: &'static str,
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +73,7 @@ mod tests {
         m.answered("CREATE", "no_record", Duration::from_millis(1));
         m.invalid("not_json");
         m.job_enqueued();
+        m.dead_marker("stripped");
         assert_samples(
             &registry,
             &[
@@ -68,6 +82,7 @@ mod tests {
                 "restatus_admission_duration_seconds_count{operation=\"UPDATE\"} 2",
                 "restatus_admission_invalid_requests_total{reason=\"not_json\"} 1",
                 "restatus_restore_jobs_enqueued_total 1",
+                "restatus_dead_markers_total{action=\"stripped\"} 1",
             ],
         );
     }

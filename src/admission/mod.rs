@@ -15,15 +15,12 @@ use axum::{
     body::Bytes,
     extract::{DefaultBodyLimit, State, rejection::BytesRejection},
     http::StatusCode,
-    response::{IntoResponse, Response},
+    response::{IntoResponse, Response as HttpResponse},
     routing::post,
 };
 use jiff::{SignedDuration, Timestamp, Unit};
 use json_patch::{Patch, PatchOperation};
-use kube::core::{
-    DynamicObject,
-    admission::{AdmissionRequest, AdmissionResponse, Operation},
-};
+use kube::core::admission::Operation;
 use tokio::time::Instant;
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -32,17 +29,19 @@ use crate::{
     error::error_chain,
     patch,
     policy::{
-        ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT, Access, AccessChecker, CrdCache, GlobalPolicy,
-        InvalidReporter, Level, NamespaceCache, Overrides, Policy, PolicyMetrics, RESTORE_PENDING,
-        Resolved, RestoreFor, Skipped, TypeInfo, decide, decide_fill, resolve,
+        ANNOTATION_RESTORE, ANNOTATION_RESTORE_JOB, ANNOTATION_RESTORED_AT, Access, AccessChecker,
+        CrdCache, GlobalPolicy, InvalidReporter, Level, NamespaceCache, Overrides, Policy,
+        PolicyMetrics, RESTORE_PENDING, Resolved, RestoreFor, Skipped, TypeInfo, decide,
+        decide_fill, resolve,
     },
-    store::{RecordWrite, RestoreJob, Store, StoreError, WriteOutcome},
+    store::{JobKind, RecordWrite, RestoreJob, Store, StoreError, WriteOutcome, new_job_id},
     text::{LOG_FIELD_CHARS, clip},
 };
 
 pub use metrics::AdmissionMetrics;
-pub use plan::{Context, plan};
+pub use plan::{Context, PendingKind, PendingWrite, plan};
 pub use plan::{CreateCheck, Plan, Skip};
+pub use review::{Request, Response, StatusError, StatusLimits};
 
 /// Settings of the admission path.
 #[derive(Debug, Clone)]
@@ -51,11 +50,16 @@ pub struct Settings {
     pub redis_timeout: Duration,
     /// How long a restore job waits for its CREATE to land.
     pub restore_deadline: Duration,
+    /// How long a queued restore job stays the live job of its object at most (the worker
+    /// ends it sooner when it finishes): the time its pending marker is believed.
+    pub job_ttl: Duration,
     /// The global policy, refined per object by annotations.
     pub global: GlobalPolicy,
     /// The user restatus's own requests come as, when known: its status writes are never
     /// merged into a pending object.
     pub own_user: Option<String>,
+    /// How large a status is parsed; larger ones are not recorded.
+    pub limits: StatusLimits,
 }
 
 /// What the admission path reads besides the review, all from memory but the access check.
@@ -73,6 +77,8 @@ pub struct Sources {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Skipped(Skip),
+    /// The status is beyond `--max-status-values` or the nesting limit: not recorded.
+    Unparsed,
     Recorded,
     Unchanged,
     Stale,
@@ -92,6 +98,7 @@ impl Outcome {
     fn label(self) -> &'static str {
         match self {
             Outcome::Skipped(skip) => skip.label(),
+            Outcome::Unparsed => "status_too_large",
             Outcome::Recorded => "recorded",
             Outcome::Unchanged => "unchanged",
             Outcome::Stale => "stale",
@@ -105,6 +112,12 @@ impl Outcome {
             Outcome::Error => "error",
         }
     }
+
+    /// Whether the answer already set restatus's own annotations (so a client's values in the
+    /// request are not undone).
+    fn set_marker(self) -> bool {
+        matches!(self, Outcome::RestoreEnqueued | Outcome::RestoredInline)
+    }
 }
 
 fn operation_label(op: &Operation) -> &'static str {
@@ -116,14 +129,41 @@ fn operation_label(op: &Operation) -> &'static str {
     }
 }
 
-type Answer = (Outcome, Vec<PatchOperation>);
+/// What restatus answers a review with.
+struct Answer {
+    outcome: Outcome,
+    ops: Vec<PatchOperation>,
+    /// A warning for the client (kubectl prints it, controllers log it).
+    warning: Option<String>,
+}
+
+impl Answer {
+    fn just(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            ops: Vec::new(),
+            warning: None,
+        }
+    }
+
+    fn with_ops(outcome: Outcome, ops: Vec<PatchOperation>) -> Self {
+        Self {
+            outcome,
+            ops,
+            warning: None,
+        }
+    }
+}
 
 /// A review being answered, with the policy resolved for its object.
 #[derive(Clone, Copy)]
-struct Reviewed<'a> {
-    req: &'a AdmissionRequest<DynamicObject>,
-    policy: &'a Policy,
+struct Reviewed<'r, 'a> {
+    req: &'r Request<'a>,
+    policy: &'r Policy,
 }
+
+/// How long a dead marker's removal, once queued, holds off queueing it again.
+const UNMARK_HOLD: Duration = Duration::from_secs(60);
 
 /// The webhook's shared state.
 pub struct Admission {
@@ -150,7 +190,7 @@ impl Admission {
 
     /// The object's policy: the global one for its type, refined by its CRD's, its
     /// namespace's and its own annotations.
-    fn resolve(&self, req: &AdmissionRequest<DynamicObject>) -> Resolved {
+    fn resolve(&self, req: &Request<'_>) -> Resolved {
         let group = &req.resource.group;
         let resource = &req.resource.resource;
         let defaults = self.settings.global.for_type(group, resource);
@@ -173,7 +213,7 @@ impl Admission {
             object = %clip(&req.name, LOG_FIELD_CHARS),
         )
     )]
-    pub async fn review(&self, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    pub async fn review(&self, req: &Request<'_>) -> Response {
         let start = Instant::now();
         let type_info = self.sources.crds.type_info(
             &req.resource.group,
@@ -185,46 +225,46 @@ impl Admission {
             type_info,
             own_user: self.settings.own_user.as_deref(),
             policy: &resolved.policy,
+            limits: self.settings.limits,
         };
         let plan = plan::plan(req, &ctx);
         let reviewed = Reviewed {
             req,
             policy: &resolved.policy,
         };
-        let (outcome, mut ops) = match self.execute(reviewed, plan).await {
-            Ok(done) => done,
+        let mut answer = match self.execute(reviewed, plan).await {
+            Ok(answer) => answer,
             Err(error) => {
                 tracing::warn!(
                     error = %error_chain(&error),
                     "restatus could not handle this review; allowed without change"
                 );
-                (Outcome::Error, Vec::new())
+                Answer::just(Outcome::Error)
             }
         };
-        // A restore that was queued or done set the marker itself.
-        if !matches!(outcome, Outcome::RestoreEnqueued | Outcome::RestoredInline) {
+        if !answer.outcome.set_marker() {
             let undo = plan::undo_foreign_marker(req, self.settings.own_user.as_deref());
             if !undo.is_empty() {
                 tracing::info!(user = %clip(req.user_info.username.as_deref().unwrap_or(""), LOG_FIELD_CHARS), "a {ANNOTATION_RESTORE} annotation only restatus may set was undone");
-                ops.extend(undo);
+                answer.ops.extend(undo);
             }
         }
         self.report_skipped(req, &resolved.skipped);
         self.metrics.answered(
             operation_label(&req.operation),
-            outcome.label(),
+            answer.outcome.label(),
             start.elapsed(),
         );
-        tracing::debug!(outcome = outcome.label(), "review answered");
+        tracing::debug!(outcome = answer.outcome.label(), "review answered");
 
-        let mut response = AdmissionResponse::from(req);
-        if !resolved.skipped.is_empty() {
-            response.warnings = Some(resolved.skipped.iter().map(Skipped::warning).collect());
-        }
-        if ops.is_empty() {
+        let mut response = Response::allow(&req.uid);
+        response.warnings = resolved.skipped.iter().map(Skipped::warning).collect();
+        response.warnings.extend(answer.warning);
+        if answer.ops.is_empty() {
             return response;
         }
-        match response.clone().with_patch(Patch(ops)) {
+        let ops = Patch(answer.ops);
+        match response.clone().with_patch(&ops) {
             Ok(patched) => patched,
             Err(error) => {
                 tracing::warn!(error = %error_chain(&error), "patch could not be encoded; allowed without change");
@@ -235,7 +275,7 @@ impl Admission {
 
     /// Counts levels skipped for invalid annotations; an object's own invalid annotations
     /// also get an Event (once per object and value), when it is created or updated.
-    fn report_skipped(&self, req: &AdmissionRequest<DynamicObject>, skipped: &[Skipped]) {
+    fn report_skipped(&self, req: &Request<'_>, skipped: &[Skipped]) {
         for s in skipped {
             self.sources.metrics.invalid_annotation(s.level);
         }
@@ -249,7 +289,7 @@ impl Admission {
         };
         let identity = plan::identity(req);
         let reference = ObjectReference {
-            api_version: Some(req.kind.api_version()),
+            api_version: Some(req.api_version()),
             kind: Some(req.kind.kind.clone()),
             namespace: identity.namespace,
             name: Some(identity.name),
@@ -261,12 +301,19 @@ impl Admission {
             .report(Level::Object, reference, &own.error);
     }
 
-    async fn execute(&self, reviewed: Reviewed<'_>, plan: Plan) -> Result<Answer, StoreError> {
+    async fn execute(&self, reviewed: Reviewed<'_, '_>, plan: Plan) -> Result<Answer, StoreError> {
         match plan {
-            Plan::Skip(skip) => Ok((Outcome::Skipped(skip), Vec::new())),
-            Plan::Record(write) => Ok((self.record(&write).await?, Vec::new())),
+            Plan::Skip(skip) => Ok(Answer::just(Outcome::Skipped(skip))),
+            Plan::Unparsed(error) => {
+                let identity = plan::identity(reviewed.req);
+                tracing::warn!(%identity, reason = error.label(), "{error}; this status is not recorded");
+                let mut answer = Answer::just(Outcome::Unparsed);
+                answer.warning = Some(format!("restatus: {error}; it is not recorded"));
+                Ok(answer)
+            }
+            Plan::Record(write) => Ok(Answer::just(self.record(&write).await?)),
             Plan::Create(check) => self.create(reviewed, check).await,
-            Plan::PendingStatusWrite(write) => self.merge_pending(write, reviewed.policy).await,
+            Plan::Pending(pending) => self.pending(reviewed, pending).await,
             Plan::Expire {
                 identity,
                 retention,
@@ -278,7 +325,7 @@ impl Admission {
                 } else {
                     Outcome::Skipped(Skip::Disabled)
                 };
-                Ok((outcome, Vec::new()))
+                Ok(Answer::just(outcome))
             }
         }
     }
@@ -295,11 +342,33 @@ impl Admission {
         })
     }
 
+    /// Records a status as an ordinary write, narrowed to what the policy keeps; nothing for
+    /// an object without one.
+    async fn record_ordinary(
+        &self,
+        write: RecordWrite,
+        policy: &Policy,
+        narrowed: bool,
+    ) -> Result<Outcome, StoreError> {
+        if write.status.is_null() {
+            return Ok(Outcome::Skipped(Skip::NoStatus));
+        }
+        let write = if narrowed {
+            write
+        } else {
+            RecordWrite {
+                status: policy.restore.restorable(&write.status),
+                ..write
+            }
+        };
+        self.record(&write).await
+    }
+
     /// Whether the creator may get the saved status of `check` back: anyone when the policy
     /// opens restores to creators, otherwise only a user who may update the object's status.
     async fn may_restore(
         &self,
-        reviewed: Reviewed<'_>,
+        reviewed: Reviewed<'_, '_>,
         check: &CreateCheck,
     ) -> Result<(), Outcome> {
         let Reviewed { req, policy } = reviewed;
@@ -336,10 +405,11 @@ impl Admission {
 
     /// A CREATE: if the object has a record and the creator may have it, restore it, in the
     /// create itself when the type keeps status on create, otherwise by marking the object
-    /// pending and queueing a job.
+    /// pending and queueing a job. Either way the object carries the job's id, which binds the
+    /// job to this CREATE: the worker touches no object without it.
     async fn create(
         &self,
-        reviewed: Reviewed<'_>,
+        reviewed: Reviewed<'_, '_>,
         check: CreateCheck,
     ) -> Result<Answer, StoreError> {
         let Reviewed { req, policy } = reviewed;
@@ -347,10 +417,10 @@ impl Admission {
         let Some(record) = self.store.get(&check.identity, budget).await? else {
             // Nothing is recorded on create: the create may still fail, and the first update
             // or the delete records what the API server kept.
-            return Ok((Outcome::NoRecord, Vec::new()));
+            return Ok(Answer::just(Outcome::NoRecord));
         };
         if let Err(outcome) = self.may_restore(reviewed, &check).await {
-            return Ok((outcome, Vec::new()));
+            return Ok(Answer::just(outcome));
         }
 
         let now = Timestamp::now();
@@ -364,6 +434,8 @@ impl Admission {
             .and_then(|o| o.metadata.annotations.as_ref());
         let inline = check.type_info == TypeInfo::KeepsStatusOnCreate;
         let job = RestoreJob {
+            id: new_job_id()?,
+            action: JobKind::Restore,
             identity: check.identity.clone(),
             api_version: check.api_version,
             kind: check.kind,
@@ -383,7 +455,10 @@ impl Admission {
             let restored_at = now.round(Unit::Second).unwrap_or(now).to_string();
             ops.extend(patch::set_annotations(
                 annotations,
-                &[(ANNOTATION_RESTORED_AT, &restored_at)],
+                &[
+                    (ANNOTATION_RESTORED_AT, &restored_at),
+                    (ANNOTATION_RESTORE_JOB, &job.id),
+                ],
             ));
             ops.extend(patch::remove_annotation(annotations, ANNOTATION_RESTORE));
             // The job only confirms the restore once the object exists; the status is
@@ -393,48 +468,132 @@ impl Admission {
             } else {
                 self.metrics.job_enqueued();
             }
-            tracing::info!(identity = %check.identity, "saved status restored in the create");
-            return Ok((Outcome::RestoredInline, ops));
+            tracing::info!(identity = %check.identity, job = %job.id, "saved status restored in the create");
+            return Ok(Answer::with_ops(Outcome::RestoredInline, ops));
         }
 
-        self.store.enqueue(&job, budget).await?;
+        self.store
+            .enqueue_pending(&job, self.settings.job_ttl, budget)
+            .await?;
         self.metrics.job_enqueued();
-        tracing::info!(identity = %check.identity, record_uid = %record.uid, "recreated object has a record; restore queued");
-        let ops = patch::set_annotations(annotations, &[(ANNOTATION_RESTORE, RESTORE_PENDING)]);
-        Ok((Outcome::RestoreEnqueued, ops))
+        tracing::info!(identity = %check.identity, record_uid = %record.uid, job = %job.id, "recreated object has a record; restore queued");
+        let ops = patch::set_annotations(
+            annotations,
+            &[
+                (ANNOTATION_RESTORE, RESTORE_PENDING),
+                (ANNOTATION_RESTORE_JOB, &job.id),
+            ],
+        );
+        Ok(Answer::with_ops(Outcome::RestoreEnqueued, ops))
     }
 
-    /// A status write to an object waiting for its restore: the saved fields the writer did
-    /// not set are filled in, so the saved facts get in even if the writer is first, and the
-    /// writer's fresh facts win.
+    /// A write to an object marked pending. While Redis holds the marker's job as the
+    /// object's live job, restatus set the marker and the restore is under way:
+    /// - a status write gets the saved fields the writer did not set, so the saved facts get
+    ///   in even if the writer is first, and the writer's fresh facts win. The merged status
+    ///   is not recorded: until the restore is done the record keeps the earlier
+    ///   incarnation's status, which the worker restores from;
+    /// - an update or a DELETE records nothing, the record stays the earlier incarnation's.
     ///
-    /// The merged status is not recorded: until the restore is done the record keeps the
-    /// earlier incarnation's status, which the worker restores from (in `replace` mode it
-    /// must win over what the writer set). Once restored, writes are recorded again.
-    async fn merge_pending(
+    /// Otherwise the marker proves nothing (it reached the object unreviewed, or its job is
+    /// over): the write is an ordinary one, and the marker is taken off — by this answer's
+    /// patch for an update, by the worker for a status write, which cannot change metadata.
+    async fn pending(
         &self,
-        write: RecordWrite,
-        policy: &Policy,
+        reviewed: Reviewed<'_, '_>,
+        pending: PendingWrite,
     ) -> Result<Answer, StoreError> {
-        let record = self
-            .store
-            .get(&write.identity, self.settings.redis_timeout)
-            .await?;
-        let Some(record) = record.filter(|r| r.uid != write.uid) else {
-            // Nothing saved from an earlier incarnation: an ordinary status write.
-            if write.status.is_null() {
-                return Ok((Outcome::Skipped(Skip::NoStatus), Vec::new()));
+        let budget = self.settings.redis_timeout;
+        let PendingWrite { kind, job, write } = pending;
+        let policy = reviewed.policy;
+        match kind {
+            PendingKind::StatusWrite => {
+                let (record, live) = self.store.get_with_job(&write.identity, budget).await?;
+                if job.is_empty() || live.as_deref() != Some(job.as_str()) {
+                    self.queue_unmark(reviewed.req, &write, &job).await;
+                    return Ok(Answer::just(
+                        self.record_ordinary(write, policy, false).await?,
+                    ));
+                }
+                let Some(record) = record.filter(|r| r.uid != write.uid) else {
+                    // Nothing saved from an earlier incarnation: an ordinary status write.
+                    return Ok(Answer::just(
+                        self.record_ordinary(write, policy, false).await?,
+                    ));
+                };
+                let written = Some(&write.status).filter(|s| !s.is_null());
+                match decide_fill(&record.status, written, &policy.restore) {
+                    Some(merged) => Ok(Answer::with_ops(
+                        Outcome::Merged,
+                        vec![patch::set_status(merged)],
+                    )),
+                    None => Ok(Answer::just(Outcome::Skipped(Skip::PendingRestore))),
+                }
             }
-            let write = RecordWrite {
-                status: policy.restore.restorable(&write.status),
-                ..write
+            PendingKind::Update | PendingKind::Delete => {
+                if self
+                    .store
+                    .job_is_live(&write.identity, &job, budget)
+                    .await?
+                {
+                    return Ok(Answer::just(Outcome::Skipped(Skip::PendingRestore)));
+                }
+                let ops = if kind == PendingKind::Update {
+                    plan::strip_marker(reviewed.req)
+                } else {
+                    Vec::new()
+                };
+                if !ops.is_empty() {
+                    self.metrics.dead_marker("stripped");
+                    tracing::info!(identity = %write.identity, "a pending marker without a live restore job was taken off");
+                }
+                let outcome = self.record_ordinary(write, policy, true).await?;
+                Ok(Answer::with_ops(outcome, ops))
+            }
+        }
+    }
+
+    /// Queues the removal of a dead pending marker from the object a status write reached,
+    /// once per marker while it is held. Failing to is logged: the next update strips it.
+    async fn queue_unmark(&self, req: &Request<'_>, write: &RecordWrite, marker: &str) {
+        let budget = self.settings.redis_timeout;
+        let identity = &write.identity;
+        let queued = async {
+            if !self
+                .store
+                .claim_unmark(identity, marker, UNMARK_HOLD, budget)
+                .await?
+            {
+                return Ok(false);
+            }
+            let now = Timestamp::now();
+            let job = RestoreJob {
+                id: String::new(),
+                action: JobKind::Unmark {
+                    uid: write.uid.clone(),
+                    marker: marker.to_owned(),
+                },
+                identity: identity.clone(),
+                api_version: write.api_version.clone(),
+                kind: write.kind.clone(),
+                record_uid: String::new(),
+                created_at: now,
+                deadline: now,
+                inline: false,
+                request_uid: req.uid.clone(),
+                policy: None,
             };
-            return Ok((self.record(&write).await?, Vec::new()));
+            self.store.enqueue(&job, budget).await.map(|_| true)
         };
-        let written = Some(&write.status).filter(|s| !s.is_null());
-        match decide_fill(&record.status, written, &policy.restore) {
-            Some(merged) => Ok((Outcome::Merged, vec![patch::set_status(merged)])),
-            None => Ok((Outcome::Skipped(Skip::PendingRestore), Vec::new())),
+        match queued.await {
+            Ok(true) => {
+                self.metrics.dead_marker("queued");
+                tracing::info!(%identity, "a pending marker without a live restore job is ignored; its removal is queued");
+            }
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%identity, error = %error_chain(&error), "a pending marker without a live restore job is ignored, but its removal could not be queued");
+            }
         }
     }
 }
@@ -450,7 +609,7 @@ pub fn router(admission: Arc<Admission>, max_body_bytes: usize) -> Router {
 async fn mutate(
     State(admission): State<Arc<Admission>>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> HttpResponse {
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {

@@ -4,15 +4,13 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use json_patch::PatchOperation;
-use kube::core::{
-    DynamicObject,
-    admission::{AdmissionRequest, Operation},
-};
+use kube::core::admission::Operation;
 use serde_json::Value;
 
+use super::review::{Object, Request, StatusError, StatusLimits, parse_status};
 use crate::{
     patch,
-    policy::{ANNOTATION_RESTORE, Policy, TypeInfo, is_restore_pending, status_of},
+    policy::{PROTECTED_ANNOTATIONS, Policy, TypeInfo, pending_job},
     store::{ObjectIdentity, RecordWrite, Source},
 };
 
@@ -65,18 +63,44 @@ pub struct CreateCheck {
     pub status: Option<Value>,
 }
 
+/// Which write reached an object marked pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingKind {
+    /// A status write: while the marker's job is live it is merged with the saved status.
+    StatusWrite,
+    /// An update of the main resource: while the marker's job is live nothing is recorded.
+    Update,
+    /// A DELETE: while the marker's job is live the record of the earlier incarnation stays.
+    Delete,
+}
+
+/// A write to an object that carries restatus's pending marker. What it means depends on
+/// whether Redis still holds the marker's job id for the object: only then did restatus set
+/// the marker for a restore still under way. A marker without a live job (one that reached the
+/// object while restatus did not review it, or whose job is over) is stripped and the write is
+/// an ordinary one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingWrite {
+    pub kind: PendingKind,
+    /// The job id the marker names (`""` when it names none).
+    pub job: String,
+    /// For a status write, the status as written (a merge needs all of it); otherwise the
+    /// status to record if the marker is dead, narrowed to what the policy keeps.
+    pub write: RecordWrite,
+}
+
 /// What to do for one review.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
     Skip(Skip),
+    /// The status is beyond the limits restatus parses: not recorded.
+    Unparsed(StatusError),
     /// Record this status (already narrowed to what the policy keeps).
     Record(RecordWrite),
     /// Look for a record of this object and restore it.
     Create(CreateCheck),
-    /// A status write to an object still waiting for its restore: fill in the saved fields
-    /// the writer did not set. The merged status is not recorded: the record keeps the earlier
-    /// incarnation's status for the worker to restore from.
-    PendingStatusWrite(RecordWrite),
+    /// A write to an object marked pending; see [`PendingWrite`].
+    Pending(PendingWrite),
     /// A deleted object restatus does not record (its policy is disabled): start the retention
     /// clock of a record it may have from before, so that it does not stay forever.
     Expire {
@@ -93,10 +117,12 @@ pub struct Context<'a> {
     pub own_user: Option<&'a str>,
     /// The object's policy.
     pub policy: &'a Policy,
+    /// How large a status restatus parses.
+    pub limits: StatusLimits,
 }
 
 /// The object a review is about: the new one, or for a DELETE the old one.
-pub(super) fn subject(req: &AdmissionRequest<DynamicObject>) -> Option<&DynamicObject> {
+pub(super) fn subject<'r, 'a>(req: &'r Request<'a>) -> Option<&'r Object<'a>> {
     match req.operation {
         Operation::Delete => req.old_object.as_ref(),
         _ => req.object.as_ref().or(req.old_object.as_ref()),
@@ -106,7 +132,7 @@ pub(super) fn subject(req: &AdmissionRequest<DynamicObject>) -> Option<&DynamicO
 /// Which object a review is about. Namespace deletion and DeleteCollection send per-item
 /// DELETE reviews without `name` (and without `namespace` for some callers): those come
 /// from the object itself.
-pub fn identity(req: &AdmissionRequest<DynamicObject>) -> ObjectIdentity {
+pub fn identity(req: &Request<'_>) -> ObjectIdentity {
     let meta = subject(req).map(|o| &o.metadata);
     let name = Some(req.name.as_str())
         .filter(|n| !n.is_empty())
@@ -122,7 +148,7 @@ pub fn identity(req: &AdmissionRequest<DynamicObject>) -> ObjectIdentity {
 
 /// The namespace of the object a review is about (see [`identity`]); `None` when it is
 /// cluster-scoped.
-pub(super) fn namespace(req: &AdmissionRequest<DynamicObject>) -> Option<&str> {
+pub(super) fn namespace<'r>(req: &'r Request<'_>) -> Option<&'r str> {
     req.namespace
         .as_deref()
         .filter(|ns| !ns.is_empty())
@@ -130,19 +156,27 @@ pub(super) fn namespace(req: &AdmissionRequest<DynamicObject>) -> Option<&str> {
         .filter(|ns| !ns.is_empty())
 }
 
+/// The status of `obj` parsed within `limits`: `Ok(None)` when it has none.
+fn status(obj: &Object<'_>, limits: StatusLimits) -> Result<Option<Value>, StatusError> {
+    obj.status.map(|raw| parse_status(raw, limits)).transpose()
+}
+
+/// A record of `status` as `obj` has it. The uid is the stored object's (`oldObject`) when
+/// there is one: what the API server keeps, whatever a client's body names.
 fn write_of(
-    req: &AdmissionRequest<DynamicObject>,
-    obj: &DynamicObject,
+    req: &Request<'_>,
+    obj: &Object<'_>,
     status: Value,
     source: Source,
     policy: &Policy,
 ) -> RecordWrite {
+    let stored = req.old_object.as_ref().unwrap_or(obj);
     RecordWrite {
         identity: identity(req),
         status,
-        api_version: req.kind.api_version(),
+        api_version: req.api_version(),
         kind: req.kind.kind.clone(),
-        uid: obj.metadata.uid.clone().unwrap_or_default(),
+        uid: stored.metadata.uid.clone().unwrap_or_default(),
         resource_version: obj.metadata.resource_version.clone().unwrap_or_default(),
         generation: obj.metadata.generation,
         source,
@@ -151,86 +185,146 @@ fn write_of(
     }
 }
 
-/// The record of `obj`'s status, narrowed to what the policy keeps, or why there is none.
-fn record(
-    req: &AdmissionRequest<DynamicObject>,
-    obj: &DynamicObject,
-    source: Source,
-    policy: &Policy,
-) -> Plan {
-    match status_of(obj) {
-        Some(status) => Plan::Record(write_of(
-            req,
-            obj,
-            policy.restore.restorable(status),
-            source,
-            policy,
-        )),
-        None => Plan::Skip(Skip::NoStatus),
+/// Why an object's status is not recorded.
+enum Unrecorded {
+    NoStatus,
+    Unparsed(StatusError),
+}
+
+impl From<Unrecorded> for Plan {
+    fn from(why: Unrecorded) -> Self {
+        match why {
+            Unrecorded::NoStatus => Plan::Skip(Skip::NoStatus),
+            Unrecorded::Unparsed(error) => Plan::Unparsed(error),
+        }
     }
 }
 
+/// The record of `obj`'s status, narrowed to what the policy keeps, or why there is none.
+fn record(
+    req: &Request<'_>,
+    obj: &Object<'_>,
+    source: Source,
+    ctx: &Context<'_>,
+) -> Result<RecordWrite, Unrecorded> {
+    match status(obj, ctx.limits) {
+        Ok(Some(status)) => Ok(write_of(
+            req,
+            obj,
+            ctx.policy.restore.restorable(&status),
+            source,
+            ctx.policy,
+        )),
+        Ok(None) => Err(Unrecorded::NoStatus),
+        Err(error) => Err(Unrecorded::Unparsed(error)),
+    }
+}
+
+/// [`record`] as a plan.
+fn record_plan(req: &Request<'_>, obj: &Object<'_>, source: Source, ctx: &Context<'_>) -> Plan {
+    record(req, obj, source, ctx).map_or_else(Plan::from, Plan::Record)
+}
+
+/// A write to an object the stored `marked` object says is pending (job `job`).
+fn pending(
+    req: &Request<'_>,
+    obj: &Object<'_>,
+    kind: PendingKind,
+    job: &str,
+    source: Source,
+    ctx: &Context<'_>,
+) -> Plan {
+    let write = match kind {
+        PendingKind::StatusWrite => match status(obj, ctx.limits) {
+            Ok(status) => write_of(req, obj, status.unwrap_or(Value::Null), source, ctx.policy),
+            Err(error) => return Plan::Unparsed(error),
+        },
+        PendingKind::Update | PendingKind::Delete => match record(req, obj, source, ctx) {
+            Ok(write) => write,
+            // Nothing to record either way; a dead marker is still stripped on an update.
+            Err(Unrecorded::NoStatus) => write_of(req, obj, Value::Null, source, ctx.policy),
+            Err(why) => return why.into(),
+        },
+    };
+    Plan::Pending(PendingWrite {
+        kind,
+        job: job.to_owned(),
+        write,
+    })
+}
+
 /// Whether restatus itself made the request.
-fn own_request(req: &AdmissionRequest<DynamicObject>, own_user: Option<&str>) -> bool {
+fn own_request(req: &Request<'_>, own_user: Option<&str>) -> bool {
     own_user.is_some_and(|own| req.user_info.username.as_deref() == Some(own))
 }
 
-/// The patch that undoes a change to `restatus.io/restore` only restatus may make.
+/// The patch that undoes a change to the annotations only restatus may set
+/// (`restatus.io/restore` and `restatus.io/restore-job`).
 ///
 /// The marker decides whose status writes are merged with a saved status, so a creator who
 /// set `pending` themselves would get a status back without the access check of a CREATE. A
 /// client's value is removed from a CREATE (restatus sets its own when it queues a job); on
-/// an UPDATE, of the object or its status, anyone but restatus may remove the marker but not
-/// set or change it.
-pub fn undo_foreign_marker(
-    req: &AdmissionRequest<DynamicObject>,
-    own_user: Option<&str>,
-) -> Vec<PatchOperation> {
+/// an UPDATE, of the object or its status, anyone but restatus may remove them but not set or
+/// change them.
+pub fn undo_foreign_marker(req: &Request<'_>, own_user: Option<&str>) -> Vec<PatchOperation> {
     if own_request(req, own_user) || !matches!(req.sub_resource.as_deref(), None | Some("status")) {
         return Vec::new();
     }
     let new = annotations(req.object.as_ref());
-    let Some(set) = new.and_then(|a| a.get(ANNOTATION_RESTORE)) else {
-        return Vec::new();
-    };
-    let kept = match req.operation {
+    let old = match req.operation {
         Operation::Create => None,
-        Operation::Update => {
-            annotations(req.old_object.as_ref()).and_then(|a| a.get(ANNOTATION_RESTORE))
-        }
+        Operation::Update => annotations(req.old_object.as_ref()),
         Operation::Delete | Operation::Connect => return Vec::new(),
     };
-    match kept {
-        Some(old) if old == set => Vec::new(),
-        Some(old) => patch::set_annotations(new, &[(ANNOTATION_RESTORE, old)]),
-        None => patch::remove_annotation(new, ANNOTATION_RESTORE)
-            .into_iter()
-            .collect(),
+    let mut restore: Vec<(&str, &str)> = Vec::new();
+    let mut ops = Vec::new();
+    for key in PROTECTED_ANNOTATIONS {
+        let Some(set) = new.and_then(|a| a.get(key)) else {
+            continue;
+        };
+        match old.and_then(|a| a.get(key)) {
+            Some(kept) if kept == set => {}
+            Some(kept) => restore.push((key, kept)),
+            None => ops.extend(patch::remove_annotation(new, key)),
+        }
     }
+    if !restore.is_empty() {
+        ops.extend(patch::set_annotations(new, &restore));
+    }
+    ops
 }
 
-fn annotations(obj: Option<&DynamicObject>) -> Option<&BTreeMap<String, String>> {
+/// Operations that take restatus's marker (both protected annotations) off the object a
+/// review writes, where it carries them.
+pub fn strip_marker(req: &Request<'_>) -> Vec<PatchOperation> {
+    let new = annotations(req.object.as_ref());
+    PROTECTED_ANNOTATIONS
+        .iter()
+        .filter_map(|key| patch::remove_annotation(new, key))
+        .collect()
+}
+
+fn annotations<'r>(obj: Option<&'r Object<'_>>) -> Option<&'r BTreeMap<String, String>> {
     obj.and_then(|o| o.metadata.annotations.as_ref())
 }
 
 /// An update whose object carries a resourceVersion other than the stored one is refused
 /// by the API server (409) after admission.
-fn conflicting(req: &AdmissionRequest<DynamicObject>) -> bool {
-    let version = |o: &Option<DynamicObject>| {
+fn conflicting(req: &Request<'_>) -> bool {
+    fn version<'r>(o: &'r Option<Object<'_>>) -> Option<&'r str> {
         o.as_ref()
-            .and_then(|o| o.metadata.resource_version.clone())
+            .and_then(|o| o.metadata.resource_version.as_deref())
             .filter(|v| !v.is_empty())
-    };
+    }
     matches!((version(&req.object), version(&req.old_object)), (Some(new), Some(old)) if new != old)
 }
 
 /// Decides what a review asks for.
-pub fn plan(req: &AdmissionRequest<DynamicObject>, ctx: &Context<'_>) -> Plan {
+pub fn plan(req: &Request<'_>, ctx: &Context<'_>) -> Plan {
     if req.dry_run {
         return Plan::Skip(Skip::DryRun);
     }
-    let policy = ctx.policy;
-    let enabled = policy.enabled;
+    let enabled = ctx.policy.enabled;
     match (&req.operation, req.sub_resource.as_deref()) {
         (Operation::Update, Some("status")) => {
             let Some(obj) = &req.object else {
@@ -243,21 +337,21 @@ pub fn plan(req: &AdmissionRequest<DynamicObject>, ctx: &Context<'_>) -> Plan {
                 return Plan::Skip(Skip::Conflict);
             }
             // The stored object says whether a restore is pending: a status write cannot
-            // change metadata, and a marker it sets is undone (`undo_foreign_marker`).
+            // change metadata, and a marker a client sets is undone (`undo_foreign_marker`).
             let stored = req.old_object.as_ref().unwrap_or(obj);
-            if is_restore_pending(stored.metadata.annotations.as_ref())
+            if let Some(job) = pending_job(stored.metadata.annotations.as_ref())
                 && !own_request(req, ctx.own_user)
             {
-                let status = status_of(obj).cloned().unwrap_or(Value::Null);
-                return Plan::PendingStatusWrite(write_of(
+                return pending(
                     req,
                     obj,
-                    status,
+                    PendingKind::StatusWrite,
+                    job,
                     Source::Written,
-                    policy,
-                ));
+                    ctx,
+                );
             }
-            record(req, obj, Source::Written, policy)
+            record_plan(req, obj, Source::Written, ctx)
         }
         (_, Some(_)) => Plan::Skip(Skip::OtherSubresource),
         (Operation::Update, None) => {
@@ -277,10 +371,11 @@ pub fn plan(req: &AdmissionRequest<DynamicObject>, ctx: &Context<'_>) -> Plan {
             if conflicting(req) {
                 return Plan::Skip(Skip::Conflict);
             }
-            if is_restore_pending(obj.metadata.annotations.as_ref()) {
-                return Plan::Skip(Skip::PendingRestore);
+            let stored = req.old_object.as_ref().unwrap_or(obj);
+            if let Some(job) = pending_job(stored.metadata.annotations.as_ref()) {
+                return pending(req, obj, PendingKind::Update, job, source, ctx);
             }
-            record(req, obj, source, policy)
+            record_plan(req, obj, source, ctx)
         }
         (Operation::Delete, None) => {
             let Some(old) = &req.old_object else {
@@ -289,15 +384,13 @@ pub fn plan(req: &AdmissionRequest<DynamicObject>, ctx: &Context<'_>) -> Plan {
             if !enabled {
                 return Plan::Expire {
                     identity: identity(req),
-                    retention: policy.retention,
+                    retention: ctx.policy.retention,
                 };
             }
-            if is_restore_pending(old.metadata.annotations.as_ref()) {
-                // Deleted again before its restore: the record of the earlier incarnation is
-                // still the one to keep, and its retention clock is already running.
-                return Plan::Skip(Skip::PendingRestore);
+            if let Some(job) = pending_job(old.metadata.annotations.as_ref()) {
+                return pending(req, old, PendingKind::Delete, job, Source::Deleted, ctx);
             }
-            record(req, old, Source::Deleted, policy)
+            record_plan(req, old, Source::Deleted, ctx)
         }
         (Operation::Create, None) => {
             if req.name.is_empty() {
@@ -307,12 +400,18 @@ pub fn plan(req: &AdmissionRequest<DynamicObject>, ctx: &Context<'_>) -> Plan {
                 return Plan::Skip(Skip::Disabled);
             }
             let status = match ctx.type_info {
-                TypeInfo::KeepsStatusOnCreate => req.object.as_ref().and_then(status_of).cloned(),
+                TypeInfo::KeepsStatusOnCreate => {
+                    match req.object.as_ref().map(|o| status(o, ctx.limits)) {
+                        Some(Ok(status)) => status,
+                        Some(Err(error)) => return Plan::Unparsed(error),
+                        None => None,
+                    }
+                }
                 TypeInfo::DropsStatusOnCreate => None,
             };
             Plan::Create(CreateCheck {
                 identity: identity(req),
-                api_version: req.kind.api_version(),
+                api_version: req.api_version(),
                 kind: req.kind.kind.clone(),
                 type_info: ctx.type_info,
                 status,
@@ -360,6 +459,7 @@ mod tests {
             type_info: TypeInfo::DropsStatusOnCreate,
             own_user: Some(OWN_USER),
             policy: &ENABLED,
+            limits: StatusLimits::default(),
         }
     }
 
@@ -371,8 +471,17 @@ mod tests {
         }
     }
 
-    fn request(review: Value) -> AdmissionRequest<DynamicObject> {
-        crate::admission::review::decode(review.to_string().as_bytes()).unwrap()
+    fn request(review: Value) -> Request<'static> {
+        let body: &'static str = Box::leak(review.to_string().into_boxed_str());
+        crate::admission::review::decode(body.as_bytes()).unwrap()
+    }
+
+    /// The pending write a review asks for; panics when it asks for something else.
+    fn pending_write(review: Value, ctx: &Context<'_>) -> PendingWrite {
+        match plan(&request(review), ctx) {
+            Plan::Pending(write) => write,
+            other => panic!("expected a pending write, got {other:?}"),
+        }
     }
 
     fn review(operation: &str, sub: Option<&str>, object: Value, old: Value) -> Value {
@@ -535,16 +644,17 @@ mod tests {
     }
 
     #[test]
-    fn status_writes_to_pending_objects_are_merged_unless_restatus_wrote_them() {
+    fn writes_to_pending_objects_depend_on_the_markers_job_unless_restatus_wrote_them() {
         let mut pending = obj(json!({"phase": "Provisioning"}), "20");
-        pending["metadata"]["annotations"] = json!({"restatus.io/restore": "pending"});
-        let r = request(review(
-            "UPDATE",
-            Some("status"),
-            pending.clone(),
-            pending.clone(),
-        ));
-        assert!(matches!(plan(&r, &CTX()), Plan::PendingStatusWrite(_)));
+        pending["metadata"]["annotations"] =
+            json!({"restatus.io/restore": "pending", "restatus.io/restore-job": "j-7"});
+        let w = pending_write(
+            review("UPDATE", Some("status"), pending.clone(), pending.clone()),
+            &CTX(),
+        );
+        assert_eq!(w.kind, PendingKind::StatusWrite);
+        assert_eq!(w.job, "j-7");
+        assert_eq!(w.write.status, json!({"phase": "Provisioning"}));
 
         // Told by the user restatus runs as, not by the field manager a client picks.
         let mut own = review("UPDATE", Some("status"), pending.clone(), pending.clone());
@@ -552,75 +662,220 @@ mod tests {
         assert!(matches!(plan(&request(own), &CTX()), Plan::Record(_)));
         let mut posing = review("UPDATE", Some("status"), pending.clone(), pending.clone());
         posing["request"]["options"] = json!({"kind": "PatchOptions", "fieldManager": "restatus"});
-        assert!(matches!(
-            plan(&request(posing), &CTX()),
-            Plan::PendingStatusWrite(_)
-        ));
+        assert_eq!(pending_write(posing, &CTX()).kind, PendingKind::StatusWrite);
         let unknown = Context {
             own_user: None,
             ..CTX()
         };
         let mut own = review("UPDATE", Some("status"), pending.clone(), pending.clone());
         own["request"]["userInfo"] = json!({"username": OWN_USER});
-        assert!(matches!(
-            plan(&request(own), &unknown),
-            Plan::PendingStatusWrite(_)
-        ));
+        assert_eq!(pending_write(own, &unknown).kind, PendingKind::StatusWrite);
 
-        // A main-resource update of a pending object records nothing.
-        let r = request(review("UPDATE", None, pending.clone(), pending));
-        assert_eq!(plan(&r, &CTX()), Plan::Skip(Skip::PendingRestore));
+        // A main-resource update and a DELETE carry the record to keep if the marker is dead.
+        let w = pending_write(
+            review("UPDATE", None, pending.clone(), pending.clone()),
+            &CTX(),
+        );
+        assert_eq!((w.kind, w.job.as_str()), (PendingKind::Update, "j-7"));
+        assert_eq!(w.write.status, json!({"phase": "Provisioning"}));
+        let w = pending_write(review("DELETE", None, Value::Null, pending.clone()), &CTX());
+        assert_eq!(w.kind, PendingKind::Delete);
+        assert!(w.write.deleting);
+
+        // The marker is read from the stored object: a client's body proves nothing.
+        let plain = obj(json!({"phase": "Provisioning"}), "20");
+        assert!(matches!(
+            plan(
+                &request(review("UPDATE", None, pending.clone(), plain.clone())),
+                &CTX()
+            ),
+            Plan::Record(_)
+        ));
+        // A marker that names no job is pending with an empty job id, which no job matches.
+        let mut bare = plain;
+        bare["metadata"]["annotations"] = json!({"restatus.io/restore": "pending"});
+        let w = pending_write(review("UPDATE", Some("status"), bare.clone(), bare), &CTX());
+        assert_eq!(w.job, "");
+    }
+
+    #[test]
+    fn a_status_writes_record_names_the_stored_objects_uid() {
+        let mut forged = obj(json!({"phase": "Ready"}), "11");
+        forged["metadata"]["uid"] = json!("forged-uid");
+        let stored = obj(json!({"phase": "Old"}), "11");
+        // The API server keeps the stored object's metadata on a status write.
+        let w = recorded(
+            review("UPDATE", Some("status"), forged, stored.clone()),
+            &CTX(),
+        );
+        assert_eq!(w.uid, "uid-1");
+        assert_eq!(w.status, json!({"phase": "Ready"}));
+        // A body without a uid is recorded under the stored one too.
+        let mut bare = obj(json!({"phase": "Ready"}), "11");
+        bare["metadata"].as_object_mut().unwrap().remove("uid");
+        let w = recorded(review("UPDATE", Some("status"), bare, stored), &CTX());
+        assert_eq!(w.uid, "uid-1");
+    }
+
+    #[test]
+    fn a_status_beyond_the_limits_is_not_parsed() {
+        let tight = Context {
+            limits: StatusLimits {
+                max_values: 4,
+                max_depth: 8,
+            },
+            ..CTX()
+        };
+        let big = obj(json!({"list": [0, 0, 0]}), "11");
+        assert_eq!(
+            plan(
+                &request(review("UPDATE", Some("status"), big.clone(), big.clone())),
+                &tight
+            ),
+            Plan::Unparsed(StatusError::TooManyValues { max: 4 })
+        );
+        let small = obj(json!({"list": [0]}), "11");
+        assert!(matches!(
+            plan(
+                &request(review("UPDATE", Some("status"), small.clone(), small)),
+                &tight
+            ),
+            Plan::Record(_)
+        ));
     }
 
     #[test]
     fn only_restatus_sets_the_restore_marker() {
-        let marked = |value: &str| {
+        let marked = |pairs: &[(&str, &str)]| {
             let mut o = obj(json!({"phase": "Running"}), "7");
-            o["metadata"]["annotations"] = json!({"restatus.io/restore": value});
+            let map: serde_json::Map<String, Value> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), json!(v)))
+                .collect();
+            o["metadata"]["annotations"] = Value::Object(map);
             o
         };
+        const R: &str = "restatus.io/restore";
+        const J: &str = "restatus.io/restore-job";
         let plain = obj(json!({"phase": "Running"}), "7");
-        let remove =
-            "[{\"op\":\"remove\",\"path\":\"/metadata/annotations/restatus.io~1restore\"}]";
-        let back_to_failed = "[{\"op\":\"add\",\"path\":\"/metadata/annotations/restatus.io~1restore\",\"value\":\"failed\"}]";
+        let remove = |key: &str| json!({"op": "remove", "path": format!("/metadata/annotations/{}", key.replace('/', "~1"))});
+        let set = |key: &str, value: &str| json!({"op": "add", "path": format!("/metadata/annotations/{}", key.replace('/', "~1")), "value": value});
         let cases = [
-            ("CREATE", None, marked("pending"), Value::Null, remove),
-            ("CREATE", None, plain.clone(), Value::Null, "[]"),
-            ("UPDATE", None, marked("pending"), plain.clone(), remove),
+            (
+                "CREATE",
+                None,
+                marked(&[(R, "pending")]),
+                Value::Null,
+                json!([remove(R)]),
+            ),
+            (
+                "CREATE",
+                None,
+                marked(&[(R, "pending"), (J, "forged")]),
+                Value::Null,
+                json!([remove(R), remove(J)]),
+            ),
+            ("CREATE", None, plain.clone(), Value::Null, json!([])),
+            (
+                "UPDATE",
+                None,
+                marked(&[(R, "pending")]),
+                plain.clone(),
+                json!([remove(R)]),
+            ),
             (
                 "UPDATE",
                 Some("status"),
-                marked("pending"),
+                marked(&[(R, "pending")]),
                 plain.clone(),
-                remove,
+                json!([remove(R)]),
             ),
             (
                 "UPDATE",
                 None,
-                marked("pending"),
-                marked("failed"),
-                back_to_failed,
+                marked(&[(R, "pending")]),
+                marked(&[(R, "failed")]),
+                json!([set(R, "failed")]),
             ),
-            ("UPDATE", None, marked("pending"), marked("pending"), "[]"),
-            ("UPDATE", None, plain.clone(), marked("pending"), "[]"),
+            (
+                "UPDATE",
+                None,
+                marked(&[(R, "pending"), (J, "mine")]),
+                marked(&[(R, "pending"), (J, "theirs")]),
+                json!([set(J, "theirs")]),
+            ),
+            (
+                "UPDATE",
+                None,
+                marked(&[(J, "kept")]),
+                marked(&[(J, "kept")]),
+                json!([]),
+            ),
+            (
+                "UPDATE",
+                None,
+                marked(&[(R, "pending")]),
+                marked(&[(R, "pending")]),
+                json!([]),
+            ),
+            (
+                "UPDATE",
+                None,
+                plain.clone(),
+                marked(&[(R, "pending"), (J, "j")]),
+                json!([]),
+            ),
             (
                 "UPDATE",
                 Some("scale"),
-                marked("pending"),
+                marked(&[(R, "pending")]),
                 plain.clone(),
-                "[]",
+                json!([]),
             ),
-            ("DELETE", None, Value::Null, marked("pending"), "[]"),
+            (
+                "DELETE",
+                None,
+                Value::Null,
+                marked(&[(R, "pending")]),
+                json!([]),
+            ),
         ];
         for (operation, sub, object, old, want) in cases {
             let r = request(review(operation, sub, object.clone(), old.clone()));
-            let ops = serde_json::to_string(&undo_foreign_marker(&r, Some(OWN_USER))).unwrap();
+            let ops = serde_json::to_value(undo_foreign_marker(&r, Some(OWN_USER))).unwrap();
             assert_eq!(ops, want, "{operation} {sub:?} {object} over {old}");
         }
         // restatus itself may set and change it.
-        let mut own = review("UPDATE", None, marked("failed"), marked("pending"));
+        let mut own = review(
+            "UPDATE",
+            None,
+            marked(&[(R, "failed")]),
+            marked(&[(R, "pending")]),
+        );
         own["request"]["userInfo"] = json!({"username": OWN_USER});
         assert!(undo_foreign_marker(&request(own), Some(OWN_USER)).is_empty());
+    }
+
+    #[test]
+    fn stripping_removes_only_the_marker_annotations_the_object_has() {
+        let mut o = obj(json!({}), "7");
+        o["metadata"]["annotations"] =
+            json!({"restatus.io/restore": "pending", "restatus.io/restore-job": "j", "keep": "me"});
+        let r = request(review("UPDATE", None, o.clone(), o));
+        assert_eq!(
+            serde_json::to_value(strip_marker(&r)).unwrap(),
+            json!([
+                {"op": "remove", "path": "/metadata/annotations/restatus.io~1restore"},
+                {"op": "remove", "path": "/metadata/annotations/restatus.io~1restore-job"}
+            ])
+        );
+        let r = request(review(
+            "UPDATE",
+            None,
+            obj(json!({}), "7"),
+            obj(json!({}), "7"),
+        ));
+        assert!(strip_marker(&r).is_empty());
     }
 
     #[test]

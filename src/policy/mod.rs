@@ -32,6 +32,12 @@ pub use watch::InvalidReporter;
 
 /// Set on a recreated object until its status is restored.
 pub const ANNOTATION_RESTORE: &str = "restatus.io/restore";
+/// The id of the restore job restatus queued for an object's CREATE, set with
+/// [`ANNOTATION_RESTORE`] and kept after the restore: the worker restores only into an object
+/// that carries its own job's id, and a pending marker counts only while Redis holds that id.
+pub const ANNOTATION_RESTORE_JOB: &str = "restatus.io/restore-job";
+/// The annotations only restatus may set or change (anyone may remove them).
+pub const PROTECTED_ANNOTATIONS: [&str; 2] = [ANNOTATION_RESTORE, ANNOTATION_RESTORE_JOB];
 /// Value of [`ANNOTATION_RESTORE`] while a restore job is on its way.
 pub const RESTORE_PENDING: &str = "pending";
 /// Value of [`ANNOTATION_RESTORE`] after a restore failed for good.
@@ -104,6 +110,31 @@ pub fn is_restore_pending(
         .is_some_and(|v| v == RESTORE_PENDING)
 }
 
+/// The job id of an object's pending marker: `Some` when it is marked pending, with `""` when
+/// the marker names no job (which no live job can match).
+pub fn pending_job(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Option<&str> {
+    if !is_restore_pending(annotations) {
+        return None;
+    }
+    Some(
+        annotations
+            .and_then(|a| a.get(ANNOTATION_RESTORE_JOB))
+            .map_or("", String::as_str),
+    )
+}
+
+/// The restore job id an object carries, if any (pending, or restored by that job).
+pub fn restore_job(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Option<&str> {
+    annotations
+        .and_then(|a| a.get(ANNOTATION_RESTORE_JOB))
+        .map(String::as_str)
+        .filter(|id| !id.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,8 +189,22 @@ mod tests {
         assert!(!is_restore_pending(Some(&a)));
         a.insert(ANNOTATION_RESTORE.to_owned(), RESTORE_FAILED.to_owned());
         assert!(!is_restore_pending(Some(&a)));
+        assert_eq!(pending_job(Some(&a)), None);
         a.insert(ANNOTATION_RESTORE.to_owned(), RESTORE_PENDING.to_owned());
         assert!(is_restore_pending(Some(&a)));
         assert!(!is_restore_pending(None));
+        assert_eq!(
+            pending_job(Some(&a)),
+            Some(""),
+            "a marker that names no job"
+        );
+        assert_eq!(restore_job(Some(&a)), None);
+        a.insert(ANNOTATION_RESTORE_JOB.to_owned(), "j-1".to_owned());
+        assert_eq!(pending_job(Some(&a)), Some("j-1"));
+        assert_eq!(restore_job(Some(&a)), Some("j-1"));
+        a.remove(ANNOTATION_RESTORE);
+        assert_eq!(pending_job(Some(&a)), None);
+        assert_eq!(restore_job(Some(&a)), Some("j-1"), "kept after the restore");
+        assert_eq!(pending_job(None), None);
     }
 }

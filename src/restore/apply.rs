@@ -16,64 +16,225 @@ use crate::{
     error::{api_status_code, error_chain},
     patch,
     policy::{
-        ANNOTATION_RESTORE, ANNOTATION_RESTORED_AT, RESTORE_FAILED, RestorePolicy, decide,
-        is_restore_pending, status_of,
+        ANNOTATION_RESTORE, ANNOTATION_RESTORE_JOB, ANNOTATION_RESTORED_AT, RESTORE_FAILED,
+        RESTORE_PENDING, RestorePolicy, decide, pending_job, restore_job, status_of,
     },
-    store::{Record, RestoreJob},
+    store::{JobKind, Record, RestoreJob},
 };
 
-/// Tolerated clock difference between restatus and the API server when telling a new
-/// incarnation (created after the job) from an old one.
-const CLOCK_SKEW: Duration = Duration::from_secs(5);
+/// A foreign object that is not being deleted is looked at again for this long after the
+/// job's CREATE was admitted, in case it goes away before the CREATE is stored; after that the
+/// job ends as `not_ours`. An object being deleted is waited for until the job's deadline.
+const SETTLE: Duration = Duration::from_secs(2);
 /// A CREATE usually lands a few milliseconds after its admission: poll every 5 ms for the
 /// first 100 ms, then back off to 500 ms.
 const FAST_POLL: Duration = Duration::from_millis(5);
 const FAST_POLL_FOR: Duration = Duration::from_millis(100);
 const MAX_POLL: Duration = Duration::from_millis(500);
+/// Rounds of read, decide and write one delivery makes at most, beside conflict retries: a
+/// step that keeps asking for the same write is a bug, not a reason to spin.
+const MAX_ROUNDS: u32 = 16;
 
-/// What the worker found when it looked for the object a job is about.
-#[derive(Debug)]
-enum Incarnation {
-    /// A new incarnation, created after the job's CREATE was admitted.
-    Appeared(Box<DynamicObject>),
-    /// The object the record came from (or one older than the job) still exists: the CREATE
-    /// failed with AlreadyExists.
-    AlreadyExisted,
-    /// Nothing appeared before the job's deadline: the CREATE never landed.
-    NeverAppeared,
-}
-
-/// How a restore ended.
+/// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finished {
+    /// The saved status is in the object (patched now, or found there), and the object is
+    /// marked restored.
     Restored,
-    /// The live object is the one the record came from (or older than the job): the CREATE
-    /// failed with AlreadyExists.
-    AlreadyExists,
+    /// A duplicate delivery of a job that was already done.
+    AlreadyRestored,
+    /// An object of that name exists, but it does not carry this job's id: its CREATE was
+    /// someone else's (or this job's CREATE failed, with AlreadyExists). Nothing was touched.
+    NotOurs,
     /// The object never appeared before the deadline: the CREATE never landed.
     Expired,
     /// The object was deleted again before its status could be written.
     Gone,
-    /// A duplicate delivery of a job that was already done.
-    AlreadyRestored,
     /// The record was forgotten meanwhile; the object is only unmarked.
     NoRecord,
-    /// The record now belongs to another incarnation (its status was written since): it is
-    /// not the deleted object's status, so nothing is restored and the object is unmarked.
+    /// The record now belongs to a third incarnation: it is not the deleted object's status,
+    /// so nothing is restored and the object is unmarked.
     RecordReplaced,
+    /// A duplicate delivery of a job whose restore failed for good.
+    AlreadyFailed,
+    /// Someone took the pending marker off before the restore: nothing is written.
+    Cancelled,
+    /// A dead pending marker was taken off (or was already gone).
+    Unmarked,
+    /// The restore failed for good: reported on the object, moved to the dead letters.
+    Failed,
+    /// Delivered too often, or not decodable: moved to the dead letters.
+    DeadLettered,
 }
 
 impl Finished {
     pub fn label(self) -> &'static str {
         match self {
             Finished::Restored => "restored",
-            Finished::AlreadyExists => "already_exists",
+            Finished::AlreadyRestored => "already_restored",
+            Finished::NotOurs => "not_ours",
             Finished::Expired => "expired",
             Finished::Gone => "gone",
-            Finished::AlreadyRestored => "already_restored",
             Finished::NoRecord => "no_record",
             Finished::RecordReplaced => "record_replaced",
+            Finished::AlreadyFailed => "already_failed",
+            Finished::Cancelled => "cancelled",
+            Finished::Unmarked => "unmarked",
+            Finished::Failed => "failed",
+            Finished::DeadLettered => "dead_lettered",
         }
+    }
+
+    /// Every outcome, for the metric's documentation.
+    pub const ALL: [Finished; 12] = [
+        Finished::Restored,
+        Finished::AlreadyRestored,
+        Finished::NotOurs,
+        Finished::Expired,
+        Finished::Gone,
+        Finished::NoRecord,
+        Finished::RecordReplaced,
+        Finished::AlreadyFailed,
+        Finished::Cancelled,
+        Finished::Unmarked,
+        Finished::Failed,
+        Finished::DeadLettered,
+    ];
+
+    /// Whether the record now belongs to the restored object (mark it so).
+    pub fn restored(self) -> bool {
+        matches!(self, Finished::Restored | Finished::AlreadyRestored)
+    }
+}
+
+/// What a step needs to know of the live object.
+#[derive(Debug, Clone, Copy)]
+pub struct Live<'a> {
+    pub uid: &'a str,
+    /// The restore job id it carries (`restatus.io/restore-job`).
+    pub job: Option<&'a str>,
+    /// The job id of its pending marker, `Some("")` for a marker that names none.
+    pub pending: Option<&'a str>,
+    /// Its restore failed for good (`restatus.io/restore: failed`).
+    pub failed: bool,
+    /// It carries the time of a restore (`restatus.io/restored-at`).
+    pub restored: bool,
+    /// It has a deletionTimestamp.
+    pub deleting: bool,
+    pub status: Option<&'a Value>,
+}
+
+impl<'a> Live<'a> {
+    pub fn of(obj: &'a DynamicObject) -> Self {
+        let annotations = obj.metadata.annotations.as_ref();
+        Self {
+            uid: obj.metadata.uid.as_deref().unwrap_or(""),
+            job: restore_job(annotations),
+            pending: pending_job(annotations),
+            failed: annotations
+                .and_then(|a| a.get(ANNOTATION_RESTORE))
+                .is_some_and(|v| v == RESTORE_FAILED),
+            restored: annotations.is_some_and(|a| a.contains_key(ANNOTATION_RESTORED_AT)),
+            deleting: obj.metadata.deletion_timestamp.is_some(),
+            status: status_of(obj),
+        }
+    }
+}
+
+/// What to do next for a job, from the job, its record and the live object as read now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Nothing of this job's yet: look again (until the deadline).
+    Wait,
+    /// Done, with nothing (more) to write.
+    Finish(Finished),
+    /// Take the pending marker off (the job id stays, saying which job the object had) and
+    /// finish.
+    Unmark(Finished),
+    /// Report a restore the CREATE carried (a type that keeps status on create).
+    ConfirmInline,
+    /// Write this status through the status subresource, on the live resourceVersion.
+    Patch(Value),
+    /// The live status has every saved fact: swap the pending marker for the restore time.
+    Annotate,
+    /// Take a dead marker off (an `Unmark` job).
+    StripMarker,
+}
+
+/// The pure decision of the worker: what `job` should do now, given its `record` and the
+/// `live` object (`None`: no object of that name) at `now`.
+///
+/// A restore goes only into an object that carries the job's id, which only the answer to
+/// the job's own CREATE put there: a new uid, a recent creation time or a pending marker
+/// alone prove nothing, since another CREATE of the same name may have made the object. And
+/// what is written is decided from the live status, never from what an earlier delivery may
+/// have done: admission is not proof that a write landed.
+pub fn step(
+    job: &RestoreJob,
+    record: Option<&Record>,
+    live: Option<&Live<'_>>,
+    now: Timestamp,
+    policy: &RestorePolicy,
+) -> Step {
+    if let JobKind::Unmark { uid, marker } = &job.action {
+        return match live {
+            Some(live) if live.uid == uid => match live.pending {
+                Some(pending) if pending == marker => Step::StripMarker,
+                _ => Step::Finish(Finished::Unmarked),
+            },
+            _ => Step::Finish(Finished::Gone),
+        };
+    }
+    if job.id.is_empty() {
+        // Bound to no CREATE: nothing can prove an object is its own.
+        return Step::Finish(Finished::NotOurs);
+    }
+    let before_deadline = now < job.deadline;
+    let Some(live) = live else {
+        return if before_deadline {
+            Step::Wait
+        } else {
+            Step::Finish(Finished::Expired)
+        };
+    };
+    if live.job != Some(job.id.as_str()) {
+        let settling = now
+            .duration_since(job.created_at)
+            .try_into()
+            .is_ok_and(|since: Duration| since < SETTLE);
+        return if before_deadline && (live.deleting || settling) {
+            Step::Wait
+        } else {
+            Step::Finish(Finished::NotOurs)
+        };
+    }
+    if live.failed {
+        return Step::Finish(Finished::AlreadyFailed);
+    }
+    if job.inline {
+        return match record {
+            Some(_) => Step::ConfirmInline,
+            None => Step::Finish(Finished::NoRecord),
+        };
+    }
+    if live.pending.is_none() {
+        return Step::Finish(if live.restored {
+            Finished::AlreadyRestored
+        } else {
+            Finished::Cancelled
+        });
+    }
+    let Some(record) = record else {
+        return Step::Unmark(Finished::NoRecord);
+    };
+    // The record is the deleted incarnation's, or this one's once restatus's own status write
+    // was recorded (possibly by a delivery that died after it).
+    if record.uid != job.record_uid && record.uid != live.uid {
+        return Step::Unmark(Finished::RecordReplaced);
+    }
+    match decide(&record.status, live.status, policy) {
+        Some(status) => Step::Patch(status),
+        None => Step::Annotate,
     }
 }
 
@@ -181,6 +342,14 @@ fn api_resource(job: &RestoreJob) -> ApiResource {
     )
 }
 
+/// How a status patch ended.
+enum Written {
+    Done(Box<DynamicObject>),
+    /// The object changed since it was read (409): read it again and decide again.
+    Conflict,
+    Gone,
+}
+
 /// Milliseconds since the job's CREATE was admitted, for debug logs.
 fn since(job: &RestoreJob) -> i64 {
     Timestamp::now().duration_since(job.created_at).as_millis() as i64
@@ -201,8 +370,9 @@ impl Applier<'_> {
         }
     }
 
-    /// Performs one restore job with the record it refers to (`None` when the record was
-    /// forgotten meanwhile).
+    /// Performs one job with the record it refers to (`None` when the record was forgotten
+    /// meanwhile): reads the object, asks [`step`] what to do, does it, and again, until the
+    /// job is finished. Returns how, with the object as last seen.
     pub async fn restore(
         &self,
         job: &RestoreJob,
@@ -211,112 +381,141 @@ impl Applier<'_> {
         let ar = api_resource(job);
         let api = self.api(job, &ar);
         let identity = job.identity.to_string();
-        let live = match self
-            .wait_for_new_incarnation(&api, job, record, &identity)
-            .await?
-        {
-            Incarnation::Appeared(live) => *live,
-            Incarnation::AlreadyExisted => return Ok((Finished::AlreadyExists, None)),
-            Incarnation::NeverAppeared => return Ok((Finished::Expired, None)),
-        };
-        tracing::debug!(since_create_ms = since(job), "new incarnation found");
-        let Some(record) = record else {
-            // Nothing to restore: only take the pending mark off, so status writes are no
-            // longer merged.
-            return self.unmark(&api, live, Finished::NoRecord, &identity).await;
-        };
-        if !job.record_uid.is_empty() && record.uid != job.record_uid {
-            let adopted = live.metadata.uid.as_ref() == Some(&record.uid);
-            if adopted && is_restore_pending(live.metadata.annotations.as_ref()) {
-                // While the object is pending only restatus's own status writes are
-                // recorded: this job patched the status, and stopped before the annotations.
-                tracing::info!("status restored by an earlier delivery of this job; finishing");
-                return self
-                    .annotate_restored(&api, &ar, live, record, &identity)
-                    .await;
+        let policy = self.policy_of(job);
+        let started = tokio::time::Instant::now();
+        let mut delay = FAST_POLL;
+        let mut conflicts = 0;
+        let mut rounds = 0;
+        // The object as last read or written; `None` once it is known to be absent.
+        let mut live = self.read(&api, job, &identity).await?;
+        loop {
+            let now = Timestamp::now();
+            let step = step(
+                job,
+                record,
+                live.as_ref().map(Live::of).as_ref(),
+                now,
+                policy,
+            );
+            tracing::trace!(since_create_ms = since(job), ?step, "restore step");
+            match step {
+                Step::Wait => {
+                    tokio::time::sleep(delay).await;
+                    if started.elapsed() >= FAST_POLL_FOR {
+                        delay = (delay * 2).min(MAX_POLL);
+                    }
+                    live = self.read(&api, job, &identity).await?;
+                    continue;
+                }
+                Step::Finish(finished) => return Ok((finished, live)),
+                Step::Unmark(finished) => {
+                    let Some(obj) = live else {
+                        return Ok((Finished::Gone, None));
+                    };
+                    let unmark = json!({ANNOTATION_RESTORE: null});
+                    if !self
+                        .patch_annotations(&api, &obj, unmark, "unmarking", &identity)
+                        .await?
+                    {
+                        return Ok((Finished::Gone, None));
+                    }
+                    return Ok((finished, Some(obj)));
+                }
+                Step::ConfirmInline => {
+                    let Some(obj) = live else {
+                        return Ok((Finished::Gone, None));
+                    };
+                    if let Some(record) = record {
+                        self.event_restored(&obj, &ar, record, "in the create ")
+                            .await;
+                    }
+                    return Ok((Finished::Restored, Some(obj)));
+                }
+                Step::Annotate => {
+                    let Some(obj) = live else {
+                        return Ok((Finished::Gone, None));
+                    };
+                    let restored_at = Timestamp::now()
+                        .round(Unit::Second)
+                        .unwrap_or_else(|_| Timestamp::now());
+                    let swap = json!({
+                        ANNOTATION_RESTORE: null,
+                        ANNOTATION_RESTORED_AT: restored_at.to_string(),
+                    });
+                    if !self
+                        .patch_annotations(&api, &obj, swap, "annotating", &identity)
+                        .await?
+                    {
+                        return Ok((Finished::Gone, None));
+                    }
+                    if let Some(record) = record {
+                        self.event_restored(&obj, &ar, record, "").await;
+                    }
+                    return Ok((Finished::Restored, Some(obj)));
+                }
+                Step::Patch(status) => {
+                    let Some(obj) = live.take() else {
+                        return Ok((Finished::Gone, None));
+                    };
+                    live = match self.patch_status(&api, &obj, status, &identity).await? {
+                        Written::Done(patched) => Some(*patched),
+                        Written::Conflict => {
+                            conflicts += 1;
+                            if conflicts > self.conflict_retries {
+                                return Err(ApplyError::Conflicts {
+                                    identity,
+                                    attempts: conflicts,
+                                });
+                            }
+                            self.read(&api, job, &identity).await?
+                        }
+                        Written::Gone => return Ok((Finished::Gone, None)),
+                    };
+                    tracing::debug!(since_create_ms = since(job), "status patched");
+                }
+                Step::StripMarker => {
+                    let Some(obj) = live.take() else {
+                        return Ok((Finished::Gone, None));
+                    };
+                    if self.strip_marker(&api, &obj, job, &identity).await? {
+                        return Ok((Finished::Unmarked, Some(obj)));
+                    }
+                    // The object changed under the patch's tests: decide again on what it is.
+                    live = self.read(&api, job, &identity).await?;
+                }
             }
-            if adopted && record.restored_at.is_some() {
-                // This job already restored it and the record was adopted: a duplicate.
-                return Ok((Finished::AlreadyRestored, Some(live)));
-            }
-            tracing::info!(record_uid = %record.uid, job_record_uid = %job.record_uid, "the record now belongs to another incarnation; nothing restored");
-            return self
-                .unmark(&api, live, Finished::RecordReplaced, &identity)
-                .await;
-        }
-        if job.inline {
-            // The CREATE carried the saved status; report it.
-            self.event_restored(&live, &ar, record, "in the create ")
-                .await;
-            return Ok((Finished::Restored, Some(live)));
-        }
-        let annotations = live.metadata.annotations.as_ref();
-        if !is_restore_pending(annotations)
-            && annotations.is_some_and(|a| a.contains_key(ANNOTATION_RESTORED_AT))
-        {
-            return Ok((Finished::AlreadyRestored, Some(live)));
-        }
-
-        let Some(live) = self
-            .patch_status(&api, job, record, live, &identity)
-            .await?
-        else {
-            return Ok((Finished::Gone, None));
-        };
-        tracing::debug!(since_create_ms = since(job), "status patched");
-        self.annotate_restored(&api, &ar, live, record, &identity)
-            .await
-    }
-
-    /// Swaps the pending mark of `live`, whose status is restored, for the time of the
-    /// restore, and reports it.
-    async fn annotate_restored(
-        &self,
-        api: &Api<DynamicObject>,
-        ar: &ApiResource,
-        live: DynamicObject,
-        record: &Record,
-        identity: &str,
-    ) -> Result<(Finished, Option<DynamicObject>), ApplyError> {
-        let restored_at = Timestamp::now()
-            .round(Unit::Second)
-            .unwrap_or_else(|_| Timestamp::now());
-        let swap = json!({
-            ANNOTATION_RESTORE: null,
-            ANNOTATION_RESTORED_AT: restored_at.to_string(),
-        });
-        if !self
-            .patch_annotations(api, &live, swap, "annotating", identity)
-            .await?
-        {
-            return Ok((Finished::Gone, None));
-        }
-        self.event_restored(&live, ar, record, "").await;
-        Ok((Finished::Restored, Some(live)))
-    }
-
-    /// Takes the pending mark off `live`, if it has it, and finishes with `finished`.
-    async fn unmark(
-        &self,
-        api: &Api<DynamicObject>,
-        live: DynamicObject,
-        finished: Finished,
-        identity: &str,
-    ) -> Result<(Finished, Option<DynamicObject>), ApplyError> {
-        if is_restore_pending(live.metadata.annotations.as_ref())
-            && !self
-                .patch_annotations(
-                    api,
-                    &live,
-                    json!({ANNOTATION_RESTORE: null}),
-                    "unmarking",
+            rounds += 1;
+            if rounds > MAX_ROUNDS + self.conflict_retries {
+                return Err(ApplyError::Conflicts {
                     identity,
-                )
-                .await?
-        {
-            return Ok((Finished::Gone, None));
+                    attempts: rounds,
+                });
+            }
         }
-        Ok((finished, Some(live)))
+    }
+
+    /// Reads the object of `job`: `None` when there is none. A failed read is retried until
+    /// the job's deadline for a restore that has not found its object yet.
+    async fn read(
+        &self,
+        api: &Api<DynamicObject>,
+        job: &RestoreJob,
+        identity: &str,
+    ) -> Result<Option<DynamicObject>, ApplyError> {
+        let mut delay = FAST_POLL;
+        loop {
+            match api.get_opt(&job.identity.name).await {
+                Ok(found) => return Ok(found),
+                Err(e) if Timestamp::now() >= job.deadline => {
+                    return Err(ApplyError::from_kube("reading", identity, e));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %error_chain(&e), "reading the object failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_POLL);
+                }
+            }
+        }
     }
 
     /// The policy a job restores with: the one resolved when its CREATE was admitted, or the
@@ -374,126 +573,87 @@ impl Applier<'_> {
             .await;
     }
 
-    /// Polls until the object exists as a new incarnation, or the job's deadline passes.
-    async fn wait_for_new_incarnation(
-        &self,
-        api: &Api<DynamicObject>,
-        job: &RestoreJob,
-        record: Option<&Record>,
-        identity: &str,
-    ) -> Result<Incarnation, ApplyError> {
-        let old_uid = match record {
-            Some(record) if job.record_uid.is_empty() => record.uid.as_str(),
-            _ => job.record_uid.as_str(),
-        };
-        let not_before = job
-            .created_at
-            .checked_sub(jiff::SignedDuration::try_from(CLOCK_SKEW).unwrap_or_default())
-            .unwrap_or(job.created_at);
-        let started = tokio::time::Instant::now();
-        let mut delay = FAST_POLL;
-        loop {
-            let attempt = tokio::time::Instant::now();
-            let got = api.get_opt(&job.identity.name).await;
-            tracing::trace!(
-                since_create_ms = since(job),
-                get_ms = attempt.elapsed().as_millis() as u64,
-                found = matches!(got, Ok(Some(_))),
-                "looked for the new incarnation"
-            );
-            match got {
-                Ok(Some(obj)) => {
-                    let uid = obj.metadata.uid.as_deref().unwrap_or("");
-                    let created = obj.metadata.creation_timestamp.as_ref().map(|t| t.0);
-                    let older = created.is_some_and(|c| c < not_before);
-                    if (!old_uid.is_empty() && uid == old_uid) || older {
-                        return Ok(Incarnation::AlreadyExisted);
-                    }
-                    return Ok(Incarnation::Appeared(Box::new(obj)));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    if Timestamp::now() >= job.deadline {
-                        return Err(ApplyError::from_kube("reading", identity, e));
-                    }
-                    tracing::debug!(error = %error_chain(&e), "reading the recreated object failed; retrying");
-                }
-            }
-            if Timestamp::now() >= job.deadline {
-                return Ok(Incarnation::NeverAppeared);
-            }
-            tokio::time::sleep(delay).await;
-            if started.elapsed() >= FAST_POLL_FOR {
-                delay = (delay * 2).min(MAX_POLL);
-            }
-        }
-    }
-
-    /// Writes the decided status through the status subresource with the live
-    /// resourceVersion as precondition; re-reads and re-decides on a conflict. Falls back to
-    /// the main resource for a type without a status subresource. Returns the object as
-    /// last seen, or `None` if it was deleted meanwhile.
+    /// Writes `status` into `live` through the status subresource with the live
+    /// resourceVersion as precondition, falling back to the main resource for a type without
+    /// a status subresource.
     async fn patch_status(
         &self,
         api: &Api<DynamicObject>,
-        job: &RestoreJob,
-        record: &Record,
-        mut live: DynamicObject,
+        live: &DynamicObject,
+        status: Value,
         identity: &str,
-    ) -> Result<Option<DynamicObject>, ApplyError> {
+    ) -> Result<Written, ApplyError> {
         let params = self.params();
-        let name = job.identity.name.as_str();
-        let mut use_subresource = true;
-        let mut conflicts = 0;
-        loop {
-            let Some(status) = decide(&record.status, status_of(&live), self.policy_of(job)) else {
-                return Ok(Some(live));
-            };
-            let patch = JsonPatch(vec![
-                patch::expect_resource_version(&live.resource_version().unwrap_or_default()),
-                patch::set_status(status),
-            ]);
-            let result = if use_subresource {
-                api.patch_status(name, &params, &Patch::<()>::Json(patch))
-                    .await
-            } else {
-                api.patch(name, &params, &Patch::<()>::Json(patch)).await
-            };
-            match result {
-                Ok(obj) => return Ok(Some(obj)),
-                Err(e) => match api_status_code(&e) {
-                    Some(409) => {
-                        conflicts += 1;
-                        if conflicts > self.conflict_retries {
-                            return Err(ApplyError::Conflicts {
-                                identity: identity.to_owned(),
-                                attempts: conflicts,
-                            });
-                        }
-                    }
-                    Some(404) if use_subresource => {
-                        // Either the object is gone or its type has no status subresource:
-                        // not a conflict, so it does not count as a retry.
-                        use_subresource = false;
-                    }
-                    Some(404) => return Ok(None),
-                    _ => return Err(ApplyError::from_kube("patching the status of", identity, e)),
-                },
-            }
-            // Re-read and decide again against what is live now.
-            match api.get_opt(name).await {
-                Ok(Some(obj)) if obj.metadata.uid == live.metadata.uid => live = obj,
-                Ok(_) => return Ok(None),
-                Err(e) => return Err(ApplyError::from_kube("reading", identity, e)),
-            }
+        let name = live.name_any();
+        let patch = JsonPatch(vec![
+            patch::expect_resource_version(&live.resource_version().unwrap_or_default()),
+            patch::set_status(status),
+        ]);
+        let patch = Patch::<()>::Json(patch);
+        let result = match api.patch_status(&name, &params, &patch).await {
+            // Either the object is gone or its type has no status subresource.
+            Err(e) if api_status_code(&e) == Some(404) => api.patch(&name, &params, &patch).await,
+            other => other,
+        };
+        match result {
+            Ok(obj) => Ok(Written::Done(Box::new(obj))),
+            Err(e) => match api_status_code(&e) {
+                Some(409) => Ok(Written::Conflict),
+                Some(404) => Ok(Written::Gone),
+                _ => Err(ApplyError::from_kube("patching the status of", identity, e)),
+            },
+        }
+    }
+
+    /// Takes a dead pending marker off `live`: a JSON patch that tests the uid and the marker
+    /// first, so nothing else is touched. Returns false when those tests failed (the object
+    /// changed meanwhile).
+    async fn strip_marker(
+        &self,
+        api: &Api<DynamicObject>,
+        live: &DynamicObject,
+        job: &RestoreJob,
+        identity: &str,
+    ) -> Result<bool, ApplyError> {
+        let JobKind::Unmark { uid, marker } = &job.action else {
+            return Ok(true);
+        };
+        let mut ops = vec![
+            patch::expect_uid(uid),
+            patch::expect_annotation(ANNOTATION_RESTORE, RESTORE_PENDING),
+        ];
+        let annotations = live.metadata.annotations.as_ref();
+        if !marker.is_empty() {
+            ops.push(patch::expect_annotation(ANNOTATION_RESTORE_JOB, marker));
+        }
+        ops.extend(patch::remove_annotation(annotations, ANNOTATION_RESTORE));
+        ops.extend(patch::remove_annotation(
+            annotations,
+            ANNOTATION_RESTORE_JOB,
+        ));
+        match api
+            .patch(
+                &live.name_any(),
+                &self.params(),
+                &Patch::<()>::Json(JsonPatch(ops)),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if api_status_code(&e) == Some(404) => Ok(true),
+            Err(e) if matches!(api_status_code(&e), Some(409 | 422)) => Ok(false),
+            Err(e) => Err(ApplyError::from_kube("unmarking", identity, e)),
         }
     }
 
     /// After a failure that will not heal: mark the object `restatus.io/restore: failed` (so
-    /// status writes are no longer merged) and emit `StatusRestoreFailed`. Only the
-    /// incarnation the job was for is marked: the patch carries its uid as a precondition,
-    /// so an object created again meanwhile under the same name is left alone.
+    /// status writes are no longer merged) and emit `StatusRestoreFailed`. Only the object
+    /// that carries the job's id is marked: the patch tests its uid and that id, so an object
+    /// someone else created under the same name is left alone.
     pub async fn report_failure(&self, job: &RestoreJob, reason: &str) {
+        if job.id.is_empty() || job.action != JobKind::Restore {
+            return;
+        }
         let ar = api_resource(job);
         let api = self.api(job, &ar);
         let live = match api.get_opt(&job.identity.name).await {
@@ -505,10 +665,15 @@ impl Applier<'_> {
             }
         };
         let uid = live.metadata.uid.clone().unwrap_or_default();
-        if uid.is_empty() || uid == job.record_uid {
+        if uid.is_empty()
+            || restore_job(live.metadata.annotations.as_ref()) != Some(job.id.as_str())
+        {
             return;
         }
-        let mut ops = vec![patch::expect_uid(&uid)];
+        let mut ops = vec![
+            patch::expect_uid(&uid),
+            patch::expect_annotation(ANNOTATION_RESTORE_JOB, &job.id),
+        ];
         ops.extend(patch::set_annotations(
             live.metadata.annotations.as_ref(),
             &[(ANNOTATION_RESTORE, RESTORE_FAILED)],
@@ -586,6 +751,8 @@ mod tests {
 
     fn job(api_version: &str, kind: &str, resource: &str) -> RestoreJob {
         RestoreJob {
+            id: "j-1".into(),
+            action: JobKind::Restore,
             identity: ObjectIdentity {
                 group: String::new(),
                 resource: resource.into(),
@@ -600,6 +767,348 @@ mod tests {
             inline: false,
             request_uid: String::new(),
             policy: None,
+        }
+    }
+
+    use crate::policy::RestoreMode;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    /// What a case is called, its job, record, live object, time, and the step it must take.
+    type StepCase<'a> = (
+        &'a str,
+        &'a RestoreJob,
+        Option<&'a Record>,
+        Option<Live<'a>>,
+        Timestamp,
+        Step,
+    );
+
+    /// A restore job admitted at 0 s with its deadline at 60 s, from the record of `old-uid`.
+    fn bound() -> RestoreJob {
+        RestoreJob {
+            record_uid: "old-uid".into(),
+            created_at: at(0),
+            deadline: at(60),
+            ..job("v1", "Service", "services")
+        }
+    }
+
+    fn record(uid: &str, status: Value) -> Record {
+        Record {
+            status,
+            digest: String::new(),
+            api_version: "v1".into(),
+            kind: "Service".into(),
+            uid: uid.into(),
+            resource_version: "1".into(),
+            generation: None,
+            recorded_at: None,
+            deleted_at: None,
+            restored_at: None,
+        }
+    }
+
+    fn fill() -> RestorePolicy {
+        RestorePolicy {
+            mode: RestoreMode::Fill,
+            fields: vec![],
+            narrowed_to: vec![],
+            exclude_fields: vec![],
+        }
+    }
+
+    /// The new incarnation, marked pending by job `j-1`.
+    fn ours(status: Option<&Value>) -> Live<'_> {
+        Live {
+            uid: "new-uid",
+            job: Some("j-1"),
+            pending: Some("j-1"),
+            failed: false,
+            restored: false,
+            deleting: false,
+            status,
+        }
+    }
+
+    #[test]
+    fn a_job_restores_only_into_the_object_that_carries_its_id() {
+        let saved = json!({"phase": "Ready", "id": "c-1"});
+        let rec = record("old-uid", saved.clone());
+        let empty = json!({});
+        let foreign = Live {
+            uid: "tenant-uid",
+            job: None,
+            pending: None,
+            failed: false,
+            restored: false,
+            deleting: false,
+            status: None,
+        };
+        let forged_marker = Live {
+            pending: Some(""),
+            ..foreign
+        };
+        let other_job = Live {
+            job: Some("j-2"),
+            pending: Some("j-2"),
+            ..foreign
+        };
+        let deleting = Live {
+            deleting: true,
+            ..foreign
+        };
+        let restored = Live {
+            pending: None,
+            restored: true,
+            ..ours(Some(&saved))
+        };
+        let cancelled = Live {
+            pending: None,
+            ..ours(None)
+        };
+        let failed = Live {
+            failed: true,
+            pending: None,
+            ..ours(None)
+        };
+        let p = fill();
+        let job = bound();
+        let unbound = RestoreJob {
+            id: String::new(),
+            ..bound()
+        };
+        let inline = RestoreJob {
+            inline: true,
+            ..bound()
+        };
+        let cases: Vec<StepCase<'_>> = vec![
+            ("not there yet", &job, Some(&rec), None, at(1), Step::Wait),
+            (
+                "never appeared",
+                &job,
+                Some(&rec),
+                None,
+                at(60),
+                Step::Finish(Finished::Expired),
+            ),
+            (
+                "someone else's object, just after the CREATE",
+                &job,
+                Some(&rec),
+                Some(foreign),
+                at(1),
+                Step::Wait,
+            ),
+            (
+                "someone else's object",
+                &job,
+                Some(&rec),
+                Some(foreign),
+                at(3),
+                Step::Finish(Finished::NotOurs),
+            ),
+            (
+                "a marker without the job's id",
+                &job,
+                Some(&rec),
+                Some(forged_marker),
+                at(3),
+                Step::Finish(Finished::NotOurs),
+            ),
+            (
+                "another job's object",
+                &job,
+                Some(&rec),
+                Some(other_job),
+                at(3),
+                Step::Finish(Finished::NotOurs),
+            ),
+            (
+                "an object being deleted may still make way",
+                &job,
+                Some(&rec),
+                Some(deleting),
+                at(30),
+                Step::Wait,
+            ),
+            (
+                "until the deadline",
+                &job,
+                Some(&rec),
+                Some(deleting),
+                at(61),
+                Step::Finish(Finished::NotOurs),
+            ),
+            (
+                "a job bound to no CREATE",
+                &unbound,
+                Some(&rec),
+                Some(ours(None)),
+                at(1),
+                Step::Finish(Finished::NotOurs),
+            ),
+            (
+                "ours, empty",
+                &job,
+                Some(&rec),
+                Some(ours(None)),
+                at(1),
+                Step::Patch(saved.clone()),
+            ),
+            (
+                "ours, an empty status object",
+                &job,
+                Some(&rec),
+                Some(ours(Some(&empty))),
+                at(1),
+                Step::Patch(saved.clone()),
+            ),
+            (
+                "ours, already holding every saved fact",
+                &job,
+                Some(&rec),
+                Some(ours(Some(&saved))),
+                at(1),
+                Step::Annotate,
+            ),
+            (
+                "ours, after the deadline",
+                &job,
+                Some(&rec),
+                Some(ours(None)),
+                at(90),
+                Step::Patch(saved.clone()),
+            ),
+            (
+                "already restored",
+                &job,
+                Some(&rec),
+                Some(restored),
+                at(1),
+                Step::Finish(Finished::AlreadyRestored),
+            ),
+            (
+                "already failed",
+                &job,
+                Some(&rec),
+                Some(failed),
+                at(1),
+                Step::Finish(Finished::AlreadyFailed),
+            ),
+            (
+                "the marker was taken off",
+                &job,
+                Some(&rec),
+                Some(cancelled),
+                at(1),
+                Step::Finish(Finished::Cancelled),
+            ),
+            (
+                "the record was forgotten",
+                &job,
+                None,
+                Some(ours(None)),
+                at(1),
+                Step::Unmark(Finished::NoRecord),
+            ),
+            (
+                "inline",
+                &inline,
+                Some(&rec),
+                Some(restored),
+                at(1),
+                Step::ConfirmInline,
+            ),
+            (
+                "inline, record forgotten",
+                &inline,
+                None,
+                Some(restored),
+                at(1),
+                Step::Finish(Finished::NoRecord),
+            ),
+            (
+                "inline, someone else's object",
+                &inline,
+                Some(&rec),
+                Some(foreign),
+                at(3),
+                Step::Finish(Finished::NotOurs),
+            ),
+        ];
+        for (what, job, record, live, now, want) in cases {
+            assert_eq!(step(job, record, live.as_ref(), now, &p), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_redelivered_job_decides_from_the_live_status_not_from_the_record() {
+        let saved = json!({"phase": "Ready", "id": "c-1"});
+        let job = bound();
+        let p = fill();
+        // An earlier delivery's own status write was recorded (the record adopted the new
+        // uid), but the API server never stored it: the live status is still empty, so the
+        // saved status is written again.
+        let adopted = record("new-uid", saved.clone());
+        assert_eq!(
+            step(&job, Some(&adopted), Some(&ours(None)), at(1), &p),
+            Step::Patch(saved.clone())
+        );
+        // It did land: only the annotations are left to do.
+        assert_eq!(
+            step(&job, Some(&adopted), Some(&ours(Some(&saved))), at(1), &p),
+            Step::Annotate
+        );
+        // The controller wrote part of it meanwhile: what is missing is filled in.
+        let partial = json!({"phase": "Provisioning"});
+        assert_eq!(
+            step(&job, Some(&adopted), Some(&ours(Some(&partial))), at(1), &p),
+            Step::Patch(json!({"phase": "Provisioning", "id": "c-1"}))
+        );
+        // A record of a third incarnation is not this object's to get.
+        let third = record("third-uid", saved);
+        assert_eq!(
+            step(&job, Some(&third), Some(&ours(None)), at(1), &p),
+            Step::Unmark(Finished::RecordReplaced)
+        );
+    }
+
+    #[test]
+    fn an_unmark_job_strips_only_its_dead_marker_from_its_incarnation() {
+        let unmark = RestoreJob {
+            id: String::new(),
+            action: JobKind::Unmark {
+                uid: "new-uid".into(),
+                marker: "dead".into(),
+            },
+            ..bound()
+        };
+        let p = fill();
+        let marked = Live {
+            job: Some("dead"),
+            pending: Some("dead"),
+            ..ours(None)
+        };
+        let other_marker = ours(None);
+        let other_incarnation = Live {
+            uid: "later-uid",
+            ..marked
+        };
+        let cases = [
+            (Some(marked), Step::StripMarker),
+            (Some(other_marker), Step::Finish(Finished::Unmarked)),
+            (Some(other_incarnation), Step::Finish(Finished::Gone)),
+            (None, Step::Finish(Finished::Gone)),
+        ];
+        for (live, want) in cases {
+            assert_eq!(
+                step(&unmark, None, live.as_ref(), at(1), &p),
+                want,
+                "{live:?}"
+            );
         }
     }
 

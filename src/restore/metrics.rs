@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
+use super::Finished;
 use crate::telemetry::group::*;
 
 metric_group! {
     /// Jobs by outcome, create-to-restored latency, queue depth, dead letters.
     #[derive(Clone)]
     pub struct RestoreMetrics {
-        restores: Family<OutcomeLabels, Counter> = family("restores", "Restore jobs finished, by outcome (restored, already_restored, already_exists, expired, gone, no_record, failed, dead_lettered)"),
+        restores: Family<OutcomeLabels, Counter> = family("restores", "Restore jobs finished, by outcome (restored, already_restored, not_ours, expired, gone, no_record, record_replaced, already_failed, cancelled, unmarked, failed, dead_lettered)"),
         latency: Histogram = histogram("restore_latency_seconds", "Time from the CREATE admission to the restored status", slow_histogram),
         queue_depth: IntGauge = gauge("restore_queue_depth", "Restore jobs in the queue (waiting or in progress)"),
         dead_letters: Counter = counter("restore_dead_letters", "Restore jobs moved to the dead-letter stream"),
@@ -17,9 +18,11 @@ metric_group! {
 
 impl RestoreMetrics {
     /// A job finished with `outcome`.
-    pub fn finished(&self, outcome: &'static str) {
+    pub fn finished(&self, outcome: Finished) {
         self.restores
-            .get_or_create(&OutcomeLabels { outcome })
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.label(),
+            })
             .inc();
     }
 
@@ -51,12 +54,31 @@ mod tests {
     use crate::telemetry::{assert_samples, registered};
 
     #[test]
+    fn the_help_text_lists_every_outcome() {
+        let (registry, m) = registered(RestoreMetrics::register);
+        // A family without samples is not written at all.
+        m.finished(Finished::Restored);
+        let text = crate::telemetry::encode(&registry);
+        let help = text
+            .lines()
+            .find(|l| l.starts_with("# HELP restatus_restores "))
+            .unwrap_or_else(|| panic!("{text}"));
+        for outcome in Finished::ALL {
+            assert!(
+                help.contains(outcome.label()),
+                "{} missing from {help}",
+                outcome.label()
+            );
+        }
+    }
+
+    #[test]
     fn counts_outcomes_latency_depth_and_dead_letters() {
         let (registry, m) = registered(RestoreMetrics::register);
         m.queue_depth(7);
-        m.finished("restored");
-        m.finished("expired");
-        m.finished("restored");
+        m.finished(Finished::Restored);
+        m.finished(Finished::Expired);
+        m.finished(Finished::Restored);
         m.restored_after(Duration::from_millis(12));
         m.dead_lettered();
         assert_samples(

@@ -21,13 +21,13 @@ use kube::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use apply::{ApplyError, Finished};
+pub use apply::{ApplyError, Finished, Live, Step, step};
 pub use metrics::RestoreMetrics;
 
 use crate::{
     error::error_chain,
     policy::RestorePolicy,
-    store::{Delivery, QueueReader, RestoreJob, Store, StoreError},
+    store::{Delivery, JobKind, QueueReader, RestoreJob, Store, StoreError},
     text::{LOG_FIELD_CHARS, clip},
 };
 use apply::Applier;
@@ -328,38 +328,44 @@ impl Worker {
             Err(error) => {
                 let reason = error_chain(error);
                 tracing::warn!(%reason, "restore job cannot be decoded; moved to the dead-letter stream");
-                self.metrics.finished("dead_lettered");
+                self.metrics.finished(Finished::DeadLettered);
                 self.dead_letter(delivery, &reason, None).await;
                 return;
             }
         };
-        let record = match self.store.get(&job.identity, budget).await {
-            Ok(record) => record,
-            Err(error) => {
-                self.retry_or_give_up(delivery, job, None, &error_chain(&error))
-                    .await;
-                return;
-            }
+        let record = match &job.action {
+            JobKind::Unmark { .. } => None,
+            JobKind::Restore => match self.store.get(&job.identity, budget).await {
+                Ok(record) => record,
+                Err(error) => {
+                    self.retry_or_give_up(delivery, job, None, &error_chain(&error))
+                        .await;
+                    return;
+                }
+            },
         };
         let saved = record.as_ref().map(|r| &r.status);
         match self.applier().restore(job, record.as_ref()).await {
             Ok((finished, live)) => {
-                // A duplicate marks again: an earlier delivery may have stopped before it.
-                if matches!(finished, Finished::Restored | Finished::AlreadyRestored)
-                    && let (Some(live), Some(record)) = (&live, &record)
-                {
-                    let new_uid = live.uid().unwrap_or_default();
-                    if let Err(error) = self
-                        .store
-                        .mark_restored(&job.identity, &record.uid, &new_uid, budget)
-                        .await
-                    {
-                        if delivery.deliveries < self.settings.max_deliveries {
-                            tracing::warn!(error = %error_chain(&error), "status restored, but the record could not be marked; the job will be retried to mark it");
-                            return;
-                        }
-                        tracing::warn!(error = %error_chain(&error), "status restored, but the record could not be marked; it may expire with the old incarnation's retention");
+                // The job is over: it is no longer its object's live job, and a restored
+                // record belongs to the new incarnation. A duplicate marks again: an earlier
+                // delivery may have stopped before it.
+                let ended = match (&live, &record) {
+                    (Some(live), Some(record)) if finished.restored() => {
+                        let new_uid = live.uid().unwrap_or_default();
+                        self.store
+                            .mark_restored(&job.identity, &record.uid, &new_uid, &job.id, budget)
+                            .await
+                            .map(|_| ())
                     }
+                    _ => self.release(job).await,
+                };
+                if let Err(error) = ended {
+                    if finished.restored() && delivery.deliveries < self.settings.max_deliveries {
+                        tracing::warn!(error = %error_chain(&error), "status restored, but the record could not be marked; the job will be retried to mark it");
+                        return;
+                    }
+                    tracing::warn!(error = %error_chain(&error), "the job is finished, but its record could not be updated; a restored record may expire with the old incarnation's retention");
                 }
                 if finished == Finished::Restored {
                     let latency = Timestamp::now().duration_since(job.created_at);
@@ -369,13 +375,16 @@ impl Worker {
                 } else {
                     tracing::info!(identity = %job.identity, outcome = finished.label(), "restore job finished without a restore");
                 }
-                self.finish(delivery, finished.label()).await;
+                self.finish(delivery, finished).await;
             }
             Err(error) if error.is_permanent() => {
                 let reason = error_chain(&error);
                 tracing::warn!(identity = %job.identity, %reason, "restore failed for good");
                 self.applier().report_failure(job, &reason).await;
-                self.metrics.finished("failed");
+                self.metrics.finished(Finished::Failed);
+                if let Err(error) = self.release(job).await {
+                    tracing::debug!(error = %error_chain(&error), "could not end the failed job's hold on its object");
+                }
                 self.dead_letter(delivery, &reason, saved).await;
             }
             Err(error) => {
@@ -385,7 +394,18 @@ impl Worker {
         }
     }
 
-    async fn finish(&self, delivery: &Delivery, outcome: &'static str) {
+    /// Ends a restore job in Redis: it is no longer its object's live job.
+    async fn release(&self, job: &RestoreJob) -> Result<(), StoreError> {
+        if job.id.is_empty() || job.action != JobKind::Restore {
+            return Ok(());
+        }
+        self.store
+            .release_job(&job.identity, &job.id, self.settings.redis_timeout)
+            .await
+            .map(|_| ())
+    }
+
+    async fn finish(&self, delivery: &Delivery, outcome: Finished) {
         self.metrics.finished(outcome);
         if let Err(error) = self
             .store
@@ -413,7 +433,10 @@ impl Worker {
                     &format!("gave up after {} attempts: {reason}", delivery.deliveries),
                 )
                 .await;
-            self.metrics.finished("dead_lettered");
+            self.metrics.finished(Finished::DeadLettered);
+            if let Err(error) = self.release(job).await {
+                tracing::debug!(error = %error_chain(&error), "could not end the dead-lettered job's hold on its object");
+            }
             self.dead_letter(delivery, reason, saved).await;
         } else {
             tracing::warn!(identity = %job.identity, deliveries = delivery.deliveries, %reason, "restore attempt failed; it will be retried");

@@ -57,8 +57,24 @@ impl KeySchema {
     /// `{`, `}` or `%`; should a part hold one anyway (a forged review), it is percent-encoded,
     /// so that two identities never share a key and the hash tag stays whole.
     pub fn record(&self, id: &ObjectIdentity) -> String {
+        self.object_key("rec", id)
+    }
+
+    /// `<prefix>:job:{...}` with the record's hash tag: the id of the restore job under way for
+    /// the object, while it is live.
+    pub fn job(&self, id: &ObjectIdentity) -> String {
+        self.object_key("job", id)
+    }
+
+    /// `<prefix>:unmark:{...}` with the record's hash tag: a dead pending marker whose removal
+    /// is already queued, so that a burst of writes queues it once.
+    pub fn unmark(&self, id: &ObjectIdentity) -> String {
+        self.object_key("unmark", id)
+    }
+
+    fn object_key(&self, kind: &str, id: &ObjectIdentity) -> String {
         format!(
-            "{}:rec:{{{}|{}|{}|{}|{}}}",
+            "{}:{kind}:{{{}|{}|{}|{}|{}}}",
             self.prefix,
             self.cluster,
             escape(&id.group),
@@ -170,6 +186,12 @@ mod tests {
         let keys = KeySchema::new("restatus", "prod");
         let rec = keys.record(&id("", "services", Some("a"), "b"));
         assert_eq!(hash_tag(&rec), "prod||services|a|b");
+        let job = keys.job(&id("", "services", Some("a"), "b"));
+        assert_eq!(job, "restatus:job:{prod||services|a|b}");
+        assert_eq!(hash_tag(&job), hash_tag(&rec));
+        let unmark = keys.unmark(&id("", "services", Some("a"), "b"));
+        assert_eq!(hash_tag(&unmark), hash_tag(&rec));
+        assert!(unmark != job && unmark != rec);
         assert_eq!(hash_tag(&keys.queue()), "prod");
         assert_eq!(hash_tag(&keys.queue()), hash_tag(&keys.dead_letters()));
     }

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 pub use keys::{KeySchema, ObjectIdentity};
 pub use metrics::StoreMetrics;
-pub use queue::{Delivery, JobError, QueueReader, Reclaimed, RestoreJob};
+pub use queue::{Delivery, JobError, JobKind, QueueReader, Reclaimed, RestoreJob, new_job_id};
 pub use record::{DecodeRecordError, Record, RecordWrite, Source, WriteOutcome, canonical, digest};
 pub use seal::{Keyring, KeyringError, OpenError, SealError};
 
@@ -64,6 +64,8 @@ pub enum StoreError {
     },
     #[error("restore job could not be encoded")]
     EncodeJob(#[source] serde_json::Error),
+    #[error("no random bytes for a restore job id")]
+    Random,
     #[error("Redis script on {key} answered {answer:?}")]
     UnexpectedAnswer { key: String, answer: String },
 }
@@ -139,9 +141,12 @@ fn millis(duration: Duration) -> u64 {
         .max(1)
 }
 
-/// Marks a record as belonging to the restored incarnation: it no longer expires.
-/// KEYS[1] record; ARGV: the uid the restore started from, the new uid, now.
+/// Marks a record as belonging to the restored incarnation: it no longer expires; and ends
+/// the job, which is no longer the object's live one.
+/// KEYS[1] record, KEYS[2] live job; ARGV: the uid the restore started from, the new uid,
+/// now, the job id.
 const MARK_RESTORED_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
 local key = KEYS[1]
 local cur_uid = redis.call('HGET', key, 'uid')
 if not cur_uid then return 0 end
@@ -150,6 +155,16 @@ redis.call('HSET', key, 'uid', ARGV[2], 'restoredAt', ARGV[3])
 redis.call('HDEL', key, 'deletedAt')
 redis.call('PERSIST', key)
 return 1
+"#;
+
+/// Ends a job: it is no longer the object's live one (unless another job took its place).
+/// KEYS[1] live job; ARGV: the job id. Returns 1 when it was live.
+const RELEASE_JOB_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
 "#;
 
 /// One Redis request: a command, a pipeline (a MULTI/EXEC transaction when built with
@@ -196,6 +211,7 @@ pub struct Store {
     record_script: Arc<Script>,
     expire_script: Arc<Script>,
     mark_restored_script: Arc<Script>,
+    release_job_script: Arc<Script>,
 }
 
 impl Store {
@@ -234,6 +250,7 @@ impl Store {
             record_script: Arc::new(Script::new(RECORD_SCRIPT)),
             expire_script: Arc::new(Script::new(EXPIRE_SCRIPT)),
             mark_restored_script: Arc::new(Script::new(MARK_RESTORED_SCRIPT)),
+            release_job_script: Arc::new(Script::new(RELEASE_JOB_SCRIPT)),
         })
     }
 
@@ -331,6 +348,7 @@ impl Store {
             &self.record_script,
             &self.expire_script,
             &self.mark_restored_script,
+            &self.release_job_script,
         ];
         let load = async {
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
@@ -429,10 +447,18 @@ impl Store {
         let fields: HashMap<String, String> = self
             .send("hgetall", &key, budget, redis::cmd("HGETALL").arg(&key))
             .await?;
+        self.decode(key, fields)
+    }
+
+    /// A record from the fields of its hash (none when there are none), its status opened.
+    fn decode(
+        &self,
+        key: String,
+        mut fields: HashMap<String, String>,
+    ) -> Result<Option<Record>, StoreError> {
         if fields.is_empty() {
             return Ok(None);
         }
-        let mut fields = fields;
         if let Some(status) = fields.get_mut("status") {
             *status = self.open(&key, status)?;
         }
@@ -441,27 +467,100 @@ impl Store {
             .map_err(|source| StoreError::Corrupt { key, source })
     }
 
-    /// After a restore: the record now belongs to `new_uid` and no longer expires. A record
-    /// that meanwhile belongs to a third incarnation is left alone.
+    /// The record of an object and the id of its live restore job, in one round trip.
+    pub async fn get_with_job(
+        &self,
+        identity: &ObjectIdentity,
+        budget: Duration,
+    ) -> Result<(Option<Record>, Option<String>), StoreError> {
+        let key = self.keys.record(identity);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL")
+            .arg(&key)
+            .cmd("GET")
+            .arg(self.keys.job(identity));
+        let (fields, job): (HashMap<String, String>, Option<String>) =
+            self.send("hgetall", &key, budget, &pipe).await?;
+        Ok((self.decode(key, fields)?, job))
+    }
+
+    /// Whether `job` is the live restore job of an object.
+    pub async fn job_is_live(
+        &self,
+        identity: &ObjectIdentity,
+        job: &str,
+        budget: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys.job(identity);
+        let live: Option<String> = self
+            .send("get", &key, budget, redis::cmd("GET").arg(&key))
+            .await?;
+        Ok(!job.is_empty() && live.as_deref() == Some(job))
+    }
+
+    /// Ends `job`: it is no longer the object's live job. Returns whether it was.
+    pub async fn release_job(
+        &self,
+        identity: &ObjectIdentity,
+        job: &str,
+        budget: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys.job(identity);
+        let mut invocation = self.release_job_script.prepare_invoke();
+        invocation.key(&key).arg(job);
+        let released: i64 = self.send("release_job", &key, budget, &invocation).await?;
+        Ok(released == 1)
+    }
+
+    /// Claims the removal of the dead marker `marker` of an object for `hold`: true for the
+    /// first caller, so that a burst of writes to the object queues one removal.
+    pub async fn claim_unmark(
+        &self,
+        identity: &ObjectIdentity,
+        marker: &str,
+        hold: Duration,
+        budget: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys.unmark(identity);
+        let set: Option<String> = self
+            .send(
+                "set",
+                &key,
+                budget,
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(marker)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(hold)),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// After a restore: the record now belongs to `new_uid` and no longer expires, and `job`
+    /// is no longer the object's live job. A record that meanwhile belongs to a third
+    /// incarnation is left alone.
     pub async fn mark_restored(
         &self,
         identity: &ObjectIdentity,
         old_uid: &str,
         new_uid: &str,
+        job: &str,
         budget: Duration,
     ) -> Result<bool, StoreError> {
-        let args = [
-            old_uid.to_owned(),
-            new_uid.to_owned(),
-            Timestamp::now().to_string(),
-        ];
-        self.flag(
-            "mark_restored",
-            &self.mark_restored_script,
-            identity,
-            &args,
-            budget,
-        )
-        .await
+        let key = self.keys.record(identity);
+        let mut invocation = self.mark_restored_script.prepare_invoke();
+        invocation
+            .key(&key)
+            .key(self.keys.job(identity))
+            .arg(old_uid)
+            .arg(new_uid)
+            .arg(Timestamp::now().to_string())
+            .arg(job);
+        let changed: i64 = self
+            .send("mark_restored", &key, budget, &invocation)
+            .await?;
+        Ok(changed == 1)
     }
 }

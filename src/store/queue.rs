@@ -32,11 +32,30 @@ if not ok or #pending > 0 then return 0 end
 return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) == 0 and 1 or 0
 "#;
 
-/// One restore to perform: put the record of `identity` back into the incarnation created
-/// after `created_at`.
+/// What a job asks the worker to do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum JobKind {
+    /// Put the record back into the object whose CREATE was marked with the job's id.
+    #[default]
+    Restore,
+    /// Take a pending marker that names `marker`, a job that is not live, off the incarnation
+    /// `uid` (a status write cannot change metadata, so the webhook cannot do it itself).
+    Unmark { uid: String, marker: String },
+}
+
+/// One job for the worker: a restore of the record of `identity` into the object its CREATE
+/// made (bound by `id`, which that object carries), or the removal of a dead marker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreJob {
+    /// Unguessable, and set on the object by the CREATE's patch (`restatus.io/restore-job`):
+    /// the worker restores only into an object that carries it. Empty in jobs that are bound
+    /// to nothing, which restore nothing.
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub action: JobKind,
     pub identity: ObjectIdentity,
     /// apiVersion of the CREATE (`v1`, `infra.example.com/v1alpha1`).
     pub api_version: String,
@@ -58,6 +77,16 @@ pub struct RestoreJob {
     /// (absent in jobs queued by older versions: the worker's global policy applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<RestorePolicy>,
+}
+
+/// A new job id: 128 random bits in hex.
+pub fn new_job_id() -> Result<String, StoreError> {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| StoreError::Random)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Why a stream entry is not a restore job.
@@ -153,6 +182,33 @@ impl Store {
             .arg(payload)
             .clone();
         self.send("xadd", &key, budget, &add).await
+    }
+
+    /// Adds a restore job whose object will carry the pending marker, and makes its id the
+    /// live job of the object for `ttl` (or until the worker finishes it): while it is, status
+    /// writes to the marked object are merged with the saved status. One round trip.
+    pub async fn enqueue_pending(
+        &self,
+        job: &RestoreJob,
+        ttl: Duration,
+        budget: Duration,
+    ) -> Result<String, StoreError> {
+        let key = self.keys.queue();
+        let payload = serde_json::to_string(job).map_err(StoreError::EncodeJob)?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.keys.job(&job.identity))
+            .arg(&job.id)
+            .arg("PX")
+            .arg(super::millis(ttl))
+            .ignore()
+            .cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg(JOB_FIELD)
+            .arg(payload);
+        let (id,): (String,) = self.send("xadd", &key, budget, &pipe).await?;
+        Ok(id)
     }
 
     /// Acknowledges and deletes a finished job, atomically.

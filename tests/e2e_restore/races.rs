@@ -67,8 +67,9 @@ async fn create_of_an_object_that_still_exists_leaves_it_alone() {
         other => panic!("unexpected error {other}"),
     }
     let r = &env.restatus[0];
-    eventually(WAIT, "the job to be dropped as already-exists", || async {
-        (outcome(r, "already_exists").await == 1.0).then_some(())
+    // The object that exists does not carry the job's id: not the job's to touch.
+    eventually(WAIT, "the job to be dropped as not ours", || async {
+        (outcome(r, "not_ours").await == 1.0).then_some(())
     })
     .await;
     let after = api.get("exists").await.unwrap();

@@ -37,6 +37,8 @@ pub fn settings() -> admission::Settings {
     admission::Settings {
         redis_timeout: Duration::from_millis(100),
         restore_deadline: Duration::from_secs(60),
+        job_ttl: Duration::from_secs(60 + 5 * 30 + 300),
+        limits: admission::StatusLimits::default(),
         global: GlobalPolicy {
             defaults: Defaults {
                 policy: Enablement::Enabled,
