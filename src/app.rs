@@ -379,6 +379,8 @@ impl App {
                         .unwrap_or(usize::MAX),
                     ..admission::StatusLimits::default()
                 },
+                max_inflight_values: usize::try_from(args.record.max_inflight_status_values)
+                    .unwrap_or(usize::MAX),
             },
         ));
 

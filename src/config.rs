@@ -62,8 +62,10 @@ pub struct ServerArgs {
     pub admin_listen: SocketAddr,
 
     /// Largest AdmissionReview body accepted, in bytes (suffixes Ki and Mi allowed).
-    /// Larger bodies are answered 413.
-    #[arg(long, env = "RESTATUS_MAX_REQUEST_BYTES", default_value = "8Mi", value_parser = parse_size)]
+    /// Larger bodies are answered 413. The API server's largest review carries an object
+    /// twice (an update's object and oldObject), and etcd keeps objects under 1.5 MiB by
+    /// default: raise this to twice etcd's --max-request-bytes plus 1 MiB if it is raised.
+    #[arg(long, env = "RESTATUS_MAX_REQUEST_BYTES", default_value = "4Mi", value_parser = parse_size)]
     pub max_request_bytes: usize,
 
     /// How long in-flight reviews and restores may take to finish after SIGTERM.
@@ -300,6 +302,12 @@ pub struct RecordArgs {
     /// counted. Bounds the memory one review takes.
     #[arg(long, env = "RESTATUS_MAX_STATUS_VALUES", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_status_values: u64,
+
+    /// Status values parsed at once across all reviews (at least --max-status-values): bounds
+    /// the memory of reviews in flight, about 60 bytes per value. A review that finds no room
+    /// within 200 ms is allowed unrecorded, with a warning, and counted (outcome `busy`).
+    #[arg(long, env = "RESTATUS_MAX_INFLIGHT_STATUS_VALUES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub max_inflight_status_values: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -513,7 +521,7 @@ mod tests {
         assert_eq!(args.server.admin_listen.to_string(), "0.0.0.0:8080");
         assert_eq!(args.store.redis_url, "redis://127.0.0.1:6379");
         assert_eq!(args.store.redis_timeout, Duration::from_millis(100));
-        assert_eq!(args.server.max_request_bytes, 8 * 1024 * 1024);
+        assert_eq!(args.server.max_request_bytes, 4 * 1024 * 1024);
         assert_eq!(args.record.retention, Duration::from_secs(30 * 86_400));
         assert_eq!(args.restore.restore_deadline, Duration::from_secs(60));
         assert_eq!(args.restore.restore_mode, RestoreMode::Fill);
@@ -672,10 +680,10 @@ mod tests {
 
     #[test]
     fn an_inflight_body_budget_below_one_request_is_refused() {
-        let err = server_args(&["--max-inflight-body-bytes", "4Mi"]).unwrap_err();
+        let err = server_args(&["--max-inflight-body-bytes", "2Mi"]).unwrap_err();
         assert_eq!(
             err,
-            "--max-inflight-body-bytes (4194304) is below --max-request-bytes (8388608): a review of the largest accepted size could never be read"
+            "--max-inflight-body-bytes (2097152) is below --max-request-bytes (4194304): a review of the largest accepted size could never be read"
         );
         let ok = server_args(&[
             "--max-inflight-body-bytes",

@@ -226,6 +226,11 @@ pub fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.00025, 2.0, 16))
 }
 
+/// Sizes in bytes: 1 KiB .. 16 MiB, by powers of four.
+pub fn size_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1024.0, 4.0, 8))
+}
+
 /// Latencies that include waiting for the API server: 1 ms .. ~65 s.
 pub fn slow_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))

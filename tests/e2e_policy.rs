@@ -324,28 +324,12 @@ fn pending(obj: &DynamicObject) -> bool {
         == Some(RESTORE_PENDING)
 }
 
-/// Rights on KubernetesClusters in a namespace, with or without `update` on their status.
 fn cluster_rules(status: bool) -> Value {
-    let mut rules = vec![json!({
-        "apiGroups": ["infra.example.com"], "resources": ["kubernetesclusters"],
-        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]
-    })];
-    if status {
-        rules.push(json!({
-            "apiGroups": ["infra.example.com"], "resources": ["kubernetesclusters/status"],
-            "verbs": ["get", "update", "patch"]
-        }));
-    }
-    Value::Array(rules)
+    identity::cluster_rules(status)
 }
 
-/// The KubernetesClusters of `namespace`, as `user` sees them.
 fn clusters_as(user: &identity::User, namespace: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(
-        user.client.clone(),
-        namespace,
-        &cluster::kubernetes_cluster_resource(),
-    )
+    user.clusters(namespace)
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::telemetry::group::*;
+use crate::telemetry::{group::*, size_histogram};
 
 metric_group! {
     /// Reviews answered and their latency by operation; bodies refused; jobs queued.
@@ -11,6 +11,7 @@ metric_group! {
         requests: Family<AnsweredLabels, Counter> = family("admission_requests", "Admission reviews answered, by operation and outcome"),
         duration: HistogramFamily<OperationLabels> = histograms("admission_duration_seconds", "Time to answer an admission review, by operation", latency_histogram),
         invalid: ReasonCounters = family("admission_invalid_requests", "Requests to /mutate answered 4xx because the body was not a usable AdmissionReview"),
+        review_bytes: Histogram = histogram("admission_review_bytes", "Size of the AdmissionReview bodies read, in bytes (for --max-request-bytes)", size_histogram),
         jobs_enqueued: Counter = counter("restore_jobs_enqueued", "Restore jobs added to the queue by the webhook"),
         dead_markers: Family<ActionLabels, Counter> = family("dead_markers", "Pending markers without a live restore job, found on writes: taken off by the answer (stripped) or their removal queued for the worker (queued)"),
     }
@@ -25,6 +26,11 @@ impl AdmissionMetrics {
         self.duration
             .get_or_create(&OperationLabels { operation })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A review body of `bytes` was read.
+    pub fn review_read(&self, bytes: usize) {
+        self.review_bytes.observe(bytes as f64);
     }
 
     /// A body refused before it became a review.
@@ -72,6 +78,7 @@ mod tests {
         m.answered("UPDATE", "recorded", Duration::from_millis(1));
         m.answered("CREATE", "no_record", Duration::from_millis(1));
         m.invalid("not_json");
+        m.review_read(3000);
         m.job_enqueued();
         m.dead_marker("stripped");
         assert_samples(
@@ -81,6 +88,7 @@ mod tests {
                 "restatus_admission_requests_total{operation=\"CREATE\",outcome=\"no_record\"} 1",
                 "restatus_admission_duration_seconds_count{operation=\"UPDATE\"} 2",
                 "restatus_admission_invalid_requests_total{reason=\"not_json\"} 1",
+                "restatus_admission_review_bytes_bucket{le=\"4096.0\"} 1",
                 "restatus_restore_jobs_enqueued_total 1",
                 "restatus_dead_markers_total{action=\"stripped\"} 1",
             ],

@@ -21,7 +21,10 @@ use axum::{
 use jiff::{SignedDuration, Timestamp, Unit};
 use json_patch::{Patch, PatchOperation};
 use kube::core::admission::Operation;
-use tokio::time::Instant;
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 
@@ -60,6 +63,9 @@ pub struct Settings {
     pub own_user: Option<String>,
     /// How large a status is parsed; larger ones are not recorded.
     pub limits: StatusLimits,
+    /// Status values parsed at once across all reviews: what bounds the memory of reviews in
+    /// flight. A review that finds no room soon is allowed unrecorded.
+    pub max_inflight_values: usize,
 }
 
 /// What the admission path reads besides the review, all from memory but the access check.
@@ -90,6 +96,8 @@ enum Outcome {
     NotPermitted,
     /// A record exists, but whether the creator may have it could not be checked in time.
     AccessUnknown,
+    /// No room to parse the status within --max-inflight-status-values soon enough.
+    Busy,
     RetentionStarted,
     Error,
 }
@@ -108,6 +116,7 @@ impl Outcome {
             Outcome::Merged => "merged",
             Outcome::NotPermitted => "not_permitted",
             Outcome::AccessUnknown => "access_check_failed",
+            Outcome::Busy => "busy",
             Outcome::RetentionStarted => "retention_started",
             Outcome::Error => "error",
         }
@@ -165,12 +174,17 @@ struct Reviewed<'r, 'a> {
 /// How long a dead marker's removal, once queued, holds off queueing it again.
 const UNMARK_HOLD: Duration = Duration::from_secs(60);
 
+/// How long a review waits for room to parse its status before it goes on unrecorded.
+const PARSE_ROOM_WAIT: Duration = Duration::from_millis(200);
+
 /// The webhook's shared state.
 pub struct Admission {
     store: Store,
     sources: Sources,
     metrics: AdmissionMetrics,
     settings: Settings,
+    /// Room for status values being parsed, one permit per value.
+    parse_room: Arc<Semaphore>,
 }
 
 impl Admission {
@@ -180,11 +194,39 @@ impl Admission {
         metrics: AdmissionMetrics,
         settings: Settings,
     ) -> Self {
+        let room = settings
+            .max_inflight_values
+            .clamp(settings.limits.max_values, Semaphore::MAX_PERMITS);
         Self {
             store,
             sources,
             metrics,
             settings,
+            parse_room: Arc::new(Semaphore::new(room)),
+        }
+    }
+
+    /// Room to parse the statuses `req` carries, held until the review is answered; `None`
+    /// when there is none soon. A status beyond the limits takes none: it is not parsed.
+    async fn parse_room(&self, req: &Request<'_>) -> Option<Option<OwnedSemaphorePermit>> {
+        if req.dry_run || !matches!(req.sub_resource.as_deref(), None | Some("status")) {
+            return Some(None);
+        }
+        let limits = self.settings.limits;
+        let values: usize = [&req.object, &req.old_object]
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.status)
+            .filter_map(|raw| review::values(raw, limits))
+            .sum();
+        if values == 0 {
+            return Some(None);
+        }
+        let values = u32::try_from(values).unwrap_or(u32::MAX);
+        let room = self.parse_room.clone().acquire_many_owned(values);
+        match tokio::time::timeout(PARSE_ROOM_WAIT, room).await {
+            Ok(Ok(permit)) => Some(Some(permit)),
+            _ => None,
         }
     }
 
@@ -221,6 +263,22 @@ impl Admission {
             &req.resource.resource,
         );
         let resolved = self.resolve(req);
+        let Some(_room) = self.parse_room(req).await else {
+            tracing::warn!(
+                "no room to parse this review's status within --max-inflight-status-values; allowed unrecorded"
+            );
+            self.metrics.answered(
+                operation_label(&req.operation),
+                Outcome::Busy.label(),
+                start.elapsed(),
+            );
+            let mut response = Response::allow(&req.uid);
+            response.warnings.push(
+                "restatus: too many statuses are being recorded at once; this one is not"
+                    .to_owned(),
+            );
+            return response;
+        };
         let ctx = plan::Context {
             type_info,
             own_user: self.settings.own_user.as_deref(),
@@ -624,6 +682,7 @@ async fn mutate(
             return (status, format!("{}\n", rejection.body_text())).into_response();
         }
     };
+    admission.metrics.review_read(body.len());
     let req = match review::decode(&body) {
         Ok(req) => req,
         Err(error) => {

@@ -255,17 +255,22 @@ impl StatusError {
     }
 }
 
+/// Checks raw JSON text against the limits.
+fn check_size(text: &str, limits: StatusLimits) -> Result<(), StatusError> {
+    count(text, limits).map(|_| ())
+}
+
 /// Counts the values of raw JSON text and its nesting, stopping as soon as a limit is passed.
 /// The text is already known to be valid JSON (the review decoded), so only strings, commas
 /// and brackets need telling apart.
-fn check_size(text: &str, limits: StatusLimits) -> Result<(), StatusError> {
+fn count(text: &str, limits: StatusLimits) -> Result<usize, StatusError> {
     let mut values = 0usize;
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
     // Whether a value has started since the last `[`, `{`, `,` or `:` (one value per item).
     let mut in_value = false;
-    let count = |values: &mut usize| {
+    let tally = |values: &mut usize| {
         *values += 1;
         if *values > limits.max_values {
             Err(StatusError::TooManyValues {
@@ -287,7 +292,7 @@ fn check_size(text: &str, limits: StatusLimits) -> Result<(), StatusError> {
         }
         match b {
             b'[' | b'{' => {
-                count(&mut values)?;
+                tally(&mut values)?;
                 depth += 1;
                 if depth > limits.max_depth {
                     return Err(StatusError::TooDeep {
@@ -304,20 +309,26 @@ fn check_size(text: &str, limits: StatusLimits) -> Result<(), StatusError> {
             b'"' => {
                 in_string = true;
                 if !in_value {
-                    count(&mut values)?;
+                    tally(&mut values)?;
                     in_value = true;
                 }
             }
             b' ' | b'\n' | b'\r' | b'\t' => {}
             _ => {
                 if !in_value {
-                    count(&mut values)?;
+                    tally(&mut values)?;
                     in_value = true;
                 }
             }
         }
     }
-    Ok(())
+    Ok(values)
+}
+
+/// How many values a raw status holds, `None` when it is beyond `limits` (and will not be
+/// parsed).
+pub fn values(raw: &RawValue, limits: StatusLimits) -> Option<usize> {
+    count(raw.get(), limits).ok()
 }
 
 /// Parses a raw status within `limits`. Object keys count as values too, so a map of many
@@ -533,6 +544,12 @@ mod tests {
         // object, b, null, c, true.
         let text = r#"{"a": [1, "x,]", {"b": null}], "c": true}"#;
         assert_eq!(check_size(text, limits(10, 3)), Ok(()));
+        assert_eq!(
+            values(&raw(text), limits(10, 3)),
+            Some(10),
+            "the object, a, its list, 1, \"x,]\", the inner object, b, null, c, true"
+        );
+        assert_eq!(values(&raw(text), limits(9, 3)), None);
         assert_eq!(
             check_size(text, limits(9, 3)),
             Err(StatusError::TooManyValues { max: 9 })

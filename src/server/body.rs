@@ -73,6 +73,12 @@ impl BodyBudget {
         let deadline = Instant::now() + self.read_timeout;
         // Chunks are copied out as they arrive, so that the connection's read buffers they may
         // point into are not kept alive by a body waiting for room.
+        // Sized once, when the first bytes arrive, from a declared length (within the limit),
+        // so that the buffer is not grown by doubling, which can hold the body twice while it
+        // is copied.
+        let declared = declared_length(headers)
+            .unwrap_or(0)
+            .min(self.max_request_bytes);
         let mut buffer: Vec<u8> = Vec::new();
         let mut stream = body.into_data_stream();
         loop {
@@ -107,6 +113,9 @@ impl BodyBudget {
                 Ok(Err(_)) => return Err(Refused::BodyBudget),
                 Err(_) if Instant::now() >= deadline => return Err(Refused::BodyTimeout),
                 Err(_) => return Err(Refused::BodyBudget),
+            }
+            if buffer.capacity() == 0 {
+                buffer.reserve_exact(declared.max(chunk.len()));
             }
             buffer.extend_from_slice(&chunk);
         }

@@ -6,12 +6,15 @@
 //! - `inline`: CRDs without the status subresource, restored in the create itself;
 //! - `races`: the owning controller, creates that fail or never land, dry runs;
 //! - `reclaim`: jobs of dead consumers, several replicas, dead letters, leaving the group;
+//! - `binding`: a job restores only the object its CREATE made, a marker is believed only
+//!   while its job is live, a replica killed mid-storm loses no restore;
 //! - `logs`: no status value ever reaches the logs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod binding;
 mod inline;
 mod logs;
 mod modes;

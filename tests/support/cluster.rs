@@ -586,6 +586,66 @@ impl Env {
         Restatus::start(opts).await
     }
 
+    /// Stops the API server from calling restatus for this environment's namespace, as while
+    /// restatus is rolled out, killed, or not yet installed: writes land unreviewed (the
+    /// webhook's failurePolicy is Ignore). [`Env::resume_webhook`] undoes it.
+    pub async fn pause_webhook(&self) {
+        self.set_webhook_namespace("restatus-test-no-such-namespace")
+            .await;
+    }
+
+    /// Routes this environment's namespace to restatus again and waits until it is called.
+    pub async fn resume_webhook(&self) {
+        self.set_webhook_namespace(&self.ns.clone()).await;
+        self.wait_for_webhook().await;
+    }
+
+    async fn set_webhook_namespace(&self, namespace: &str) {
+        let hooks = Api::<MutatingWebhookConfiguration>::all(self.client.clone());
+        let mut config = hooks.get(&self.webhook).await.unwrap();
+        for hook in config.webhooks.iter_mut().flatten() {
+            hook.namespace_selector = Some(
+                serde_json::from_value(
+                    json!({"matchLabels": {"kubernetes.io/metadata.name": namespace}}),
+                )
+                .unwrap(),
+            );
+        }
+        hooks
+            .replace(&self.webhook, &PostParams::default(), &config)
+            .await
+            .unwrap();
+        if namespace != self.ns {
+            // The API server reads webhook configurations from an informer: wait until a
+            // dry-run create is no longer reviewed.
+            let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.ns);
+            let restatus = &self.restatus[0];
+            let reviewed =
+                "restatus_admission_requests_total{operation=\"CREATE\",outcome=\"dry_run\"}";
+            super::eventually(
+                Duration::from_secs(30),
+                "the webhook to stop being called",
+                || {
+                    let cms = cms.clone();
+                    async move {
+                        let before = restatus.metric(reviewed).await;
+                        let canary: ConfigMap = serde_json::from_value(
+                            json!({"metadata": {"name": "restatus-canary"}}),
+                        )
+                        .unwrap();
+                        let pp = PostParams {
+                            dry_run: true,
+                            ..Default::default()
+                        };
+                        cms.create(&pp, &canary).await.ok()?;
+                        (restatus.metric(reviewed).await == before).then_some(())
+                    }
+                },
+            )
+            .await;
+        }
+    }
+
     /// Dry-run creates of a canary ConfigMap until restatus reports a review of one.
     async fn wait_for_webhook(&self) {
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.ns);

@@ -182,3 +182,30 @@ pub async fn user(client: &Client, namespace: &str, name: &str, rules: Value) ->
         _dir: dir,
     }
 }
+
+/// Rights on KubernetesClusters in a namespace, with or without `update` on their status: a
+/// tenant who may create objects but not write their status, or an operator who may.
+pub fn cluster_rules(status: bool) -> Value {
+    let mut rules = vec![json!({
+        "apiGroups": ["infra.example.com"], "resources": ["kubernetesclusters"],
+        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]
+    })];
+    if status {
+        rules.push(json!({
+            "apiGroups": ["infra.example.com"], "resources": ["kubernetesclusters/status"],
+            "verbs": ["get", "update", "patch"]
+        }));
+    }
+    Value::Array(rules)
+}
+
+impl User {
+    /// The KubernetesClusters of `namespace`, as this user sees them.
+    pub fn clusters(&self, namespace: &str) -> Api<kube::api::DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            namespace,
+            &super::cluster::kubernetes_cluster_resource(),
+        )
+    }
+}

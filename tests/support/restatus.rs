@@ -208,6 +208,40 @@ impl Restatus {
             .sum()
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Peak resident memory of the process so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        self.memory_field("VmHWM:")
+    }
+
+    /// Resident memory of the process now (VmRSS), in bytes.
+    pub fn rss(&self) -> u64 {
+        self.memory_field("VmRSS:")
+    }
+
+    fn memory_field(&self, field: &str) -> u64 {
+        let pid = self.pid().expect("restatus runs");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+        kib * 1024
+    }
+
+    /// Stops the process at once, as an OOM kill or a lost node would (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     pub fn send_sigterm(&self) {
         if let Some(child) = &self.child {
             let _ = Command::new("kill")

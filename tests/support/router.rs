@@ -39,6 +39,7 @@ pub fn settings() -> admission::Settings {
         restore_deadline: Duration::from_secs(60),
         job_ttl: Duration::from_secs(60 + 5 * 30 + 300),
         limits: admission::StatusLimits::default(),
+        max_inflight_values: 1_000_000,
         global: GlobalPolicy {
             defaults: Defaults {
                 policy: Enablement::Enabled,
