@@ -298,6 +298,20 @@ fn write_file(path: &Path, content: &[u8], private: bool) -> std::io::Result<()>
     std::fs::rename(&tmp, path)
 }
 
+/// `debug` shows nothing of the private key `key_pem`: neither its PEM, nor a line of its
+/// base64 body, nor its bytes as `{:?}` of a `Vec<u8>` prints them.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+fn assert_no_key(debug: &str, key_pem: &str) {
+    assert!(!debug.contains("PRIVATE KEY"), "{debug}");
+    for line in key_pem.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!debug.contains(line), "a line of the key in {debug}");
+    }
+    let bytes = format!("{:?}", key_pem.as_bytes());
+    let start = &bytes[..bytes.len().min(40)];
+    assert!(!debug.contains(start), "the key's bytes in {debug}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,7 +417,8 @@ mod tests {
     #[test]
     fn pairs_never_print_their_key() {
         let ca = generate_ca(Duration::from_secs(60)).unwrap();
-        assert!(!format!("{ca:?}").contains("PRIVATE"));
+        assert_no_key(&format!("{ca:?}"), &ca.key_pem);
+        assert_no_key(&format!("{ca:#?}"), &ca.key_pem);
     }
 
     #[test]
