@@ -15,14 +15,15 @@ use std::{
 
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration, apps::v1::Deployment,
-    authorization::v1::SubjectAccessReview, core::v1::Secret,
+    authorization::v1::SubjectAccessReview, core::v1::Secret, events::v1::Event,
+    rbac::v1::ClusterRole,
 };
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use restatus::{
-    certs::Validity,
+    certs::{Validity, ca_signing_key, generate_ca},
     policy::status_of,
     store::{KeySchema, ObjectIdentity},
 };
@@ -593,6 +594,27 @@ impl ChartEnv {
     /// external Redis, then runs the Deployment's container as a process: its args, its env
     /// (downward API and Secret references resolved), the chart's ServiceAccount's token.
     async fn start(extra: &[&str]) -> ChartEnv {
+        Installed::new(extra).await.launch().await
+    }
+}
+
+/// A release installed for [`ChartEnv`], before restatus runs: a test may prepare the
+/// cluster (the CA Secret, the webhook configuration, RBAC) the way it wants restatus to
+/// find it.
+struct Installed {
+    client: Client,
+    release: Release,
+    objects_ns: String,
+    redis: RedisServer,
+    port: u16,
+    admin_port: u16,
+    prefix: String,
+}
+
+impl Installed {
+    /// Installs the chart for KubernetesClusters with a development webhook URL and
+    /// external Redis; `extra` are more helm arguments.
+    async fn new(extra: &[&str]) -> Installed {
         let client = cluster::client().await;
         cluster::apply_crd(&client, cluster::example_crd()).await;
         let redis = RedisServer::start().await;
@@ -629,7 +651,34 @@ impl ChartEnv {
         let release = Release::install(&client, helm::helm(), &args).await;
         let objects_ns = unique("objects");
         create_namespace(&client, &objects_ns).await;
+        Installed {
+            client,
+            release,
+            objects_ns,
+            redis,
+            port,
+            admin_port,
+            prefix,
+        }
+    }
 
+    /// The Secrets of the release namespace (the CA Secret is `<fullname>-ca`).
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.release.namespace)
+    }
+
+    /// Runs the Deployment's container as a process: its args, its env (downward API and
+    /// Secret references resolved), the chart's ServiceAccount's token.
+    async fn launch(self) -> ChartEnv {
+        let Installed {
+            client,
+            release,
+            objects_ns,
+            redis,
+            port,
+            admin_port,
+            prefix,
+        } = self;
         let identity =
             identity::token_kubeconfig(&client, &release.namespace, &release.fullname()).await;
         let deployment = Api::<Deployment>::namespaced(client.clone(), &release.namespace)
@@ -678,7 +727,9 @@ impl ChartEnv {
             _identity: identity,
         }
     }
+}
 
+impl ChartEnv {
     fn clusters(&self) -> Api<kube::api::DynamicObject> {
         Api::namespaced_with(
             self.client.clone(),
@@ -1001,4 +1052,226 @@ async fn serving_and_ca_rotation_under_load_lose_no_review() {
     let cas = bundle.matches("BEGIN CERTIFICATE").count();
     assert!((1..=2).contains(&cas), "{cas} CAs in the bundle");
     assert!(Validity::of_pem(bundle.as_bytes()).unwrap().not_after > jiff::Timestamp::now());
+}
+
+/// `ChartEnv::self_managed`'s helm arguments for `values`.
+fn self_managed_sets(values: &[(&str, &str)]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|(k, v)| {
+            [
+                "--set".to_owned(),
+                format!("certificates.selfManaged.{k}={v}"),
+            ]
+        })
+        .collect()
+}
+
+/// Whether restatus's webhook listener serves a certificate that chains to `ca_pem`: a
+/// client that trusts only that CA completes a TLS handshake (and is answered 400 for a body
+/// that is no review).
+async fn serves_a_certificate_of(restatus: &Restatus, ca_pem: &str) -> bool {
+    let trust = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(trust.path(), ca_pem).unwrap();
+    let client = support::http::TlsClient::new(trust.path(), support::http::Alpn::Http2);
+    client
+        .post(&restatus.mutate_url(), "not a review")
+        .await
+        .is_ok_and(|answer| answer.status == 400)
+}
+
+/// A status write through the API server is recorded: the API server trusts what restatus
+/// serves. Writes go on until one is recorded or `WAIT` passes.
+async fn status_writes_are_recorded(env: &ChartEnv, name: &str) {
+    let api = env.clusters();
+    if api.get_opt(name).await.unwrap().is_none() {
+        api.create(&PostParams::default(), &kubernetes_cluster(name))
+            .await
+            .unwrap();
+    }
+    let mut attempt = 0;
+    eventually(WAIT, "a status write to be recorded", || {
+        attempt += 1;
+        let status = json!({"phase": "Ready", "attempt": attempt, "nonce": unique("w")});
+        let api = &api;
+        async move {
+            patch_status(api, name, status.clone()).await;
+            (env.recorded(name).await == Some(status)).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replica_that_cannot_publish_the_ca_bundle_signs_with_a_ca_the_api_server_trusts() {
+    let _serial = INSTALLING.lock().await;
+    let sets = self_managed_sets(&[("checkInterval", "1s")]);
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let installed = Installed::new(&sets).await;
+    let fullname = installed.release.fullname();
+
+    // Another replica has just rotated the CA: the Secret holds the new CA and the old one,
+    // and the caBundle the API server trusts still holds only the old one.
+    let (old, new) = (
+        generate_ca(Duration::from_secs(86_400)).unwrap(),
+        generate_ca(Duration::from_secs(86_400)).unwrap(),
+    );
+    installed
+        .secrets()
+        .patch(
+            &format!("{fullname}-ca"),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {
+                "ca.crt": new.cert_pem,
+                "ca.key": new.key_pem,
+                "ca-previous.crt": old.cert_pem,
+                "ca-previous.key": old.key_pem,
+                "rotated-at": jiff::Timestamp::now().to_string(),
+            }})),
+        )
+        .await
+        .unwrap();
+    let webhooks = Api::<MutatingWebhookConfiguration>::all(installed.client.clone());
+    webhooks
+        .patch(
+            &fullname,
+            &PatchParams::default(),
+            &Patch::Json::<()>(
+                serde_json::from_value(json!([{
+                    "op": "add",
+                    "path": "/webhooks/0/clientConfig/caBundle",
+                    "value": cluster::base64(&old.cert_pem),
+                }]))
+                .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    // And this replica may read the webhook configuration but not write it, so it never
+    // publishes a bundle of its own.
+    let roles = Api::<ClusterRole>::all(installed.client.clone());
+    let mut role = roles.get(&fullname).await.unwrap();
+    for rule in role.rules.iter_mut().flatten() {
+        if rule.resources.as_deref() == Some(&["mutatingwebhookconfigurations".to_owned()]) {
+            rule.verbs = vec!["get".into()];
+        }
+    }
+    roles
+        .replace(&fullname, &PostParams::default(), &role)
+        .await
+        .unwrap();
+
+    let env = installed.launch().await;
+    assert!(
+        serves_a_certificate_of(&env.restatus, &old.cert_pem).await,
+        "the serving certificate is signed by the CA in the caBundle"
+    );
+    assert!(
+        !serves_a_certificate_of(&env.restatus, &new.cert_pem).await,
+        "not by the new CA the API server does not trust"
+    );
+    status_writes_are_recorded(&env, "trusted").await;
+    // Checks go on failing to publish, and the certificate stays with the trusted CA.
+    eventually(Duration::from_secs(10), "a failed publish", || async {
+        env.restatus
+            .log_text()
+            .contains("certificate check failed; retrying at the next check")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(env.ca_bundle().await.trim(), old.cert_pem.trim());
+    assert!(serves_a_certificate_of(&env.restatus, &old.cert_pem).await);
+}
+
+#[tokio::test]
+async fn a_ca_key_that_cannot_sign_is_replaced_and_the_serving_certificate_never_lapses() {
+    let _serial = INSTALLING.lock().await;
+    let env = ChartEnv::self_managed(&[("certValidity", "8s"), ("checkInterval", "1s")]).await;
+    let ca_secret = format!("{}-ca", env.release.fullname());
+    let ns = env.release.namespace.clone();
+    let first_ca = eventually(WAIT, "restatus to publish its CA", || async {
+        let bundle = env.ca_bundle().await;
+        (!bundle.is_empty()).then_some(bundle)
+    })
+    .await;
+    status_writes_are_recorded(&env, "before").await;
+
+    // The key in the Secret stops fitting the certificate (someone restored the wrong key).
+    let stranger = generate_ca(Duration::from_secs(3600)).unwrap();
+    Api::<Secret>::namespaced(env.client.clone(), &ns)
+        .patch(
+            &ca_secret,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"ca.key": stranger.key_pem}})),
+        )
+        .await
+        .unwrap();
+    let renewals = "restatus_certificate_rotations_total{certificate=\"serving\"}";
+    let renewed_before = env.restatus.metric(renewals).await;
+
+    // restatus replaces the CA, keeping the old certificate (without its key) in the bundle.
+    let data = eventually(WAIT, "a new CA in the Secret", || async {
+        let data = secret_data(&env.client, &ns, &ca_secret).await;
+        let cert = String::from_utf8(data.get("ca.crt")?.clone()).ok()?;
+        (cert.trim() != first_ca.trim()).then_some(data)
+    })
+    .await;
+    let cert = String::from_utf8(data["ca.crt"].clone()).unwrap();
+    assert!(ca_signing_key(&cert, data.get("ca.key").map(Vec::as_slice)).is_ok());
+    assert_eq!(
+        String::from_utf8(data["ca-previous.crt"].clone())
+            .unwrap()
+            .trim(),
+        first_ca.trim()
+    );
+    assert!(
+        !data.contains_key("ca-previous.key"),
+        "the unusable key is not carried"
+    );
+    eventually(WAIT, "the new and the old CA in the caBundle", || async {
+        let bundle = env.ca_bundle().await;
+        (bundle.contains(cert.trim()) && bundle.contains(first_ca.trim())).then_some(())
+    })
+    .await;
+
+    // Reported: a metric, an error naming the Secret and the key, an Event on the Secret.
+    assert!(
+        env.restatus
+            .metric("restatus_certificate_ca_key_unusable_total{reason=\"mismatch\"}")
+            .await
+            >= 1.0
+    );
+    let log = env.restatus.log_text();
+    let named =
+        format!("the key ca.key of the Secret {ns}/{ca_secret} cannot sign for its certificate");
+    assert!(log.contains(&named), "{log}");
+    let event = eventually(WAIT, "a CAKeyUnusable Event", || async {
+        Api::<Event>::namespaced(env.client.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("CAKeyUnusable"))
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        event.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some(ca_secret.as_str())
+    );
+    assert!(event.note.unwrap_or_default().contains(&named));
+
+    // The serving certificate goes on being renewed, now from the new CA, past the life of
+    // the one served when the key broke, and the API server keeps trusting it.
+    eventually(
+        Duration::from_secs(60),
+        "renewals from the new CA",
+        || async {
+            let renewed = env.restatus.metric(renewals).await >= renewed_before + 2.0;
+            (renewed && serves_a_certificate_of(&env.restatus, &cert).await).then_some(())
+        },
+    )
+    .await;
+    status_writes_are_recorded(&env, "after").await;
 }
