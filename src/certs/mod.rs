@@ -30,7 +30,7 @@ pub use resolver::{CertError, FileSource, ServingCert};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
-    #[error("{0:?} is neither an IP address nor a valid DNS name")]
+    #[error("{0:?} is neither an IP address nor a valid DNS name, URI or email address")]
     Host(String),
     #[error("could not generate the {what}")]
     Rcgen {
@@ -185,8 +185,16 @@ pub fn generate_ca(validity: Duration) -> Result<Pair, GenerateError> {
 enum Leaf<'a> {
     /// A serving certificate for DNS names or IP addresses.
     Serving(&'a [String]),
-    /// A client certificate for a name.
-    Client(&'a str),
+    /// A client certificate for a common name, with subjectAltNames.
+    Client(&'a str, &'a [ClientName]),
+}
+
+/// A subjectAltName of a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientName {
+    Dns(String),
+    Uri(String),
+    Email(String),
 }
 
 /// Makes a leaf certificate and its key, signed by `ca`.
@@ -220,8 +228,22 @@ fn issue(ca: &Pair, leaf: Leaf<'_>, validity: Duration) -> Result<Pair, Generate
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             ("serving key", "serving certificate")
         }
-        Leaf::Client(common_name) => {
+        Leaf::Client(common_name, alt_names) => {
             name.push(DnType::CommonName, common_name);
+            params.subject_alt_names = alt_names
+                .iter()
+                .map(|n| {
+                    let (text, san): (&str, fn(rcgen::string::Ia5String) -> SanType) = match n {
+                        ClientName::Dns(t) => (t, SanType::DnsName),
+                        ClientName::Uri(t) => (t, SanType::URI),
+                        ClientName::Email(t) => (t, SanType::Rfc822Name),
+                    };
+                    text.to_owned()
+                        .try_into()
+                        .map(san)
+                        .map_err(|_| GenerateError::Host(text.to_owned()))
+                })
+                .collect::<Result<_, _>>()?;
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             ("client key", "client certificate")
@@ -254,7 +276,17 @@ pub fn issue_client(
     common_name: &str,
     validity: Duration,
 ) -> Result<Pair, GenerateError> {
-    issue(ca, Leaf::Client(common_name), validity)
+    issue(ca, Leaf::Client(common_name, &[]), validity)
+}
+
+/// [`issue_client`] with subjectAltNames besides the common name.
+pub fn issue_client_with_names(
+    ca: &Pair,
+    common_name: &str,
+    alt_names: &[ClientName],
+    validity: Duration,
+) -> Result<Pair, GenerateError> {
+    issue(ca, Leaf::Client(common_name, alt_names), validity)
 }
 
 /// Makes a CA and a serving certificate for `hosts` (DNS names or IP addresses).
@@ -514,6 +546,41 @@ mod tests {
         assert!(matches!(
             err,
             Err(GenerateError::CaKey(CaKeyError::Mismatch))
+        ));
+    }
+
+    #[test]
+    fn client_certificates_carry_their_alternative_names() {
+        let ca = generate_ca(Duration::from_secs(60)).unwrap();
+        let names = [
+            ClientName::Dns("apiserver.example".into()),
+            ClientName::Uri("spiffe://cluster.local/apiserver".into()),
+            ClientName::Email("apiserver@example.com".into()),
+        ];
+        let client =
+            issue_client_with_names(&ca, "kube-apiserver", &names, Duration::from_secs(60))
+                .unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(client.cert_pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let sans = format!(
+            "{:?}",
+            cert.subject_alternative_name().unwrap().unwrap().value
+        );
+        for want in [
+            "apiserver.example",
+            "spiffe://cluster.local/apiserver",
+            "apiserver@example.com",
+        ] {
+            assert!(sans.contains(want), "{want} in {sans}");
+        }
+        assert!(matches!(
+            issue_client_with_names(
+                &ca,
+                "x",
+                &[ClientName::Dns("ü.example".into())],
+                Duration::from_secs(60)
+            ),
+            Err(GenerateError::Host(_))
         ));
     }
 
