@@ -280,6 +280,136 @@ fn encryption_at_rest_mounts_the_keyring_and_passes_the_flag() {
     assert!(!args.contains("--encryption-key-file"), "off by default");
 }
 
+/// The args of the restatus container rendered with `args`.
+fn container_args(args: &[&str]) -> Vec<String> {
+    let objects = helm::template("r", "restatus", args);
+    let deployment = one(&objects, "Deployment");
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_client_ca_and_its_allowed_names_become_flags() {
+    let values = helm::chart().join("ci/client-ca-values.yaml");
+    let args = container_args(&["-f", values.to_str().unwrap()]);
+    assert!(args.contains(&"--client-ca-file=/etc/restatus/client-ca/ca.crt".to_owned()));
+    assert!(
+        args.contains(
+            &"--client-allowed-names=kube-apiserver,apiserver-webhook-client.example.com"
+                .to_owned()
+        ),
+        "{args:?}"
+    );
+    // restatus knows the flags as the chart passes them.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_restatus"))
+        .args(&args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let defaults = container_args(&[]);
+    assert!(
+        !defaults.iter().any(|a| a.starts_with("--client-")),
+        "{defaults:?}"
+    );
+    let without_ca = refused(&[
+        "--set-json",
+        r#"certificates.clientCA.allowedNames=["kube-apiserver"]"#,
+    ]);
+    assert!(
+        without_ca.contains("certificates.clientCA.allowedNames needs the client CA"),
+        "{without_ca}"
+    );
+    let comma = refused(&[
+        "--set",
+        "certificates.clientCA.configMapName=ca",
+        "--set-json",
+        r#"certificates.clientCA.allowedNames=["a,b"]"#,
+    ]);
+    assert!(comma.contains("allowedNames"), "{comma}");
+}
+
+/// The notes `helm install` prints for `args` (Helm 4, a client-side dry run).
+fn install_notes(args: &[&str]) -> String {
+    let chart = helm::chart();
+    let mut all = vec![
+        "install",
+        "r",
+        chart.to_str().unwrap(),
+        "-n",
+        "restatus",
+        "--dry-run=client",
+    ];
+    all.extend_from_slice(args);
+    let out = must(
+        helm::run(&helm::helm(), &all),
+        "helm install --dry-run=client",
+    );
+    out.stdout
+        .split_once("\nNOTES:\n")
+        .map(|(_, notes)| notes.to_owned())
+        .expect("helm install prints NOTES")
+}
+
+#[test]
+fn the_install_notes_say_plainly_when_any_pod_can_call_the_webhook() {
+    const OPEN: &str = "WARNING: ANY POD CAN CALL THE WEBHOOK.";
+    let cidrs = r#"networkPolicy.apiServerCIDRs=["10.0.0.10/32"]"#;
+    let konnectivity = helm::chart().join("ci/networkpolicy-konnectivity-values.yaml");
+    let client_ca = helm::chart().join("ci/client-ca-values.yaml");
+    let cases: [(&str, Vec<&str>, bool); 7] = [
+        ("the defaults", vec![], true),
+        (
+            "a NetworkPolicy without the API server's addresses",
+            vec!["--set", "networkPolicy.enabled=true"],
+            true,
+        ),
+        (
+            "the API server's addresses, but no NetworkPolicy",
+            vec!["--set-json", cidrs],
+            true,
+        ),
+        (
+            "a NetworkPolicy with the API server's addresses",
+            vec!["--set", "networkPolicy.enabled=true", "--set-json", cidrs],
+            false,
+        ),
+        (
+            "a NetworkPolicy admitting the konnectivity agents",
+            vec!["-f", konnectivity.to_str().unwrap()],
+            false,
+        ),
+        (
+            "client certificates",
+            vec!["--set", "certificates.clientCA.secretName=apiserver-ca"],
+            false,
+        ),
+        (
+            "client certificates with allowed names and a NetworkPolicy",
+            vec!["-f", client_ca.to_str().unwrap()],
+            false,
+        ),
+    ];
+    for (what, args, open) in cases {
+        let notes = install_notes(&args);
+        assert_eq!(notes.contains(OPEN), open, "{what}:\n{notes}");
+    }
+    let any_certificate =
+        install_notes(&["--set", "certificates.clientCA.secretName=apiserver-ca"]);
+    assert!(
+        any_certificate.contains("set\n  certificates.clientCA.allowedNames"),
+        "{any_certificate}"
+    );
+}
+
 /// Every string anywhere in a JSON value.
 fn strings(value: &Value, out: &mut Vec<String>) {
     match value {
