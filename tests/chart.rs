@@ -14,8 +14,11 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    admissionregistration::v1::MutatingWebhookConfiguration, apps::v1::Deployment,
-    authorization::v1::SubjectAccessReview, core::v1::Secret, events::v1::Event,
+    admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingAdmissionPolicy},
+    apps::v1::Deployment,
+    authorization::v1::SubjectAccessReview,
+    core::v1::{Secret, Service},
+    events::v1::Event,
     rbac::v1::ClusterRole,
 };
 use kube::{
@@ -458,6 +461,41 @@ fn rbac_grants_exactly_the_tracked_resources_with_no_wildcard() {
         role["rules"],
         json!([{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["r-restatus-ca"], "verbs": ["get", "update"]}])
     );
+}
+
+#[test]
+fn the_admission_policy_covers_the_tracked_resources_and_the_webhook_configuration() {
+    let tracked = json!([
+        {"group": "", "resources": ["services"]},
+        {"group": "infra.example.com", "resources": ["kubernetesclusters"], "scope": "Namespaced"}
+    ]);
+    let tracked = format!("trackedResources={tracked}");
+    let objects = helm::template("r", "restatus", &["--set-json", &tracked]);
+    let policy = one(&objects, "ValidatingAdmissionPolicy");
+    let binding = one(&objects, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(policy["apiVersion"], "admissionregistration.k8s.io/v1");
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    let spec = &policy["spec"];
+    assert_eq!(spec["failurePolicy"], "Fail");
+    assert_eq!(
+        spec["matchConditions"][0]["expression"],
+        "request.userInfo.username == \"system:serviceaccount:restatus:r-restatus\""
+    );
+    let rules = &spec["matchConstraints"]["resourceRules"];
+    let all = json!(["CREATE", "UPDATE", "DELETE"]);
+    assert_eq!(
+        rules,
+        &json!([
+            {"apiGroups": [""], "apiVersions": ["*"], "resources": ["services"], "operations": all, "scope": "*"},
+            {"apiGroups": ["infra.example.com"], "apiVersions": ["*"], "resources": ["kubernetesclusters"], "operations": all, "scope": "Namespaced"},
+            {"apiGroups": ["admissionregistration.k8s.io"], "apiVersions": ["*"], "resources": ["mutatingwebhookconfigurations"], "resourceNames": ["r-restatus"], "operations": all}
+        ]),
+        "the main resources only: restatus writes statuses through /status"
+    );
+    let off = helm::template("r", "restatus", &["--set", "ownWritesPolicy.enabled=false"]);
+    assert!(helm::of_kind(&off, "ValidatingAdmissionPolicy").is_empty());
+    assert!(helm::of_kind(&off, "ValidatingAdmissionPolicyBinding").is_empty());
 }
 
 /// The leaf paths of a YAML mapping, the way the values reference names them: lists (and
@@ -1404,4 +1442,305 @@ async fn a_ca_key_that_cannot_sign_is_replaced_and_the_serving_certificate_never
     )
     .await;
     status_writes_are_recorded(&env, "after").await;
+}
+
+/// A client of the test control plane that authenticates with the kubeconfig at `path`.
+async fn client_of(path: &std::path::Path) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// The outcome of a write: `Ok`, or the API server's refusal (its code and message).
+fn refusal<T>(result: Result<T, kube::Error>) -> Result<(), (u16, String)> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) => Err((status.code, status.message)),
+        Err(e) => panic!("not an answer of the API server: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_admission_policy_lets_restatus_change_only_status_its_annotations_and_its_ca_bundle() {
+    let _serial = INSTALLING.lock().await;
+    let client = cluster::client().await;
+    cluster::apply_crd(&client, cluster::example_crd()).await;
+    // A custom type without the status subresource: the worker writes its status through the
+    // main resource.
+    let inline =
+        cluster::TestType::namespaced("vapwidgets", "VapWidget").without_status_subresource();
+    cluster::apply_crd(&client, inline.crd()).await;
+    let tracked = json!([
+        {"group": "", "resources": ["services"]},
+        {"group": "infra.example.com", "resources": ["kubernetesclusters", "vapwidgets"]}
+    ]);
+    let tracked = format!("trackedResources={tracked}");
+    let release = Release::install(&client, helm::helm(), &["--set-json", &tracked]).await;
+    let fullname = release.fullname();
+    let policy = format!("{fullname}-own-writes");
+    let policies = Api::<ValidatingAdmissionPolicy>::all(client.clone());
+    assert!(
+        policies.get_opt(&policy).await.unwrap().is_some(),
+        "on by default"
+    );
+
+    // The objects, created by the cluster admin.
+    let ns = unique("objects");
+    create_namespace(&client, &ns).await;
+    let admin_services = Api::<Service>::namespaced(client.clone(), &ns);
+    admin_services
+        .create(
+            &PostParams::default(),
+            &cluster::load_balancer_service("web"),
+        )
+        .await
+        .unwrap();
+    let admin_clusters = Api::<kube::api::DynamicObject>::namespaced_with(
+        client.clone(),
+        &ns,
+        &cluster::kubernetes_cluster_resource(),
+    );
+    admin_clusters
+        .create(&PostParams::default(), &kubernetes_cluster("prod"))
+        .await
+        .unwrap();
+    let admin_widgets =
+        Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), &ns, &inline.resource());
+    admin_widgets
+        .create(&PostParams::default(), &inline.object("w"))
+        .await
+        .unwrap();
+
+    // restatus, as the API server sees it: the chart's ServiceAccount, with its own token.
+    let (kubeconfig, _dir) =
+        identity::token_kubeconfig(&client, &release.namespace, &fullname).await;
+    let restatus = client_of(&kubeconfig).await;
+    let services = Api::<Service>::namespaced(restatus.clone(), &ns);
+    let clusters = Api::<kube::api::DynamicObject>::namespaced_with(
+        restatus.clone(),
+        &ns,
+        &cluster::kubernetes_cluster_resource(),
+    );
+    let widgets =
+        Api::<kube::api::DynamicObject>::namespaced_with(restatus.clone(), &ns, &inline.resource());
+    let webhooks = Api::<MutatingWebhookConfiguration>::all(restatus.clone());
+    let merge = |patch: Value| Patch::Merge(patch);
+    let pp = PatchParams::default();
+
+    // A stolen token rewrites a Service's spec: denied by the policy (RBAC would let it patch).
+    let mut attempt = 0;
+    let (code, message) = eventually(WAIT, "the policy to be in force", || {
+        attempt += 1;
+        let patch = merge(json!({"spec": {"selector": {"app": format!("stolen-{attempt}")}}}));
+        let services = &services;
+        async move { refusal(services.patch("web", &PatchParams::default(), &patch).await).err() }
+    })
+    .await;
+    assert_eq!(code, 403, "{message}");
+    assert!(
+        message.contains(&format!("ValidatingAdmissionPolicy '{policy}'"))
+            && message.contains(
+                "may change only the status and restatus.io/ annotations of services web"
+            ),
+        "{message}"
+    );
+
+    let denied = |what: &str, result: Result<(), (u16, String)>, says: &str| {
+        let (code, message) = result.expect_err(what);
+        assert_eq!(code, 403, "{what}: {message}");
+        assert!(
+            message.contains(&policy) && message.contains(says),
+            "{what}: {message}"
+        );
+    };
+    let only_restatus_annotations = "may change only restatus.io/ annotations";
+    let no_labels = "may not change the labels, finalizers or ownerReferences";
+    let no_spec = "not its spec or other fields";
+
+    // What restatus does: its restore markers, added, swapped and removed.
+    for annotations in [
+        json!({"restatus.io/restore": "pending"}),
+        json!({"restatus.io/restore": null, "restatus.io/restored-at": "2030-01-01T00:00:00Z"}),
+        json!({"restatus.io/restored-at": null}),
+    ] {
+        let patch = merge(json!({"metadata": {"annotations": annotations}}));
+        refusal(services.patch("web", &pp, &patch).await)
+            .expect("restatus.io/ annotations of a Service");
+        refusal(clusters.patch("prod", &pp, &patch).await)
+            .expect("restatus.io/ annotations of a custom object");
+    }
+    // The status, through /status, and through the main resource of a type without it.
+    let status = json!({"status": {"phase": "Running"}});
+    refusal(
+        clusters
+            .patch_status("prod", &pp, &merge(status.clone()))
+            .await,
+    )
+    .expect("/status");
+    refusal(widgets.patch("w", &pp, &merge(status)).await).expect("the status of an inline type");
+    assert_eq!(
+        admin_widgets.get("w").await.unwrap().data["status"],
+        json!({"phase": "Running"})
+    );
+
+    // What a stolen token would do to tracked objects.
+    denied(
+        "another annotation",
+        refusal(
+            services
+                .patch(
+                    "web",
+                    &pp,
+                    &merge(json!({"metadata": {"annotations": {"example.com/owner": "mallory"}}})),
+                )
+                .await,
+        ),
+        only_restatus_annotations,
+    );
+    denied(
+        "a label",
+        refusal(
+            services
+                .patch(
+                    "web",
+                    &pp,
+                    &merge(json!({"metadata": {"labels": {"exposed": "true"}}})),
+                )
+                .await,
+        ),
+        no_labels,
+    );
+    denied(
+        "a finalizer",
+        refusal(
+            clusters
+                .patch(
+                    "prod",
+                    &pp,
+                    &merge(json!({"metadata": {"finalizers": ["example.com/hold"]}})),
+                )
+                .await,
+        ),
+        no_labels,
+    );
+    denied(
+        "the spec of a Service",
+        refusal(services.patch("web", &pp, &merge(json!({"spec": {"ports": [{"name": "https", "port": 443, "targetPort": 9999, "protocol": "TCP"}]}}))).await),
+        no_spec,
+    );
+    denied(
+        "the spec of a custom object",
+        refusal(
+            clusters
+                .patch("prod", &pp, &merge(json!({"spec": {"nodeCount": 300}})))
+                .await,
+        ),
+        no_spec,
+    );
+    denied(
+        "the spec of an inline type, with its status",
+        refusal(
+            widgets
+                .patch(
+                    "w",
+                    &pp,
+                    &merge(json!({"spec": {"region": "x"}, "status": {"phase": "Gone"}})),
+                )
+                .await,
+        ),
+        no_spec,
+    );
+    // Its own webhook configuration: the caBundle, nothing else.
+    let ca = generate_ca(Duration::from_secs(3600)).unwrap();
+    let json_patch = |ops: Value| Patch::<()>::Json(serde_json::from_value(ops).unwrap());
+    refusal(
+        webhooks
+            .patch(
+                &fullname,
+                &pp,
+                &json_patch(json!([{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": cluster::base64(&ca.cert_pem)}])),
+            )
+            .await,
+    )
+    .expect("the caBundle");
+    let only_ca_bundle = "may change only webhooks[*].clientConfig.caBundle";
+    for (what, ops) in [
+        (
+            "the Service it calls",
+            json!([{"op": "replace", "path": "/webhooks/0/clientConfig/service/name", "value": "mallory"}]),
+        ),
+        (
+            "a URL instead of the Service",
+            json!([{"op": "remove", "path": "/webhooks/0/clientConfig/service"},
+                   {"op": "add", "path": "/webhooks/0/clientConfig/url", "value": "https://203.0.113.66/mutate"}]),
+        ),
+        (
+            "its rules",
+            json!([{"op": "replace", "path": "/webhooks/0/rules/0/operations", "value": ["CREATE", "UPDATE", "DELETE", "CONNECT"]}]),
+        ),
+        (
+            "its failure policy",
+            json!([{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Fail"}]),
+        ),
+        (
+            "an annotation",
+            json!([{"op": "add", "path": "/metadata/annotations", "value": {"example.com/x": "y"}}]),
+        ),
+    ] {
+        denied(
+            what,
+            refusal(webhooks.patch(&fullname, &pp, &json_patch(ops)).await),
+            only_ca_bundle,
+        );
+    }
+
+    // The policy binds restatus only: the admin changes the same spec.
+    refusal(
+        admin_services
+            .patch(
+                "web",
+                &pp,
+                &merge(json!({"spec": {"selector": {"app": "admin"}}})),
+            )
+            .await,
+    )
+    .expect("the cluster admin is not bound by restatus's policy");
+
+    // Without the policy, the same token may do all of it: the policy is what stops it.
+    release.helm(
+        &["upgrade", &release.name, helm::chart().to_str().unwrap()],
+        &[
+            "--set-json",
+            &tracked,
+            "--set",
+            "ownWritesPolicy.enabled=false",
+        ],
+    );
+    assert!(policies.get_opt(&policy).await.unwrap().is_none());
+    let mut attempt = 0;
+    eventually(WAIT, "the spec change to be allowed without the policy", || {
+        attempt += 1;
+        let patch = merge(json!({"spec": {"selector": {"app": format!("stolen-{attempt}")}}}));
+        let services = &services;
+        async move { refusal(services.patch("web", &PatchParams::default(), &patch).await).ok() }
+    })
+    .await;
+    refusal(
+        webhooks
+            .patch(
+                &fullname,
+                &pp,
+                &json_patch(
+                    json!([{"op": "replace", "path": "/webhooks/0/timeoutSeconds", "value": 6}]),
+                ),
+            )
+            .await,
+    )
+    .expect("RBAC alone lets restatus's token change its webhook");
+    drop(release);
 }
