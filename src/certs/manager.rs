@@ -168,14 +168,15 @@ fn data_bytes<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
 fn read_ca(secret: &Secret, cert: &str, key: &str) -> Option<(Ca, Result<Pair, CaKeyError>)> {
     let cert_pem = data_str(secret, cert)?;
     let validity = Validity::of_pem(cert_pem.as_bytes()).ok()?;
-    let key_pem = data_bytes(secret, key);
-    let pair = super::ca_signing_key(&cert_pem, key_pem).map(|_| Pair {
-        cert_pem: cert_pem.clone(),
-        // Checked: valid PEM, so valid UTF-8.
-        key_pem: key_pem
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .unwrap_or_default(),
-    });
+    let pair = match data_bytes(secret, key) {
+        None => Err(CaKeyError::Missing),
+        Some(key_pem) => super::ca_signing_key(&cert_pem, key_pem).map(|_| Pair {
+            cert_pem: cert_pem.clone(),
+            // The key parsed from these bytes; anything around its PEM block that is not
+            // UTF-8 is replaced here, and skipped again when the key is parsed to sign.
+            key_pem: String::from_utf8_lossy(key_pem).into_owned(),
+        }),
+    };
     let ca = Ca {
         pem: cert_pem,
         validity,
@@ -612,5 +613,117 @@ impl CaStore {
         if let Err(e) = self.recorder.publish(&event, &reference).await {
             tracing::warn!(error = %error_chain(&e), "could not publish the {reason} event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::generate_ca;
+
+    fn secret(data: &[(&str, &[u8])]) -> Secret {
+        Secret {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn a_readable_ca_whose_key_cannot_sign_is_read_as_such_and_replaced() {
+        let ca = generate_ca(Duration::from_secs(3600)).unwrap();
+        let other = generate_ca(Duration::from_secs(3600)).unwrap();
+        let cert = ca.cert_pem.as_bytes();
+        type Data<'a> = Vec<(&'a str, &'a [u8])>;
+        let cases: [(&str, Data, Option<&str>); 5] = [
+            (
+                "usable",
+                vec![(CA_CERT, cert), (CA_KEY, ca.key_pem.as_bytes())],
+                None,
+            ),
+            ("no key", vec![(CA_CERT, cert)], Some("missing")),
+            (
+                "not UTF-8",
+                vec![(CA_CERT, cert), (CA_KEY, &[0xff, 0xfe])],
+                Some("not_pem"),
+            ),
+            (
+                "not PEM",
+                vec![(CA_CERT, cert), (CA_KEY, b"hunter2")],
+                Some("not_pem"),
+            ),
+            (
+                "another key",
+                vec![(CA_CERT, cert), (CA_KEY, other.key_pem.as_bytes())],
+                Some("mismatch"),
+            ),
+        ];
+        for (what, data, problem) in cases {
+            let read = read_state(Some(secret(&data)));
+            let current = read.state.current.as_ref().expect(what);
+            assert_eq!(current.can_sign, problem.is_none(), "{what}");
+            assert_eq!(read.current.is_some(), problem.is_none(), "{what}");
+            assert_eq!(
+                read.unusable.as_ref().map(CaKeyError::label),
+                problem,
+                "{what}"
+            );
+            let step = rotation::ca_step(&read.state, Timestamp::now());
+            let want = if problem.is_some() {
+                CaStep::Replace
+            } else {
+                CaStep::Keep
+            };
+            assert_eq!(step, want, "{what}");
+        }
+        // No readable certificate is no CA: made afresh.
+        for data in [
+            vec![],
+            vec![
+                (CA_CERT, b"garbage" as &[u8]),
+                (CA_KEY, ca.key_pem.as_bytes()),
+            ],
+        ] {
+            let read = read_state(Some(secret(&data)));
+            assert!(read.state.current.is_none());
+            assert_eq!(
+                rotation::ca_step(&read.state, Timestamp::now()),
+                CaStep::Create
+            );
+        }
+    }
+
+    #[test]
+    fn a_replaced_cas_certificate_is_carried_without_a_key_and_never_signs() {
+        let old = generate_ca(Duration::from_secs(3600)).unwrap();
+        let new = generate_ca(Duration::from_secs(3600)).unwrap();
+        let read = read_state(Some(secret(&[
+            (CA_CERT, new.cert_pem.as_bytes()),
+            (CA_KEY, new.key_pem.as_bytes()),
+            (CA_PREVIOUS, old.cert_pem.as_bytes()),
+        ])));
+        let previous = read.state.previous.as_ref().unwrap();
+        assert!(!previous.can_sign);
+        assert!(read.previous.is_none());
+        assert!(
+            read.unusable.is_none(),
+            "only the current CA's key is reported"
+        );
+        let bundle = rotation::bundle(&read.state, Timestamp::now());
+        assert_eq!(rotation::pem_bodies(&bundle).len(), 2, "both stay trusted");
+    }
+
+    #[test]
+    fn the_read_state_never_prints_a_key() {
+        let ca = generate_ca(Duration::from_secs(3600)).unwrap();
+        let read = read_state(Some(secret(&[
+            (CA_CERT, ca.cert_pem.as_bytes()),
+            (CA_KEY, ca.key_pem.as_bytes()),
+        ])));
+        super::super::assert_no_key(&format!("{:?}", read.state), &ca.key_pem);
+        super::super::assert_no_key(&format!("{:?}", read.current), &ca.key_pem);
     }
 }

@@ -99,8 +99,7 @@ impl CaKeyError {
 
 /// The signing key of the CA certificate `cert_pem`, from the PEM in `key_pem`: a PKCS#8 key
 /// rcgen can sign with, whose public key is the certificate's.
-pub fn ca_signing_key(cert_pem: &str, key_pem: Option<&[u8]>) -> Result<KeyPair, CaKeyError> {
-    let key_pem = key_pem.ok_or(CaKeyError::Missing)?;
+pub fn ca_signing_key(cert_pem: &str, key_pem: &[u8]) -> Result<KeyPair, CaKeyError> {
     let der = PrivateKeyDer::from_pem_slice(key_pem).map_err(CaKeyError::NotPem)?;
     let key = KeyPair::try_from(&der).map_err(CaKeyError::Unsupported)?;
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
@@ -200,7 +199,7 @@ pub enum ClientName {
 /// Makes a leaf certificate and its key, signed by `ca`.
 fn issue(ca: &Pair, leaf: Leaf<'_>, validity: Duration) -> Result<Pair, GenerateError> {
     let (not_before, not_after) = validity_window(validity)?;
-    let ca_key = ca_signing_key(&ca.cert_pem, Some(ca.key_pem.as_bytes()))?;
+    let ca_key = ca_signing_key(&ca.cert_pem, ca.key_pem.as_bytes())?;
     let issuer =
         Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(rcgen_err("CA certificate"))?;
     let mut params = CertificateParams::default();
@@ -500,7 +499,7 @@ mod tests {
         let ca = generate_ca(Duration::from_secs(60)).unwrap();
         assert_no_key(&format!("{ca:?}"), &ca.key_pem);
         assert_no_key(&format!("{ca:#?}"), &ca.key_pem);
-        let key = ca_signing_key(&ca.cert_pem, Some(ca.key_pem.as_bytes())).unwrap();
+        let key = ca_signing_key(&ca.cert_pem, ca.key_pem.as_bytes()).unwrap();
         assert_no_key(&format!("{key:?}"), &ca.key_pem);
     }
 
@@ -516,22 +515,14 @@ mod tests {
         let label = "RSA PRIVATE KEY";
         let body = crate::text::base64_encode(b"not parsed: PKCS#1 is refused first");
         let pkcs1 = format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n");
-        assert!(ca_signing_key(&ca.cert_pem, Some(ca.key_pem.as_bytes())).is_ok());
-        let cases: [(&str, Option<&[u8]>, &str); 6] = [
-            ("missing", None, "missing"),
-            ("garbage", Some(b"not a key"), "not_pem"),
-            ("a certificate", Some(ca.cert_pem.as_bytes()), "not_pem"),
-            ("PKCS#1", Some(pkcs1.as_bytes()), "unsupported"),
-            (
-                "another CA's key",
-                Some(other.key_pem.as_bytes()),
-                "mismatch",
-            ),
-            (
-                "a key of another type",
-                Some(ed25519.as_bytes()),
-                "mismatch",
-            ),
+        assert!(ca_signing_key(&ca.cert_pem, ca.key_pem.as_bytes()).is_ok());
+        let cases: [(&str, &[u8], &str); 6] = [
+            ("empty", b"", "not_pem"),
+            ("garbage", b"not a key", "not_pem"),
+            ("a certificate", ca.cert_pem.as_bytes(), "not_pem"),
+            ("PKCS#1", pkcs1.as_bytes(), "unsupported"),
+            ("another CA's key", other.key_pem.as_bytes(), "mismatch"),
+            ("a key of another type", ed25519.as_bytes(), "mismatch"),
         ];
         for (what, key, label) in cases {
             let err = ca_signing_key(&ca.cert_pem, key).unwrap_err();
