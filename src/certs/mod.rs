@@ -381,7 +381,6 @@ fn write_file(path: &Path, content: &[u8], private: bool) -> std::io::Result<()>
 /// `debug` shows nothing of the private key `key_pem`: neither its PEM, nor a line of its
 /// base64 body, nor its bytes as `{:?}` of a `Vec<u8>` prints them.
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 fn assert_no_key(debug: &str, key_pem: &str) {
     assert!(!debug.contains("PRIVATE KEY"), "{debug}");
     for line in key_pem.lines().filter(|l| !l.starts_with("-----")) {
