@@ -236,19 +236,24 @@ pub enum TlsArgsError {
         "--client-allowed-names has an empty name (a comma too many?); no certificate carries it"
     )]
     EmptyAllowedName,
+    #[error(
+        "--client-allowed-names has a name with spaces around it ({0:?}); names are compared exactly"
+    )]
+    SpacedAllowedName(String),
 }
 
 impl TlsArgs {
-    /// Checks what single flags cannot: no empty allowed client name, and for `--cert-mode
+    /// Checks what single flags cannot: allowed client names that can match, and for `--cert-mode
     /// self-managed` names to issue for, a serving certificate that does not outlive its CA,
     /// and checks often enough to renew it in time.
     pub fn check(&self) -> Result<(), TlsArgsError> {
-        if self
-            .client_allowed_names
-            .iter()
-            .any(|n| n.trim().is_empty())
-        {
-            return Err(TlsArgsError::EmptyAllowedName);
+        for name in &self.client_allowed_names {
+            if name.trim().is_empty() {
+                return Err(TlsArgsError::EmptyAllowedName);
+            }
+            if name.trim() != name {
+                return Err(TlsArgsError::SpacedAllowedName(name.clone()));
+            }
         }
         if self.cert_mode != CertMode::SelfManaged {
             return Ok(());
@@ -680,6 +685,16 @@ mod tests {
         assert_eq!(args.tls.check(), Ok(()));
         let err = serve(&["--client-allowed-names", "kube-apiserver"]).unwrap_err();
         assert!(err.contains("--client-ca-file"), "{err}");
+        let spaced = serve(&[
+            "--client-ca-file",
+            "ca.crt",
+            "--client-allowed-names",
+            "kube-apiserver, apiserver.example",
+        ]);
+        assert_eq!(
+            spaced.unwrap().tls.check(),
+            Err(TlsArgsError::SpacedAllowedName(" apiserver.example".into()))
+        );
         for empty in ["kube-apiserver,", ",", " "] {
             let args = serve(&[
                 "--client-ca-file",
