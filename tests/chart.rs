@@ -23,7 +23,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
 };
 use restatus::{
     certs::{Validity, ca_signing_key, generate_ca},
@@ -1489,56 +1489,54 @@ async fn the_admission_policy_lets_restatus_change_only_status_its_annotations_a
         "on by default"
     );
 
-    // The objects, created by the cluster admin.
+    // The objects, created by the cluster admin: a Service, a custom object with the status
+    // subresource, one without.
     let ns = unique("objects");
     create_namespace(&client, &ns).await;
-    let admin_services = Api::<Service>::namespaced(client.clone(), &ns);
-    admin_services
-        .create(
-            &PostParams::default(),
-            &cluster::load_balancer_service("web"),
-        )
-        .await
-        .unwrap();
-    let admin_clusters = Api::<kube::api::DynamicObject>::namespaced_with(
-        client.clone(),
-        &ns,
-        &cluster::kubernetes_cluster_resource(),
-    );
-    admin_clusters
-        .create(&PostParams::default(), &kubernetes_cluster("prod"))
-        .await
-        .unwrap();
-    let admin_widgets =
-        Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), &ns, &inline.resource());
-    admin_widgets
-        .create(&PostParams::default(), &inline.object("w"))
-        .await
-        .unwrap();
+    let service = ApiResource::erase::<Service>(&());
+    let kc = cluster::kubernetes_cluster_resource();
+    let widget = inline.resource();
+    let api = |client: &Client, resource: &ApiResource| {
+        Api::<DynamicObject>::namespaced_with(client.clone(), &ns, resource)
+    };
+    let web: DynamicObject = serde_json::from_value(
+        serde_json::to_value(cluster::load_balancer_service("web")).unwrap(),
+    )
+    .unwrap();
+    for (resource, object) in [
+        (&service, web),
+        (&kc, kubernetes_cluster("prod")),
+        (&widget, inline.object("w")),
+    ] {
+        api(&client, resource)
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap();
+    }
 
     // restatus, as the API server sees it: the chart's ServiceAccount, with its own token.
     let (kubeconfig, _dir) =
         identity::token_kubeconfig(&client, &release.namespace, &fullname).await;
     let restatus = client_of(&kubeconfig).await;
-    let services = Api::<Service>::namespaced(restatus.clone(), &ns);
-    let clusters = Api::<kube::api::DynamicObject>::namespaced_with(
-        restatus.clone(),
-        &ns,
-        &cluster::kubernetes_cluster_resource(),
-    );
-    let widgets =
-        Api::<kube::api::DynamicObject>::namespaced_with(restatus.clone(), &ns, &inline.resource());
-    let webhooks = Api::<MutatingWebhookConfiguration>::all(restatus.clone());
-    let merge = |patch: Value| Patch::Merge(patch);
     let pp = PatchParams::default();
+    let patch = |resource: &ApiResource, name: &str, body: Value| {
+        let api = api(&restatus, resource);
+        let name = name.to_owned();
+        async move {
+            refusal(
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(body))
+                    .await,
+            )
+        }
+    };
 
     // A stolen token rewrites a Service's spec: denied by the policy (RBAC would let it patch).
     let mut attempt = 0;
     let (code, message) = eventually(WAIT, "the policy to be in force", || {
         attempt += 1;
-        let patch = merge(json!({"spec": {"selector": {"app": format!("stolen-{attempt}")}}}));
-        let services = &services;
-        async move { refusal(services.patch("web", &PatchParams::default(), &patch).await).err() }
+        let body = json!({"spec": {"selector": {"app": format!("stolen-{attempt}")}}});
+        let patched = patch(&service, "web", body);
+        async move { patched.await.err() }
     })
     .await;
     assert_eq!(code, 403, "{message}");
@@ -1550,163 +1548,141 @@ async fn the_admission_policy_lets_restatus_change_only_status_its_annotations_a
         "{message}"
     );
 
-    let denied = |what: &str, result: Result<(), (u16, String)>, says: &str| {
-        let (code, message) = result.expect_err(what);
-        assert_eq!(code, 403, "{what}: {message}");
-        assert!(
-            message.contains(&policy) && message.contains(says),
-            "{what}: {message}"
-        );
-    };
-    let only_restatus_annotations = "may change only restatus.io/ annotations";
-    let no_labels = "may not change the labels, finalizers or ownerReferences";
-    let no_spec = "not its spec or other fields";
-
-    // What restatus does: its restore markers, added, swapped and removed.
+    // What restatus does: its restore markers, added, swapped and removed; the status,
+    // through /status and through the main resource of a type without it.
     for annotations in [
         json!({"restatus.io/restore": "pending"}),
         json!({"restatus.io/restore": null, "restatus.io/restored-at": "2030-01-01T00:00:00Z"}),
         json!({"restatus.io/restored-at": null}),
     ] {
-        let patch = merge(json!({"metadata": {"annotations": annotations}}));
-        refusal(services.patch("web", &pp, &patch).await)
-            .expect("restatus.io/ annotations of a Service");
-        refusal(clusters.patch("prod", &pp, &patch).await)
-            .expect("restatus.io/ annotations of a custom object");
+        for (resource, name) in [(&service, "web"), (&kc, "prod"), (&widget, "w")] {
+            let body = json!({"metadata": {"annotations": annotations}});
+            patch(resource, name, body)
+                .await
+                .unwrap_or_else(|e| panic!("restatus.io/ annotations of {name}: {e:?}"));
+        }
     }
-    // The status, through /status, and through the main resource of a type without it.
     let status = json!({"status": {"phase": "Running"}});
     refusal(
-        clusters
-            .patch_status("prod", &pp, &merge(status.clone()))
+        api(&restatus, &kc)
+            .patch_status("prod", &pp, &Patch::Merge(status.clone()))
             .await,
     )
     .expect("/status");
-    refusal(widgets.patch("w", &pp, &merge(status)).await).expect("the status of an inline type");
-    assert_eq!(
-        admin_widgets.get("w").await.unwrap().data["status"],
-        json!({"phase": "Running"})
-    );
+    patch(&widget, "w", status)
+        .await
+        .expect("the status of a type without the status subresource");
+    let stored = api(&client, &widget).get("w").await.unwrap();
+    assert_eq!(stored.data["status"], json!({"phase": "Running"}));
 
     // What a stolen token would do to tracked objects.
-    denied(
-        "another annotation",
-        refusal(
-            services
-                .patch(
-                    "web",
-                    &pp,
-                    &merge(json!({"metadata": {"annotations": {"example.com/owner": "mallory"}}})),
-                )
-                .await,
+    let only_annotations = "may change only restatus.io/ annotations";
+    let no_labels = "may not change the labels, finalizers or ownerReferences";
+    let no_spec = "not its spec or other fields";
+    let port = json!({"name": "https", "port": 443, "targetPort": 9999, "protocol": "TCP"});
+    let denied_changes = [
+        (
+            "another annotation",
+            &service,
+            "web",
+            json!({"metadata": {"annotations": {"example.com/owner": "mallory"}}}),
+            only_annotations,
         ),
-        only_restatus_annotations,
-    );
-    denied(
-        "a label",
-        refusal(
-            services
-                .patch(
-                    "web",
-                    &pp,
-                    &merge(json!({"metadata": {"labels": {"exposed": "true"}}})),
-                )
-                .await,
+        (
+            "a label",
+            &service,
+            "web",
+            json!({"metadata": {"labels": {"exposed": "true"}}}),
+            no_labels,
         ),
-        no_labels,
-    );
-    denied(
-        "a finalizer",
-        refusal(
-            clusters
-                .patch(
-                    "prod",
-                    &pp,
-                    &merge(json!({"metadata": {"finalizers": ["example.com/hold"]}})),
-                )
-                .await,
+        (
+            "a finalizer",
+            &kc,
+            "prod",
+            json!({"metadata": {"finalizers": ["example.com/hold"]}}),
+            no_labels,
         ),
-        no_labels,
-    );
-    denied(
-        "the spec of a Service",
-        refusal(services.patch("web", &pp, &merge(json!({"spec": {"ports": [{"name": "https", "port": 443, "targetPort": 9999, "protocol": "TCP"}]}}))).await),
-        no_spec,
-    );
-    denied(
-        "the spec of a custom object",
-        refusal(
-            clusters
-                .patch("prod", &pp, &merge(json!({"spec": {"nodeCount": 300}})))
-                .await,
+        (
+            "the spec of a Service",
+            &service,
+            "web",
+            json!({"spec": {"ports": [port]}}),
+            no_spec,
         ),
-        no_spec,
-    );
-    denied(
-        "the spec of an inline type, with its status",
-        refusal(
-            widgets
-                .patch(
-                    "w",
-                    &pp,
-                    &merge(json!({"spec": {"region": "x"}, "status": {"phase": "Gone"}})),
-                )
-                .await,
+        (
+            "the spec of a custom object",
+            &kc,
+            "prod",
+            json!({"spec": {"nodeCount": 300}}),
+            no_spec,
         ),
-        no_spec,
-    );
+        (
+            "a spec with a status",
+            &widget,
+            "w",
+            json!({"spec": {"region": "x"}, "status": {"phase": "Gone"}}),
+            no_spec,
+        ),
+    ];
+    for (what, resource, name, body, says) in denied_changes {
+        let (code, message) = patch(resource, name, body).await.expect_err(what);
+        assert_eq!(code, 403, "{what}: {message}");
+        assert!(
+            message.contains(&policy) && message.contains(says),
+            "{what}: {message}"
+        );
+    }
+
     // Its own webhook configuration: the caBundle, nothing else.
-    let ca = generate_ca(Duration::from_secs(3600)).unwrap();
+    let webhooks = Api::<MutatingWebhookConfiguration>::all(restatus.clone());
     let json_patch = |ops: Value| Patch::<()>::Json(serde_json::from_value(ops).unwrap());
-    refusal(
-        webhooks
-            .patch(
-                &fullname,
-                &pp,
-                &json_patch(json!([{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": cluster::base64(&ca.cert_pem)}])),
-            )
-            .await,
-    )
-    .expect("the caBundle");
-    let only_ca_bundle = "may change only webhooks[*].clientConfig.caBundle";
-    for (what, ops) in [
+    let ca = generate_ca(Duration::from_secs(3600)).unwrap();
+    let hook = "/webhooks/0";
+    let ca_bundle = json!([{
+        "op": "add",
+        "path": format!("{hook}/clientConfig/caBundle"),
+        "value": cluster::base64(&ca.cert_pem),
+    }]);
+    refusal(webhooks.patch(&fullname, &pp, &json_patch(ca_bundle)).await).expect("the caBundle");
+    let denied_changes = [
         (
             "the Service it calls",
-            json!([{"op": "replace", "path": "/webhooks/0/clientConfig/service/name", "value": "mallory"}]),
+            json!([{"op": "replace", "path": format!("{hook}/clientConfig/service/name"), "value": "mallory"}]),
         ),
         (
             "a URL instead of the Service",
-            json!([{"op": "remove", "path": "/webhooks/0/clientConfig/service"},
-                   {"op": "add", "path": "/webhooks/0/clientConfig/url", "value": "https://203.0.113.66/mutate"}]),
+            json!([{"op": "remove", "path": format!("{hook}/clientConfig/service")},
+                   {"op": "add", "path": format!("{hook}/clientConfig/url"), "value": "https://203.0.113.66/mutate"}]),
         ),
         (
             "its rules",
-            json!([{"op": "replace", "path": "/webhooks/0/rules/0/operations", "value": ["CREATE", "UPDATE", "DELETE", "CONNECT"]}]),
+            json!([{"op": "add", "path": format!("{hook}/rules/0/operations/-"), "value": "CONNECT"}]),
         ),
         (
             "its failure policy",
-            json!([{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Fail"}]),
+            json!([{"op": "replace", "path": format!("{hook}/failurePolicy"), "value": "Fail"}]),
         ),
         (
             "an annotation",
             json!([{"op": "add", "path": "/metadata/annotations", "value": {"example.com/x": "y"}}]),
         ),
-    ] {
-        denied(
-            what,
-            refusal(webhooks.patch(&fullname, &pp, &json_patch(ops)).await),
-            only_ca_bundle,
+    ];
+    for (what, ops) in denied_changes {
+        let (code, message) =
+            refusal(webhooks.patch(&fullname, &pp, &json_patch(ops)).await).expect_err(what);
+        assert_eq!(code, 403, "{what}: {message}");
+        assert!(
+            message.contains(&policy)
+                && message.contains("may change only webhooks[*].clientConfig.caBundle"),
+            "{what}: {message}"
         );
     }
 
     // The policy binds restatus only: the admin changes the same spec.
+    let admin_change = json!({"spec": {"selector": {"app": "admin"}}});
     refusal(
-        admin_services
-            .patch(
-                "web",
-                &pp,
-                &merge(json!({"spec": {"selector": {"app": "admin"}}})),
-            )
+        api(&client, &service)
+            .patch("web", &pp, &Patch::Merge(admin_change))
             .await,
     )
     .expect("the cluster admin is not bound by restatus's policy");
@@ -1723,24 +1699,19 @@ async fn the_admission_policy_lets_restatus_change_only_status_its_annotations_a
     );
     assert!(policies.get_opt(&policy).await.unwrap().is_none());
     let mut attempt = 0;
-    eventually(WAIT, "the spec change to be allowed without the policy", || {
-        attempt += 1;
-        let patch = merge(json!({"spec": {"selector": {"app": format!("stolen-{attempt}")}}}));
-        let services = &services;
-        async move { refusal(services.patch("web", &PatchParams::default(), &patch).await).ok() }
-    })
-    .await;
-    refusal(
-        webhooks
-            .patch(
-                &fullname,
-                &pp,
-                &json_patch(
-                    json!([{"op": "replace", "path": "/webhooks/0/timeoutSeconds", "value": 6}]),
-                ),
-            )
-            .await,
+    eventually(
+        WAIT,
+        "the spec change to be allowed without the policy",
+        || {
+            attempt += 1;
+            let body = json!({"spec": {"selector": {"app": format!("stolen-{attempt}")}}});
+            let patched = patch(&service, "web", body);
+            async move { patched.await.ok() }
+        },
     )
-    .expect("RBAC alone lets restatus's token change its webhook");
+    .await;
+    let timeout = json!([{"op": "replace", "path": format!("{hook}/timeoutSeconds"), "value": 6}]);
+    refusal(webhooks.patch(&fullname, &pp, &json_patch(timeout)).await)
+        .expect("RBAC alone lets restatus's token change its webhook");
     drop(release);
 }
