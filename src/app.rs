@@ -224,11 +224,13 @@ impl Certificates {
         }
     }
 
-    /// Who may call the webhook: with --client-ca-file, callers with a certificate from it.
+    /// Who may call the webhook: with --client-ca-file, callers with a certificate from it
+    /// (that carries one of --client-allowed-names, when given).
     fn client_auth(tls: &TlsArgs) -> Option<certs::ClientAuth> {
         tls.client_ca_file.clone().map(|ca_file| certs::ClientAuth {
             ca_file,
             reload_interval: tls.tls_reload_interval,
+            allowed_names: tls.client_allowed_names.clone(),
         })
     }
 }

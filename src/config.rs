@@ -170,6 +170,20 @@ pub struct TlsArgs {
     #[arg(long, env = "RESTATUS_CLIENT_CA_FILE")]
     pub client_ca_file: Option<PathBuf>,
 
+    /// Names a caller's client certificate must carry, comma-separated (requires
+    /// --client-ca-file): a certificate that chains to the client CA is accepted only if its
+    /// subject common name, or one of its subjectAltNames (DNS name, URI, email address), is
+    /// one of them. Like kube-apiserver's --requestheader-allowed-names; set it whenever the
+    /// client CA also signs certificates of others (a cluster CA signs every kubelet's).
+    /// Empty: any certificate from the client CA.
+    #[arg(
+        long,
+        env = "RESTATUS_CLIENT_ALLOWED_NAMES",
+        value_delimiter = ',',
+        requires = "client_ca_file"
+    )]
+    pub client_allowed_names: Vec<String>,
+
     /// The namespace restatus runs in, where its CA Secret is (self-managed mode; default:
     /// the service account's namespace when in a cluster).
     #[arg(long, env = "RESTATUS_NAMESPACE")]
@@ -220,13 +234,29 @@ pub enum TlsArgsError {
         "--cert-mode self-managed needs --cert-check-interval under a third of --cert-validity, or renewals come too late"
     )]
     CheckTooRare,
+    #[error(
+        "--client-allowed-names has an empty name (a comma too many?); no certificate carries it"
+    )]
+    EmptyAllowedName,
+    #[error(
+        "--client-allowed-names has a name with spaces around it ({0:?}); names are compared exactly"
+    )]
+    SpacedAllowedName(String),
 }
 
 impl TlsArgs {
-    /// Checks what single flags cannot, for `--cert-mode self-managed`: names to issue for,
-    /// a serving certificate that does not outlive its CA, and checks often enough to renew
-    /// it in time.
+    /// Checks what single flags cannot: allowed client names that can match, and for `--cert-mode
+    /// self-managed` names to issue for, a serving certificate that does not outlive its CA,
+    /// and checks often enough to renew it in time.
     pub fn check(&self) -> Result<(), TlsArgsError> {
+        for name in &self.client_allowed_names {
+            if name.trim().is_empty() {
+                return Err(TlsArgsError::EmptyAllowedName);
+            }
+            if name.trim() != name {
+                return Err(TlsArgsError::SpacedAllowedName(name.clone()));
+            }
+        }
         if self.cert_mode != CertMode::SelfManaged {
             return Ok(());
         }
@@ -650,6 +680,48 @@ mod tests {
         assert_eq!(args.tls.client_ca_file, None);
         let args = serve(&["--client-ca-file", "ca.crt"]).unwrap();
         assert_eq!(args.tls.client_ca_file, Some(PathBuf::from("ca.crt")));
+        assert!(args.tls.client_allowed_names.is_empty());
+    }
+
+    #[test]
+    fn allowed_client_names_need_a_client_ca_and_no_empty_name() {
+        let args = serve(&[
+            "--client-ca-file",
+            "ca.crt",
+            "--client-allowed-names",
+            "kube-apiserver,apiserver.example",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.tls.client_allowed_names,
+            ["kube-apiserver", "apiserver.example"]
+        );
+        assert_eq!(args.tls.check(), Ok(()));
+        let err = serve(&["--client-allowed-names", "kube-apiserver"]).unwrap_err();
+        assert!(err.contains("--client-ca-file"), "{err}");
+        let spaced = serve(&[
+            "--client-ca-file",
+            "ca.crt",
+            "--client-allowed-names",
+            "kube-apiserver, apiserver.example",
+        ]);
+        assert_eq!(
+            spaced.unwrap().tls.check(),
+            Err(TlsArgsError::SpacedAllowedName(" apiserver.example".into()))
+        );
+        for empty in ["kube-apiserver,", ",", " "] {
+            let args = serve(&[
+                "--client-ca-file",
+                "ca.crt",
+                "--client-allowed-names",
+                empty,
+            ]);
+            assert_eq!(
+                args.unwrap().tls.check(),
+                Err(TlsArgsError::EmptyAllowedName),
+                "{empty:?}"
+            );
+        }
     }
 
     #[test]

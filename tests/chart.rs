@@ -14,15 +14,19 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    admissionregistration::v1::MutatingWebhookConfiguration, apps::v1::Deployment,
-    authorization::v1::SubjectAccessReview, core::v1::Secret,
+    admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingAdmissionPolicy},
+    apps::v1::Deployment,
+    authorization::v1::SubjectAccessReview,
+    core::v1::{Secret, Service},
+    events::v1::Event,
+    rbac::v1::ClusterRole,
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
 };
 use restatus::{
-    certs::Validity,
+    certs::{Validity, ca_signing_key, generate_ca},
     policy::status_of,
     store::{KeySchema, ObjectIdentity},
 };
@@ -279,6 +283,136 @@ fn encryption_at_rest_mounts_the_keyring_and_passes_the_flag() {
     assert!(!args.contains("--encryption-key-file"), "off by default");
 }
 
+/// The args of the restatus container rendered with `args`.
+fn container_args(args: &[&str]) -> Vec<String> {
+    let objects = helm::template("r", "restatus", args);
+    let deployment = one(&objects, "Deployment");
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_client_ca_and_its_allowed_names_become_flags() {
+    let values = helm::chart().join("ci/client-ca-values.yaml");
+    let args = container_args(&["-f", values.to_str().unwrap()]);
+    assert!(args.contains(&"--client-ca-file=/etc/restatus/client-ca/ca.crt".to_owned()));
+    assert!(
+        args.contains(
+            &"--client-allowed-names=kube-apiserver,apiserver-webhook-client.example.com"
+                .to_owned()
+        ),
+        "{args:?}"
+    );
+    // restatus knows the flags as the chart passes them.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_restatus"))
+        .args(&args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let defaults = container_args(&[]);
+    assert!(
+        !defaults.iter().any(|a| a.starts_with("--client-")),
+        "{defaults:?}"
+    );
+    let without_ca = refused(&[
+        "--set-json",
+        r#"certificates.clientCA.allowedNames=["kube-apiserver"]"#,
+    ]);
+    assert!(
+        without_ca.contains("certificates.clientCA.allowedNames needs the client CA"),
+        "{without_ca}"
+    );
+    let comma = refused(&[
+        "--set",
+        "certificates.clientCA.configMapName=ca",
+        "--set-json",
+        r#"certificates.clientCA.allowedNames=["a,b"]"#,
+    ]);
+    assert!(comma.contains("allowedNames"), "{comma}");
+}
+
+/// The notes `helm install` prints for `args` (Helm 4, a client-side dry run).
+fn install_notes(args: &[&str]) -> String {
+    let chart = helm::chart();
+    let mut all = vec![
+        "install",
+        "r",
+        chart.to_str().unwrap(),
+        "-n",
+        "restatus",
+        "--dry-run=client",
+    ];
+    all.extend_from_slice(args);
+    let out = must(
+        helm::run(&helm::helm(), &all),
+        "helm install --dry-run=client",
+    );
+    out.stdout
+        .split_once("\nNOTES:\n")
+        .map(|(_, notes)| notes.to_owned())
+        .expect("helm install prints NOTES")
+}
+
+#[test]
+fn the_install_notes_say_plainly_when_any_pod_can_call_the_webhook() {
+    const OPEN: &str = "WARNING: ANY POD CAN CALL THE WEBHOOK.";
+    let cidrs = r#"networkPolicy.apiServerCIDRs=["10.0.0.10/32"]"#;
+    let konnectivity = helm::chart().join("ci/networkpolicy-konnectivity-values.yaml");
+    let client_ca = helm::chart().join("ci/client-ca-values.yaml");
+    let cases: [(&str, Vec<&str>, bool); 7] = [
+        ("the defaults", vec![], true),
+        (
+            "a NetworkPolicy without the API server's addresses",
+            vec!["--set", "networkPolicy.enabled=true"],
+            true,
+        ),
+        (
+            "the API server's addresses, but no NetworkPolicy",
+            vec!["--set-json", cidrs],
+            true,
+        ),
+        (
+            "a NetworkPolicy with the API server's addresses",
+            vec!["--set", "networkPolicy.enabled=true", "--set-json", cidrs],
+            false,
+        ),
+        (
+            "a NetworkPolicy admitting the konnectivity agents",
+            vec!["-f", konnectivity.to_str().unwrap()],
+            false,
+        ),
+        (
+            "client certificates",
+            vec!["--set", "certificates.clientCA.secretName=apiserver-ca"],
+            false,
+        ),
+        (
+            "client certificates with allowed names and a NetworkPolicy",
+            vec!["-f", client_ca.to_str().unwrap()],
+            false,
+        ),
+    ];
+    for (what, args, open) in cases {
+        let notes = install_notes(&args);
+        assert_eq!(notes.contains(OPEN), open, "{what}:\n{notes}");
+    }
+    let any_certificate =
+        install_notes(&["--set", "certificates.clientCA.secretName=apiserver-ca"]);
+    assert!(
+        any_certificate.contains("set\n  certificates.clientCA.allowedNames"),
+        "{any_certificate}"
+    );
+}
+
 /// Every string anywhere in a JSON value.
 fn strings(value: &Value, out: &mut Vec<String>) {
     match value {
@@ -327,6 +461,41 @@ fn rbac_grants_exactly_the_tracked_resources_with_no_wildcard() {
         role["rules"],
         json!([{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["r-restatus-ca"], "verbs": ["get", "update"]}])
     );
+}
+
+#[test]
+fn the_admission_policy_covers_the_tracked_resources_and_the_webhook_configuration() {
+    let tracked = json!([
+        {"group": "", "resources": ["services"]},
+        {"group": "infra.example.com", "resources": ["kubernetesclusters"], "scope": "Namespaced"}
+    ]);
+    let tracked = format!("trackedResources={tracked}");
+    let objects = helm::template("r", "restatus", &["--set-json", &tracked]);
+    let policy = one(&objects, "ValidatingAdmissionPolicy");
+    let binding = one(&objects, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(policy["apiVersion"], "admissionregistration.k8s.io/v1");
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    let spec = &policy["spec"];
+    assert_eq!(spec["failurePolicy"], "Fail");
+    assert_eq!(
+        spec["matchConditions"][0]["expression"],
+        "request.userInfo.username == \"system:serviceaccount:restatus:r-restatus\""
+    );
+    let rules = &spec["matchConstraints"]["resourceRules"];
+    let all = json!(["CREATE", "UPDATE", "DELETE"]);
+    assert_eq!(
+        rules,
+        &json!([
+            {"apiGroups": [""], "apiVersions": ["*"], "resources": ["services"], "operations": all, "scope": "*"},
+            {"apiGroups": ["infra.example.com"], "apiVersions": ["*"], "resources": ["kubernetesclusters"], "operations": all, "scope": "Namespaced"},
+            {"apiGroups": ["admissionregistration.k8s.io"], "apiVersions": ["*"], "resources": ["mutatingwebhookconfigurations"], "resourceNames": ["r-restatus"], "operations": all}
+        ]),
+        "the main resources only: restatus writes statuses through /status"
+    );
+    let off = helm::template("r", "restatus", &["--set", "ownWritesPolicy.enabled=false"]);
+    assert!(helm::of_kind(&off, "ValidatingAdmissionPolicy").is_empty());
+    assert!(helm::of_kind(&off, "ValidatingAdmissionPolicyBinding").is_empty());
 }
 
 /// The leaf paths of a YAML mapping, the way the values reference names them: lists (and
@@ -593,6 +762,27 @@ impl ChartEnv {
     /// external Redis, then runs the Deployment's container as a process: its args, its env
     /// (downward API and Secret references resolved), the chart's ServiceAccount's token.
     async fn start(extra: &[&str]) -> ChartEnv {
+        Installed::new(extra).await.launch().await
+    }
+}
+
+/// A release installed for [`ChartEnv`], before restatus runs: a test may prepare the
+/// cluster (the CA Secret, the webhook configuration, RBAC) the way it wants restatus to
+/// find it.
+struct Installed {
+    client: Client,
+    release: Release,
+    objects_ns: String,
+    redis: RedisServer,
+    port: u16,
+    admin_port: u16,
+    prefix: String,
+}
+
+impl Installed {
+    /// Installs the chart for KubernetesClusters with a development webhook URL and
+    /// external Redis; `extra` are more helm arguments.
+    async fn new(extra: &[&str]) -> Installed {
         let client = cluster::client().await;
         cluster::apply_crd(&client, cluster::example_crd()).await;
         let redis = RedisServer::start().await;
@@ -629,7 +819,34 @@ impl ChartEnv {
         let release = Release::install(&client, helm::helm(), &args).await;
         let objects_ns = unique("objects");
         create_namespace(&client, &objects_ns).await;
+        Installed {
+            client,
+            release,
+            objects_ns,
+            redis,
+            port,
+            admin_port,
+            prefix,
+        }
+    }
 
+    /// The Secrets of the release namespace (the CA Secret is `<fullname>-ca`).
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.release.namespace)
+    }
+
+    /// Runs the Deployment's container as a process: its args, its env (downward API and
+    /// Secret references resolved), the chart's ServiceAccount's token.
+    async fn launch(self) -> ChartEnv {
+        let Installed {
+            client,
+            release,
+            objects_ns,
+            redis,
+            port,
+            admin_port,
+            prefix,
+        } = self;
         let identity =
             identity::token_kubeconfig(&client, &release.namespace, &release.fullname()).await;
         let deployment = Api::<Deployment>::namespaced(client.clone(), &release.namespace)
@@ -678,7 +895,9 @@ impl ChartEnv {
             _identity: identity,
         }
     }
+}
 
+impl ChartEnv {
     fn clusters(&self) -> Api<kube::api::DynamicObject> {
         Api::namespaced_with(
             self.client.clone(),
@@ -1001,4 +1220,498 @@ async fn serving_and_ca_rotation_under_load_lose_no_review() {
     let cas = bundle.matches("BEGIN CERTIFICATE").count();
     assert!((1..=2).contains(&cas), "{cas} CAs in the bundle");
     assert!(Validity::of_pem(bundle.as_bytes()).unwrap().not_after > jiff::Timestamp::now());
+}
+
+/// `ChartEnv::self_managed`'s helm arguments for `values`.
+fn self_managed_sets(values: &[(&str, &str)]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|(k, v)| {
+            [
+                "--set".to_owned(),
+                format!("certificates.selfManaged.{k}={v}"),
+            ]
+        })
+        .collect()
+}
+
+/// Whether restatus's webhook listener serves a certificate that chains to `ca_pem`: a
+/// client that trusts only that CA completes a TLS handshake (and is answered 400 for a body
+/// that is no review).
+async fn serves_a_certificate_of(restatus: &Restatus, ca_pem: &str) -> bool {
+    let trust = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(trust.path(), ca_pem).unwrap();
+    let client = support::http::TlsClient::new(trust.path(), support::http::Alpn::Http2);
+    client
+        .post(&restatus.mutate_url(), "not a review")
+        .await
+        .is_ok_and(|answer| answer.status == 400)
+}
+
+/// A status write through the API server is recorded: the API server trusts what restatus
+/// serves. Writes go on until one is recorded or `WAIT` passes.
+async fn status_writes_are_recorded(env: &ChartEnv, name: &str) {
+    let api = env.clusters();
+    if api.get_opt(name).await.unwrap().is_none() {
+        api.create(&PostParams::default(), &kubernetes_cluster(name))
+            .await
+            .unwrap();
+    }
+    let mut attempt = 0;
+    eventually(WAIT, "a status write to be recorded", || {
+        attempt += 1;
+        let status = json!({"phase": "Ready", "attempt": attempt, "nonce": unique("w")});
+        let api = &api;
+        async move {
+            patch_status(api, name, status.clone()).await;
+            (env.recorded(name).await == Some(status)).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_replica_that_cannot_publish_the_ca_bundle_signs_with_a_ca_the_api_server_trusts() {
+    let _serial = INSTALLING.lock().await;
+    let sets = self_managed_sets(&[("checkInterval", "1s")]);
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let installed = Installed::new(&sets).await;
+    let fullname = installed.release.fullname();
+
+    // Another replica has just rotated the CA: the Secret holds the new CA and the old one,
+    // and the caBundle the API server trusts still holds only the old one.
+    let (old, new) = (
+        generate_ca(Duration::from_secs(86_400)).unwrap(),
+        generate_ca(Duration::from_secs(86_400)).unwrap(),
+    );
+    installed
+        .secrets()
+        .patch(
+            &format!("{fullname}-ca"),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {
+                "ca.crt": new.cert_pem,
+                "ca.key": new.key_pem,
+                "ca-previous.crt": old.cert_pem,
+                "ca-previous.key": old.key_pem,
+                "rotated-at": jiff::Timestamp::now().to_string(),
+            }})),
+        )
+        .await
+        .unwrap();
+    let webhooks = Api::<MutatingWebhookConfiguration>::all(installed.client.clone());
+    webhooks
+        .patch(
+            &fullname,
+            &PatchParams::default(),
+            &Patch::Json::<()>(
+                serde_json::from_value(json!([{
+                    "op": "add",
+                    "path": "/webhooks/0/clientConfig/caBundle",
+                    "value": cluster::base64(&old.cert_pem),
+                }]))
+                .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    // And this replica may read the webhook configuration but not write it, so it never
+    // publishes a bundle of its own.
+    let roles = Api::<ClusterRole>::all(installed.client.clone());
+    let mut role = roles.get(&fullname).await.unwrap();
+    for rule in role.rules.iter_mut().flatten() {
+        if rule.resources.as_deref() == Some(&["mutatingwebhookconfigurations".to_owned()]) {
+            rule.verbs = vec!["get".into()];
+        }
+    }
+    roles
+        .replace(&fullname, &PostParams::default(), &role)
+        .await
+        .unwrap();
+
+    let env = installed.launch().await;
+    assert!(
+        serves_a_certificate_of(&env.restatus, &old.cert_pem).await,
+        "the serving certificate is signed by the CA in the caBundle"
+    );
+    assert!(
+        !serves_a_certificate_of(&env.restatus, &new.cert_pem).await,
+        "not by the new CA the API server does not trust"
+    );
+    status_writes_are_recorded(&env, "trusted").await;
+    // Checks go on failing to publish, and the certificate stays with the trusted CA.
+    eventually(Duration::from_secs(10), "a failed publish", || async {
+        env.restatus
+            .log_text()
+            .contains("certificate check failed; retrying at the next check")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(env.ca_bundle().await.trim(), old.cert_pem.trim());
+    assert!(serves_a_certificate_of(&env.restatus, &old.cert_pem).await);
+}
+
+#[tokio::test]
+async fn a_ca_key_that_cannot_sign_is_replaced_and_the_serving_certificate_never_lapses() {
+    let _serial = INSTALLING.lock().await;
+    let env = ChartEnv::self_managed(&[("certValidity", "8s"), ("checkInterval", "1s")]).await;
+    let ca_secret = format!("{}-ca", env.release.fullname());
+    let ns = env.release.namespace.clone();
+    let first_ca = eventually(WAIT, "restatus to publish its CA", || async {
+        let bundle = env.ca_bundle().await;
+        (!bundle.is_empty()).then_some(bundle)
+    })
+    .await;
+    status_writes_are_recorded(&env, "before").await;
+
+    // The key in the Secret stops fitting the certificate (someone restored the wrong key).
+    let stranger = generate_ca(Duration::from_secs(3600)).unwrap();
+    Api::<Secret>::namespaced(env.client.clone(), &ns)
+        .patch(
+            &ca_secret,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"ca.key": stranger.key_pem}})),
+        )
+        .await
+        .unwrap();
+    let renewals = "restatus_certificate_rotations_total{certificate=\"serving\"}";
+    let renewed_before = env.restatus.metric(renewals).await;
+
+    // restatus replaces the CA, keeping the old certificate (without its key) in the bundle.
+    let data = eventually(WAIT, "a new CA in the Secret", || async {
+        let data = secret_data(&env.client, &ns, &ca_secret).await;
+        let cert = String::from_utf8(data.get("ca.crt")?.clone()).ok()?;
+        (cert.trim() != first_ca.trim()).then_some(data)
+    })
+    .await;
+    let cert = String::from_utf8(data["ca.crt"].clone()).unwrap();
+    assert!(ca_signing_key(&cert, &data["ca.key"]).is_ok());
+    assert_eq!(
+        String::from_utf8(data["ca-previous.crt"].clone())
+            .unwrap()
+            .trim(),
+        first_ca.trim()
+    );
+    assert!(
+        !data.contains_key("ca-previous.key"),
+        "the unusable key is not carried"
+    );
+    eventually(WAIT, "the new and the old CA in the caBundle", || async {
+        let bundle = env.ca_bundle().await;
+        (bundle.contains(cert.trim()) && bundle.contains(first_ca.trim())).then_some(())
+    })
+    .await;
+
+    // Reported: a metric, an error naming the Secret and the key, an Event on the Secret.
+    assert!(
+        env.restatus
+            .metric("restatus_certificate_ca_key_unusable_total{reason=\"mismatch\"}")
+            .await
+            >= 1.0
+    );
+    let log = env.restatus.log_text();
+    let named =
+        format!("the key ca.key of the Secret {ns}/{ca_secret} cannot sign for its certificate");
+    assert!(log.contains(&named), "{log}");
+    let event = eventually(WAIT, "a CAKeyUnusable Event", || async {
+        Api::<Event>::namespaced(env.client.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("CAKeyUnusable"))
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        event.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some(ca_secret.as_str())
+    );
+    assert!(event.note.unwrap_or_default().contains(&named));
+
+    // The serving certificate goes on being renewed, now from the new CA, past the life of
+    // the one served when the key broke, and the API server keeps trusting it.
+    eventually(
+        Duration::from_secs(60),
+        "renewals from the new CA",
+        || async {
+            let renewed = env.restatus.metric(renewals).await >= renewed_before + 2.0;
+            (renewed && serves_a_certificate_of(&env.restatus, &cert).await).then_some(())
+        },
+    )
+    .await;
+    status_writes_are_recorded(&env, "after").await;
+}
+
+/// A client of the test control plane that authenticates with the kubeconfig at `path`.
+async fn client_of(path: &std::path::Path) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// The outcome of a write: `Ok`, or the API server's refusal (its code and message).
+fn refusal<T>(result: Result<T, kube::Error>) -> Result<(), (u16, String)> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) => Err((status.code, status.message)),
+        Err(e) => panic!("not an answer of the API server: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_admission_policy_lets_restatus_change_only_status_its_annotations_and_its_ca_bundle() {
+    let _serial = INSTALLING.lock().await;
+    let client = cluster::client().await;
+    cluster::apply_crd(&client, cluster::example_crd()).await;
+    // A custom type without the status subresource: the worker writes its status through the
+    // main resource.
+    let inline =
+        cluster::TestType::namespaced("vapwidgets", "VapWidget").without_status_subresource();
+    cluster::apply_crd(&client, inline.crd()).await;
+    let tracked = json!([
+        {"group": "", "resources": ["services"]},
+        {"group": "infra.example.com", "resources": ["kubernetesclusters", "vapwidgets"]}
+    ]);
+    let tracked = format!("trackedResources={tracked}");
+    let release = Release::install(&client, helm::helm(), &["--set-json", &tracked]).await;
+    let fullname = release.fullname();
+    let policy = format!("{fullname}-own-writes");
+    let policies = Api::<ValidatingAdmissionPolicy>::all(client.clone());
+    assert!(
+        policies.get_opt(&policy).await.unwrap().is_some(),
+        "on by default"
+    );
+
+    // The objects, created by the cluster admin: a Service, a custom object with the status
+    // subresource, one without.
+    let ns = unique("objects");
+    create_namespace(&client, &ns).await;
+    let service = ApiResource::erase::<Service>(&());
+    let kc = cluster::kubernetes_cluster_resource();
+    let widget = inline.resource();
+    let api = |client: &Client, resource: &ApiResource| {
+        Api::<DynamicObject>::namespaced_with(client.clone(), &ns, resource)
+    };
+    let web: DynamicObject = serde_json::from_value(
+        serde_json::to_value(cluster::load_balancer_service("web")).unwrap(),
+    )
+    .unwrap();
+    for (resource, object) in [
+        (&service, web),
+        (&kc, kubernetes_cluster("prod")),
+        (&widget, inline.object("w")),
+    ] {
+        api(&client, resource)
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap();
+    }
+
+    // restatus, as the API server sees it: the chart's ServiceAccount, with its own token.
+    let (kubeconfig, _dir) =
+        identity::token_kubeconfig(&client, &release.namespace, &fullname).await;
+    let restatus = client_of(&kubeconfig).await;
+    let pp = PatchParams::default();
+    let patch = |resource: &ApiResource, name: &str, body: Value| {
+        let api = api(&restatus, resource);
+        let name = name.to_owned();
+        async move {
+            refusal(
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(body))
+                    .await,
+            )
+        }
+    };
+
+    // A stolen token rewrites a Service's spec: denied by the policy (RBAC would let it patch).
+    let mut attempt = 0;
+    let (code, message) = eventually(WAIT, "the policy to be in force", || {
+        attempt += 1;
+        let body = json!({"spec": {"selector": {"app": format!("stolen-{attempt}")}}});
+        let patched = patch(&service, "web", body);
+        async move { patched.await.err() }
+    })
+    .await;
+    assert_eq!(code, 403, "{message}");
+    assert!(
+        message.contains(&format!("ValidatingAdmissionPolicy '{policy}'"))
+            && message.contains(
+                "may change only the status and restatus.io/ annotations of services web"
+            ),
+        "{message}"
+    );
+
+    // What restatus does: its restore markers, added, swapped and removed; the status,
+    // through /status and through the main resource of a type without it.
+    for annotations in [
+        json!({"restatus.io/restore": "pending"}),
+        json!({"restatus.io/restore": null, "restatus.io/restored-at": "2030-01-01T00:00:00Z"}),
+        json!({"restatus.io/restored-at": null}),
+    ] {
+        for (resource, name) in [(&service, "web"), (&kc, "prod"), (&widget, "w")] {
+            let body = json!({"metadata": {"annotations": annotations}});
+            patch(resource, name, body)
+                .await
+                .unwrap_or_else(|e| panic!("restatus.io/ annotations of {name}: {e:?}"));
+        }
+    }
+    let status = json!({"status": {"phase": "Running"}});
+    refusal(
+        api(&restatus, &kc)
+            .patch_status("prod", &pp, &Patch::Merge(status.clone()))
+            .await,
+    )
+    .expect("/status");
+    patch(&widget, "w", status)
+        .await
+        .expect("the status of a type without the status subresource");
+    let stored = api(&client, &widget).get("w").await.unwrap();
+    assert_eq!(stored.data["status"], json!({"phase": "Running"}));
+
+    // What a stolen token would do to tracked objects.
+    let only_annotations = "may change only restatus.io/ annotations";
+    let no_labels = "may not change the labels, finalizers or ownerReferences";
+    let no_spec = "not its spec or other fields";
+    let port = json!({"name": "https", "port": 443, "targetPort": 9999, "protocol": "TCP"});
+    let denied_changes = [
+        (
+            "another annotation",
+            &service,
+            "web",
+            json!({"metadata": {"annotations": {"example.com/owner": "mallory"}}}),
+            only_annotations,
+        ),
+        (
+            "a label",
+            &service,
+            "web",
+            json!({"metadata": {"labels": {"exposed": "true"}}}),
+            no_labels,
+        ),
+        (
+            "a finalizer",
+            &kc,
+            "prod",
+            json!({"metadata": {"finalizers": ["example.com/hold"]}}),
+            no_labels,
+        ),
+        (
+            "the spec of a Service",
+            &service,
+            "web",
+            json!({"spec": {"ports": [port]}}),
+            no_spec,
+        ),
+        (
+            "the spec of a custom object",
+            &kc,
+            "prod",
+            json!({"spec": {"nodeCount": 300}}),
+            no_spec,
+        ),
+        (
+            "a spec with a status",
+            &widget,
+            "w",
+            json!({"spec": {"region": "x"}, "status": {"phase": "Gone"}}),
+            no_spec,
+        ),
+    ];
+    for (what, resource, name, body, says) in denied_changes {
+        let (code, message) = patch(resource, name, body).await.expect_err(what);
+        assert_eq!(code, 403, "{what}: {message}");
+        assert!(
+            message.contains(&policy) && message.contains(says),
+            "{what}: {message}"
+        );
+    }
+
+    // Its own webhook configuration: the caBundle, nothing else.
+    let webhooks = Api::<MutatingWebhookConfiguration>::all(restatus.clone());
+    let json_patch = |ops: Value| Patch::<()>::Json(serde_json::from_value(ops).unwrap());
+    let ca = generate_ca(Duration::from_secs(3600)).unwrap();
+    let hook = "/webhooks/0";
+    let ca_bundle = json!([{
+        "op": "add",
+        "path": format!("{hook}/clientConfig/caBundle"),
+        "value": cluster::base64(&ca.cert_pem),
+    }]);
+    refusal(webhooks.patch(&fullname, &pp, &json_patch(ca_bundle)).await).expect("the caBundle");
+    let denied_changes = [
+        (
+            "the Service it calls",
+            json!([{"op": "replace", "path": format!("{hook}/clientConfig/service/name"), "value": "mallory"}]),
+        ),
+        (
+            "a URL instead of the Service",
+            json!([{"op": "remove", "path": format!("{hook}/clientConfig/service")},
+                   {"op": "add", "path": format!("{hook}/clientConfig/url"), "value": "https://203.0.113.66/mutate"}]),
+        ),
+        (
+            "its rules",
+            json!([{"op": "add", "path": format!("{hook}/rules/0/operations/-"), "value": "CONNECT"}]),
+        ),
+        (
+            "its failure policy",
+            json!([{"op": "replace", "path": format!("{hook}/failurePolicy"), "value": "Fail"}]),
+        ),
+        (
+            "an annotation",
+            json!([{"op": "add", "path": "/metadata/annotations", "value": {"example.com/x": "y"}}]),
+        ),
+    ];
+    for (what, ops) in denied_changes {
+        let (code, message) =
+            refusal(webhooks.patch(&fullname, &pp, &json_patch(ops)).await).expect_err(what);
+        assert_eq!(code, 403, "{what}: {message}");
+        assert!(
+            message.contains(&policy)
+                && message.contains("may change only webhooks[*].clientConfig.caBundle"),
+            "{what}: {message}"
+        );
+    }
+
+    // The policy binds restatus only: the admin changes the same spec.
+    let admin_change = json!({"spec": {"selector": {"app": "admin"}}});
+    refusal(
+        api(&client, &service)
+            .patch("web", &pp, &Patch::Merge(admin_change))
+            .await,
+    )
+    .expect("the cluster admin is not bound by restatus's policy");
+
+    // Without the policy, the same token may do all of it: the policy is what stops it.
+    release.helm(
+        &["upgrade", &release.name, helm::chart().to_str().unwrap()],
+        &[
+            "--set-json",
+            &tracked,
+            "--set",
+            "ownWritesPolicy.enabled=false",
+        ],
+    );
+    assert!(policies.get_opt(&policy).await.unwrap().is_none());
+    let mut attempt = 0;
+    eventually(
+        WAIT,
+        "the spec change to be allowed without the policy",
+        || {
+            attempt += 1;
+            let body = json!({"spec": {"selector": {"app": format!("stolen-{attempt}")}}});
+            let patched = patch(&service, "web", body);
+            async move { patched.await.ok() }
+        },
+    )
+    .await;
+    let timeout = json!([{"op": "replace", "path": format!("{hook}/timeoutSeconds"), "value": 6}]);
+    refusal(webhooks.patch(&fullname, &pp, &json_patch(timeout)).await)
+        .expect("RBAC alone lets restatus's token change its webhook");
+    drop(release);
 }

@@ -1,7 +1,9 @@
 //! Only the API server may call the webhook: with `--client-ca-file`, a caller without a
 //! client certificate from that CA is refused during the TLS handshake, before any review is
-//! read. Against the `restatus serve` process with a real HTTPS client, and against the real
-//! kube-apiserver configured (AdmissionConfiguration + kubeconfig) to present its certificate.
+//! read, and with `--client-allowed-names` so is one whose certificate from that CA carries
+//! none of the names. Against the `restatus serve` process with a real HTTPS client, and
+//! against the real kube-apiserver configured (AdmissionConfiguration + kubeconfig) to
+//! present its certificate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -14,7 +16,7 @@ use std::{
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use restatus::{
-    certs::{Pair, generate_ca, issue_client},
+    certs::{ClientName, Pair, generate_ca, issue_client, issue_client_with_names},
     store::{KeySchema, ObjectIdentity},
 };
 use serde_json::{Value, json};
@@ -78,6 +80,14 @@ async fn refused(client: &TlsClient, r: &Restatus, review: &Value) -> String {
         Ok(resp) => panic!("a caller without a trusted client certificate was answered {resp:?}"),
         Err(error) => error,
     }
+}
+
+/// A client certificate from `ca` for the common name `cn` with DNS subjectAltNames `dns`.
+fn named(ca: &Pair, cn: &str, dns: &[&str]) -> ClientCert {
+    let names: Vec<ClientName> = dns.iter().map(|d| ClientName::Dns((*d).into())).collect();
+    issue_client_with_names(ca, cn, &names, HOUR)
+        .unwrap()
+        .into()
 }
 
 fn with_cert(r: &Restatus, alpn: Alpn, cert: &ClientCert) -> TlsClient {
@@ -203,6 +213,84 @@ async fn only_callers_with_a_certificate_from_the_client_ca_are_served_and_the_c
     );
 }
 
+#[tokio::test]
+async fn with_allowed_names_a_certificate_from_the_client_ca_must_carry_one() {
+    let redis = RedisServer::start().await;
+    let old_ca = generate_ca(HOUR).unwrap();
+    let new_ca = generate_ca(HOUR).unwrap();
+    let mut volume = ProjectedVolume::new("ca.crt", &old_ca.cert_pem);
+    let mut opts = Options::new(redis.url());
+    opts.args = vec![
+        format!("--client-ca-file={}", volume.path("ca.crt").display()),
+        "--client-allowed-names=kube-apiserver,webhook-client.apiserver.example".into(),
+        "--tls-reload-interval=100ms".into(),
+    ];
+    let r = Restatus::start(opts).await;
+    let review = fixture("reviews/kc-update-status.json");
+
+    // A kubelet's certificate from the same CA: it chains, but names no allowed caller.
+    let kubelet = named(&old_ca, "system:node:worker-1", &["worker-1"]);
+    for alpn in [Alpn::Http2, Alpn::Http1] {
+        refused(&with_cert(&r, alpn, &kubelet), &r, &review).await;
+    }
+    // Names that only resemble an allowed one.
+    for near in [
+        named(&old_ca, "kube-apiserver-proxy", &[]),
+        named(&old_ca, "x", &["evil.webhook-client.apiserver.example"]),
+    ] {
+        refused(&with_cert(&r, Alpn::Http2, &near), &r, &review).await;
+    }
+    assert!(
+        redis.keys("*").await.is_empty(),
+        "a refused review reached Redis"
+    );
+    assert!(handshake_failures(&r, "client_name_not_allowed").await >= 4.0);
+    assert_eq!(
+        handshake_failures(&r, "untrusted_client_certificate").await,
+        0.0,
+        "told apart from a certificate of another CA"
+    );
+    let log = r.log_text();
+    assert!(
+        log.contains("none of its names is in --client-allowed-names")
+            && log.contains("CN=system:node:worker-1, DNS:worker-1"),
+        "the refused names are logged at debug level:\n{log}"
+    );
+
+    // The allowed common name, and an allowed DNS subjectAltName, are served.
+    let by_cn = named(&old_ca, "kube-apiserver", &[]);
+    let by_san = named(
+        &old_ca,
+        "apiserver-7f9c",
+        &["webhook-client.apiserver.example"],
+    );
+    r.review_allowed(&with_cert(&r, Alpn::Http2, &by_cn), &review)
+        .await;
+    r.review_allowed(&with_cert(&r, Alpn::Http1, &by_san), &review)
+        .await;
+
+    // A new client CA is loaded as before, and the names still apply to it.
+    volume.update("ca.crt", &new_ca.cert_pem);
+    let new_apiserver = named(&new_ca, "kube-apiserver", &[]);
+    support::eventually(Duration::from_secs(10), "the new client CA", || async {
+        let client = with_cert(&r, Alpn::Http2, &new_apiserver);
+        client
+            .post(&r.mutate_url(), review.to_string())
+            .await
+            .ok()
+            .filter(|resp| resp.status == 200)
+    })
+    .await;
+    let before = handshake_failures(&r, "client_name_not_allowed").await;
+    let new_kubelet = named(&new_ca, "system:node:worker-1", &["worker-1"]);
+    refused(&with_cert(&r, Alpn::Http2, &new_kubelet), &r, &review).await;
+    assert_eq!(
+        handshake_failures(&r, "client_name_not_allowed").await,
+        before + 1.0
+    );
+    refused(&with_cert(&r, Alpn::Http2, &by_cn), &r, &review).await;
+}
+
 /// An AdmissionConfiguration that makes kube-apiserver present `client` to the webhook at
 /// `host_port`, and where it is written.
 fn admission_configuration(dir: &Path, host_port: &str, client: &ClientCert) -> PathBuf {
@@ -259,7 +347,11 @@ async fn the_api_server_presents_its_client_certificate_and_a_forged_review_is_r
     opts.port = Some(port);
     opts.kubeconfig = Some(identity.kubeconfig.clone());
     opts.name = format!("{ns}-restatus");
-    opts.args = vec![format!("--client-ca-file={}", client_ca_file.display())];
+    // The API server's certificate names it kube-apiserver; the client CA could sign others.
+    opts.args = vec![
+        format!("--client-ca-file={}", client_ca_file.display()),
+        "--client-allowed-names=kube-apiserver".into(),
+    ];
     let r = Restatus::start(opts).await;
     let keys = KeySchema::new(&r.key_prefix, "default");
 
@@ -332,6 +424,9 @@ async fn the_api_server_presents_its_client_certificate_and_a_forged_review_is_r
     let error = refused(&TlsClient::new(&r.ca_file(), Alpn::Http2), &r, &forged).await;
     let (_, intruder) = client_pki("kube-apiserver");
     refused(&with_cert(&r, Alpn::Http1, &intruder), &r, &forged).await;
+    // A certificate the client CA signed for someone else (a kubelet) is refused too.
+    let kubelet = named(&client_ca, "system:node:worker-1", &["worker-1"]);
+    refused(&with_cert(&r, Alpn::Http2, &kubelet), &r, &forged).await;
     assert!(
         redis
             .hgetall(&keys.record(&kc(&ns, "forged")))
@@ -342,6 +437,7 @@ async fn the_api_server_presents_its_client_certificate_and_a_forged_review_is_r
     assert_eq!(redis.keys("*").await.len(), before);
     assert!(handshake_failures(&r, "no_client_certificate").await >= 1.0);
     assert!(handshake_failures(&r, "untrusted_client_certificate").await >= 1.0);
+    assert!(handshake_failures(&r, "client_name_not_allowed").await >= 1.0);
 
     let _ = webhooks.delete(&webhook, &DeleteParams::default()).await;
 }

@@ -10,6 +10,13 @@
 //! identity they proved. A new configuration starts with an empty session cache, so a TLS
 //! session from before the change cannot be resumed past it. A file that does not load keeps
 //! the previous CAs in service.
+//!
+//! With `--client-allowed-names` (like kube-apiserver's `--requestheader-allowed-names`), a
+//! certificate that chains to the client CA is accepted only if its subject common name or one
+//! of its subjectAltNames (DNS name, URI, email address) is one of the names: a client CA that
+//! also issues other certificates (a cluster CA signs every kubelet's) then admits only the
+//! API server's. A certificate without an allowed name fails the handshake like an untrusted
+//! one, with the TLS alert `access_denied`.
 
 use std::{
     path::PathBuf,
@@ -19,11 +26,17 @@ use std::{
 
 use jiff::Timestamp;
 use rustls::{
-    RootCertStore, ServerConfig,
-    server::{ResolvesServerCert, WebPkiClientVerifier, danger::ClientCertVerifier},
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+    client::danger::HandshakeSignatureValid,
+    server::{
+        ResolvesServerCert, WebPkiClientVerifier,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
 };
-use rustls_pki_types::{CertificateDer, pem::PemObject};
+use rustls_pki_types::{CertificateDer, UnixTime, pem::PemObject};
 use tokio_util::sync::CancellationToken;
+use x509_parser::extensions::GeneralName;
 
 use super::{CertError, CertMetrics, ServingCert, Validity, resolver::read, server_config};
 
@@ -37,6 +50,145 @@ pub struct ClientAuth {
     pub ca_file: PathBuf,
     /// How often the file is re-read.
     pub reload_interval: Duration,
+    /// When not empty, a client certificate must also carry one of these names, as its
+    /// subject common name or as a subjectAltName (DNS name, URI or email address).
+    pub allowed_names: Vec<String>,
+}
+
+/// The names a client certificate may carry (`--client-allowed-names`).
+#[derive(Debug)]
+struct AllowedNames(Vec<String>);
+
+/// A name a client certificate carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PresentedName {
+    CommonName(String),
+    Dns(String),
+    Uri(String),
+    Email(String),
+}
+
+impl std::fmt::Display for PresentedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::CommonName(n) => write!(f, "CN={n}"),
+            Self::Dns(n) => write!(f, "DNS:{n}"),
+            Self::Uri(n) => write!(f, "URI:{n}"),
+            Self::Email(n) => write!(f, "email:{n}"),
+        }
+    }
+}
+
+/// The subject common names and the DNS, URI and email subjectAltNames of a DER certificate;
+/// nothing when it does not parse.
+fn presented_names(der: &[u8]) -> Vec<PresentedName> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<PresentedName> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok())
+        .map(|cn| PresentedName::CommonName(cn.to_owned()))
+        .collect();
+    if let Ok(Some(sans)) = cert.subject_alternative_name() {
+        names.extend(sans.value.general_names.iter().filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(PresentedName::Dns((*d).to_owned())),
+            GeneralName::URI(u) => Some(PresentedName::Uri((*u).to_owned())),
+            GeneralName::RFC822Name(e) => Some(PresentedName::Email((*e).to_owned())),
+            _ => None,
+        }));
+    }
+    names
+}
+
+impl AllowedNames {
+    /// Whether one of `presented` is allowed: equal to an allowed name, DNS names without
+    /// regard to ASCII case (as DNS compares them), the others exactly.
+    fn allows(&self, presented: &[PresentedName]) -> bool {
+        presented.iter().any(|p| {
+            self.0.iter().any(|allowed| match p {
+                PresentedName::Dns(d) => d.eq_ignore_ascii_case(allowed),
+                PresentedName::CommonName(n) | PresentedName::Uri(n) | PresentedName::Email(n) => {
+                    n == allowed
+                }
+            })
+        })
+    }
+}
+
+/// Verifies a client certificate with the WebPki verifier (the chain to the client CA), then
+/// requires one of the allowed names.
+#[derive(Debug)]
+struct NameCheckingVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    allowed: Arc<AllowedNames>,
+}
+
+impl ClientCertVerifier for NameCheckingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let presented = presented_names(end_entity);
+        if self.allowed.allows(&presented) {
+            return Ok(verified);
+        }
+        // The certificate chains to the client CA, so its names are the CA's word, not the
+        // caller's: worth naming (a few, cut short) to find who holds it.
+        let names: Vec<String> = presented
+            .iter()
+            .take(8)
+            .map(|n| crate::text::clip(&n.to_string(), 128))
+            .collect();
+        tracing::debug!(
+            names = %names.join(", "),
+            "client certificate from the client CA refused: none of its names is in --client-allowed-names"
+        );
+        // The one failure WebPki never reports, so the listener can tell it apart.
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::ApplicationVerificationFailure,
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The client CAs of one version of the file, ready to verify with.
@@ -49,8 +201,13 @@ struct ClientCa {
 }
 
 impl ClientCa {
-    /// `what` names the file in errors.
-    fn parse(what: &str, pem: &[u8]) -> Result<Self, CertError> {
+    /// `what` names the file in errors. With `allowed`, a certificate must also carry one of
+    /// its names.
+    fn parse(
+        what: &str,
+        pem: &[u8],
+        allowed: Option<&Arc<AllowedNames>>,
+    ) -> Result<Self, CertError> {
         let certs = CertificateDer::pem_slice_iter(pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| CertError::Pem {
@@ -76,12 +233,18 @@ impl ClientCa {
                 })?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .map_err(|source| CertError::ClientVerifier {
                 what: what.into(),
                 source,
             })?;
+        if let Some(allowed) = allowed {
+            verifier = Arc::new(NameCheckingVerifier {
+                inner: verifier,
+                allowed: allowed.clone(),
+            });
+        }
         Ok(Self {
             verifier,
             cas: certs.len(),
@@ -94,6 +257,8 @@ impl ClientCa {
 struct ClientCaFile {
     path: PathBuf,
     reload_interval: Duration,
+    /// The names a certificate must carry; `None`: any certificate from the CA.
+    allowed: Option<Arc<AllowedNames>>,
     contents: Mutex<Contents>,
 }
 
@@ -136,13 +301,16 @@ impl ListenerTls {
                 metrics,
             }));
         };
+        let allowed = (!auth.allowed_names.is_empty())
+            .then(|| Arc::new(AllowedNames(auth.allowed_names.clone())));
         let pem = read(&auth.ca_file)?;
-        let ca = ClientCa::parse(&auth.ca_file.display().to_string(), &pem)?;
+        let ca = ClientCa::parse(&auth.ca_file.display().to_string(), &pem, allowed.as_ref())?;
         metrics.expires(CLIENT_CA, ca.not_after);
         let config = server_config(resolver.clone(), Some(ca.verifier))?;
         tracing::info!(
             client_ca_file = %auth.ca_file.display(),
             cas = ca.cas,
+            allowed_names = %auth.allowed_names.join(","),
             "webhook callers must present a client certificate"
         );
         Ok(Arc::new(Self {
@@ -150,6 +318,7 @@ impl ListenerTls {
             client_ca: Some(ClientCaFile {
                 path: auth.ca_file,
                 reload_interval: auth.reload_interval,
+                allowed,
                 contents: Mutex::new(Contents {
                     in_service: pem,
                     rejected: None,
@@ -186,7 +355,11 @@ impl ListenerTls {
         if contents.in_service == pem || contents.rejected.as_ref() == Some(&pem) {
             return Ok(false);
         }
-        let ca = match ClientCa::parse(&file.path.display().to_string(), &pem) {
+        let ca = match ClientCa::parse(
+            &file.path.display().to_string(),
+            &pem,
+            file.allowed.as_ref(),
+        ) {
             Ok(ca) => ca,
             Err(error) => {
                 contents.rejected = Some(pem);
@@ -234,7 +407,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        certs::{Pair, generate, generate_ca, issue_client},
+        certs::{ClientName, Pair, generate, generate_ca, issue_client, issue_client_with_names},
         telemetry::{assert_samples, registered},
     };
 
@@ -255,6 +428,15 @@ mod tests {
         client_ca_file: Option<&std::path::Path>,
         metrics: CertMetrics,
     ) -> Result<Listener, CertError> {
+        listener_allowing(client_ca_file, &[], metrics)
+    }
+
+    /// [`listener`], accepting only certificates that carry one of `allowed_names`.
+    fn listener_allowing(
+        client_ca_file: Option<&std::path::Path>,
+        allowed_names: &[&str],
+        metrics: CertMetrics,
+    ) -> Result<Listener, CertError> {
         let g = generate(&["a.example".into()], HOUR).unwrap();
         let serving = ServingCert::new(
             "test pair",
@@ -266,6 +448,7 @@ mod tests {
         let auth = client_ca_file.map(|path| ClientAuth {
             ca_file: path.to_owned(),
             reload_interval: Duration::from_secs(1),
+            allowed_names: allowed_names.iter().map(|n| (*n).to_owned()).collect(),
         });
         Ok(Listener {
             tls: ListenerTls::new(serving, auth, metrics)?,
@@ -331,12 +514,139 @@ mod tests {
         PathBuf,
         Listener,
     ) {
+        guarded_allowing(ca_pem, &[])
+    }
+
+    /// [`guarded`], accepting only certificates that carry one of `allowed_names`.
+    fn guarded_allowing(
+        ca_pem: &str,
+        allowed_names: &[&str],
+    ) -> (
+        prometheus_client::registry::Registry,
+        tempfile::TempDir,
+        PathBuf,
+        Listener,
+    ) {
         let (registry, metrics) = registered(CertMetrics::register);
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("client-ca.crt");
         std::fs::write(&file, ca_pem).unwrap();
-        let l = listener(Some(&file), metrics).unwrap();
+        let l = listener_allowing(Some(&file), allowed_names, metrics).unwrap();
         (registry, dir, file, l)
+    }
+
+    /// A client certificate from `ca` with common name `cn` and subjectAltNames `sans`.
+    fn client(ca: &Pair, cn: &str, sans: &[ClientName]) -> Pair {
+        issue_client_with_names(ca, cn, sans, HOUR).unwrap()
+    }
+
+    #[test]
+    fn with_allowed_names_only_a_certificate_naming_one_is_accepted() {
+        let ca = generate_ca(HOUR).unwrap();
+        let allowed = [
+            "kube-apiserver",
+            "apiserver.example",
+            "spiffe://cluster.local/ns/kube-system/sa/apiserver",
+            "apiserver@example.com",
+        ];
+        let (_registry, _dir, _file, l) = guarded_allowing(&ca.cert_pem, &allowed);
+        let dns = |n: &str| ClientName::Dns(n.into());
+        let accepted = [
+            ("the common name", client(&ca, "kube-apiserver", &[])),
+            (
+                "a DNS name",
+                client(&ca, "other", &[dns("apiserver.example")]),
+            ),
+            (
+                "a DNS name in capitals",
+                client(&ca, "other", &[dns("APIServer.Example")]),
+            ),
+            (
+                "a URI",
+                client(
+                    &ca,
+                    "other",
+                    &[ClientName::Uri(
+                        "spiffe://cluster.local/ns/kube-system/sa/apiserver".into(),
+                    )],
+                ),
+            ),
+            (
+                "an email address",
+                client(
+                    &ca,
+                    "other",
+                    &[ClientName::Email("apiserver@example.com".into())],
+                ),
+            ),
+            (
+                "one of several names",
+                client(
+                    &ca,
+                    "system:node:worker-1",
+                    &[dns("worker-1"), dns("apiserver.example")],
+                ),
+            ),
+        ];
+        for (what, pair) in &accepted {
+            handshake(&l, Some(pair)).unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+        let refused = [
+            (
+                "another name",
+                client(&ca, "system:node:worker-1", &[dns("worker-1")]),
+            ),
+            (
+                "a common name in capitals",
+                client(&ca, "KUBE-APISERVER", &[]),
+            ),
+            (
+                "a prefix of an allowed name",
+                client(&ca, "kube-apiserver-x", &[]),
+            ),
+            (
+                "an allowed name as a DNS suffix",
+                client(&ca, "x", &[dns("x.apiserver.example")]),
+            ),
+            // A name the CA never signed (a DNS name that is only the common name of another
+            // certificate) counts only where it is: here, a URI is not a DNS name.
+            (
+                "a URI that is an allowed DNS name",
+                client(
+                    &ca,
+                    "x",
+                    &[ClientName::Uri("https://apiserver.example".into())],
+                ),
+            ),
+        ];
+        for (what, pair) in &refused {
+            let error = handshake(&l, Some(pair)).expect_err(what);
+            assert!(
+                error.contains("ApplicationVerificationFailure"),
+                "{what}: {error}"
+            );
+        }
+        // An allowed name from another CA is still refused: the chain comes first.
+        let (_, foreign) = client_pki();
+        let error = handshake(&l, Some(&foreign)).unwrap_err();
+        assert!(
+            error.contains("invalid peer certificate")
+                && !error.contains("ApplicationVerificationFailure"),
+            "{error}"
+        );
+        assert!(handshake(&l, None).unwrap_err().contains("no certificates"));
+    }
+
+    #[test]
+    fn a_reloaded_client_ca_keeps_the_allowed_names() {
+        let (old_ca, _) = client_pki();
+        let new_ca = generate_ca(HOUR).unwrap();
+        let (_registry, _dir, file, l) = guarded_allowing(&old_ca.cert_pem, &["kube-apiserver"]);
+        std::fs::write(&file, &new_ca.cert_pem).unwrap();
+        assert!(l.tls.reload_client_ca().unwrap());
+        handshake(&l, Some(&client(&new_ca, "kube-apiserver", &[]))).unwrap();
+        let error = handshake(&l, Some(&client(&new_ca, "kubelet", &[]))).unwrap_err();
+        assert!(error.contains("ApplicationVerificationFailure"), "{error}");
     }
 
     #[test]

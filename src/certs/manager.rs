@@ -7,9 +7,14 @@
 //!   resourceVersion as precondition); a replica that loses the race reads the winner's;
 //! - a CA with less than a third of its life left is rotated the same way, the old one kept
 //!   as `ca-previous.crt` until it expires;
-//! - the caBundle of every webhook in `--webhook-configuration` is set to the bundle with
-//!   server-side apply (field manager `--field-manager`);
-//! - the serving certificate is issued off the async runtime and swapped into the listener.
+//! - a CA whose key cannot sign (`ca.key` missing, not PEM, of a type restatus cannot use, or
+//!   not the key of `ca.crt`) is replaced the same way, reported (an error log, a
+//!   `CAKeyUnusable` Event on the Secret, `restatus_certificate_ca_key_unusable_total`), and
+//!   its certificate kept in the bundle without a key until it expires;
+//! - the caBundle of every webhook in `--webhook-configuration` is read (what the API server
+//!   trusts) and set to the bundle with server-side apply (field manager `--field-manager`);
+//! - the serving certificate is issued off the async runtime, by a CA in the caBundle read,
+//!   and swapped into the listener.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -31,8 +36,8 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CertError, CertMetrics, GenerateError, Pair, ServingCert, Validity,
-    rotation::{self, CaState, CaStep, Leaf, LeafStep, Signer},
+    CaKeyError, CertError, CertMetrics, GenerateError, Pair, ServingCert, Validity,
+    rotation::{self, Ca, CaState, CaStep, Leaf, LeafStep, Signer},
 };
 use crate::error::{api_status_code, error_chain};
 
@@ -91,11 +96,15 @@ pub enum ManagerError {
     Serving(#[from] CertError),
     #[error("certificate generation stopped")]
     Join(#[from] tokio::task::JoinError),
-    #[error("the Secret {namespace}/{name} holds no usable {which} CA")]
-    NoCa {
-        which: &'static str,
+    #[error("the Secret {namespace}/{name} holds no CA that can sign")]
+    NoCa { namespace: String, name: String },
+    #[error("the key {key} of the Secret {namespace}/{name} cannot sign for its certificate")]
+    UnusableKey {
+        key: &'static str,
         namespace: String,
         name: String,
+        #[source]
+        source: CaKeyError,
     },
 }
 
@@ -106,11 +115,21 @@ pub struct SelfManaged {
     issued: Mutex<Issued>,
 }
 
-/// This replica's serving certificate, and the caBundle last published, which is what the
-/// API server trusts while the webhook configuration cannot be written.
+/// This replica's serving certificate, and the caBundle last read from the webhook
+/// configuration (or written to it): what the API server trusts. Kept while the webhook
+/// configuration cannot be read.
 struct Issued {
     leaf: Leaf,
-    published: Option<String>,
+    trusted: Option<String>,
+}
+
+/// What a publish found and did.
+struct Published {
+    /// The caBundle the API server trusts now: the one written, else the one read (the
+    /// certificates every webhook of the configuration holds); `None` when the configuration
+    /// could not be read.
+    trusted: Option<String>,
+    result: Result<(), ManagerError>,
 }
 
 /// The CA Secret and the webhook configuration, as the API server has them.
@@ -127,15 +146,43 @@ struct Read {
     /// `None` when the Secret does not exist.
     secret: Option<Secret>,
     state: CaState,
-    /// The current CA with its key, when usable.
+    /// The current CA with its key, when its key can sign.
     current: Option<Pair>,
-    /// The previous CA with its key, while it is carried.
+    /// The previous CA with its key, while it is carried and its key can sign.
     previous: Option<Pair>,
+    /// Why the current CA's key cannot sign, when its certificate is readable and it cannot.
+    unusable: Option<CaKeyError>,
 }
 
 fn data_str(secret: &Secret, key: &str) -> Option<String> {
     let bytes = secret.data.as_ref()?.get(key)?;
     String::from_utf8(bytes.0.clone()).ok()
+}
+
+fn data_bytes<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
+    Some(secret.data.as_ref()?.get(key)?.0.as_slice())
+}
+
+/// One CA of the Secret: its certificate (`None` when missing or unreadable, which is as
+/// good as no CA), and its key if that can sign for it, or why not.
+fn read_ca(secret: &Secret, cert: &str, key: &str) -> Option<(Ca, Result<Pair, CaKeyError>)> {
+    let cert_pem = data_str(secret, cert)?;
+    let validity = Validity::of_pem(cert_pem.as_bytes()).ok()?;
+    let pair = match data_bytes(secret, key) {
+        None => Err(CaKeyError::Missing),
+        Some(key_pem) => super::ca_signing_key(&cert_pem, key_pem).map(|_| Pair {
+            cert_pem: cert_pem.clone(),
+            // The key parsed from these bytes; anything around its PEM block that is not
+            // UTF-8 is replaced here, and skipped again when the key is parsed to sign.
+            key_pem: String::from_utf8_lossy(key_pem).into_owned(),
+        }),
+    };
+    let ca = Ca {
+        pem: cert_pem,
+        validity,
+        can_sign: pair.is_ok(),
+    };
+    Some((ca, pair))
 }
 
 fn read_state(secret: Option<Secret>) -> Read {
@@ -145,27 +192,27 @@ fn read_state(secret: Option<Secret>) -> Read {
             state: CaState::default(),
             current: None,
             previous: None,
+            unusable: None,
         };
     };
-    // A pair whose certificate does not parse is as good as none.
-    let pair = |cert: &str, key: &str| match (data_str(s, cert), data_str(s, key)) {
-        (Some(cert_pem), Some(key_pem)) => Validity::of_pem(cert_pem.as_bytes())
-            .ok()
-            .map(|v| (Pair { cert_pem, key_pem }, v)),
-        _ => None,
+    let (current, current_pair) = read_ca(s, CA_CERT, CA_KEY).unzip();
+    let (previous, previous_pair) = read_ca(s, CA_PREVIOUS, CA_PREVIOUS_KEY).unzip();
+    let (current_pair, unusable) = match current_pair {
+        Some(Ok(pair)) => (Some(pair), None),
+        Some(Err(e)) => (None, Some(e)),
+        None => (None, None),
     };
-    let current = pair(CA_CERT, CA_KEY);
-    let previous = pair(CA_PREVIOUS, CA_PREVIOUS_KEY);
     let state = CaState {
-        current: current.as_ref().map(|(p, v)| (p.cert_pem.clone(), *v)),
-        previous: previous.as_ref().map(|(p, v)| (p.cert_pem.clone(), *v)),
+        current,
+        previous,
         rotated_at: data_str(s, ROTATED_AT).and_then(|t| t.parse().ok()),
     };
     Read {
         secret,
         state,
-        current: current.map(|(p, _)| p),
-        previous: previous.map(|(p, _)| p),
+        current: current_pair,
+        previous: previous_pair.and_then(Result::ok),
+        unusable,
     }
 }
 
@@ -196,21 +243,23 @@ impl SelfManaged {
         };
         let now = Timestamp::now();
         let read = ca.ensure(now).await?;
-        let published = match ca.publish(&read, now).await {
-            Ok(bundle) => Some(bundle),
-            Err(error) => {
-                // Helm creates the webhook configuration after the Deployment: it may not
-                // exist yet. The next check publishes the bundle.
-                tracing::warn!(error = %error_chain(&error), "could not set the webhook's caBundle yet; retrying at the next check");
-                None
-            }
-        };
-        let signer = rotation::signer(
+        let published = ca.publish(&read, now).await;
+        if let Err(error) = &published.result {
+            // Helm creates the webhook configuration after the Deployment: it may not exist
+            // yet. The next check publishes the bundle.
+            tracing::warn!(error = %error_chain(error), "could not set the webhook's caBundle yet; retrying at the next check");
+        }
+        let trusted = published.trusted;
+        let step = rotation::leaf_step(
+            None,
             &read.state,
-            published.as_deref(),
+            trusted.as_deref(),
             ca.settings.check_interval,
             now,
         );
+        let LeafStep::Issue(signer) = step else {
+            return Err(ca.no_ca());
+        };
         let (leaf, pair) = ca.issue(&read, signer).await?;
         let serving = ServingCert::new(
             "the issued serving certificate",
@@ -222,7 +271,7 @@ impl SelfManaged {
         Ok(Arc::new(Self {
             ca,
             serving,
-            issued: Mutex::new(Issued { leaf, published }),
+            issued: Mutex::new(Issued { leaf, trusted }),
         }))
     }
 
@@ -260,22 +309,22 @@ impl SelfManaged {
     pub async fn reconcile(&self, now: Timestamp) -> Result<(), ManagerError> {
         let read = self.ca.ensure(now).await?;
         let mut issued = self.issued.lock().await;
-        let publish_error = match self.ca.publish(&read, now).await {
-            Ok(bundle) => {
-                issued.published = Some(bundle);
-                None
-            }
-            Err(error) => Some(error),
-        };
+        let published = self.ca.publish(&read, now).await;
+        if let Some(trusted) = published.trusted {
+            issued.trusted = Some(trusted);
+        }
+        let publish_error = published.result.err();
         let step = rotation::leaf_step(
             Some(&issued.leaf),
             &read.state,
-            issued.published.as_deref(),
+            issued.trusted.as_deref(),
             self.ca.settings.check_interval,
             now,
         );
-        let LeafStep::Issue(signer) = step else {
-            return publish_error.map_or(Ok(()), Err);
+        let signer = match step {
+            LeafStep::Keep => return publish_error.map_or(Ok(()), Err),
+            LeafStep::NoSigner => return Err(self.ca.no_ca()),
+            LeafStep::Issue(signer) => signer,
         };
         let (new_leaf, pair) = self.ca.issue(&read, signer).await?;
         self.serving.replace(
@@ -315,18 +364,21 @@ impl CaStore {
         }
     }
 
+    fn no_ca(&self) -> ManagerError {
+        ManagerError::NoCa {
+            namespace: self.settings.namespace.clone(),
+            name: self.settings.ca_secret.clone(),
+        }
+    }
+
     /// Issues a serving certificate signed by `signer`, off the async runtime.
     async fn issue(&self, read: &Read, signer: Signer) -> Result<(Leaf, Pair), ManagerError> {
-        let (ca, which) = match signer {
-            Signer::Current => (read.current.clone(), "current"),
-            Signer::Previous => (read.previous.clone(), "previous"),
+        let ca = match signer {
+            Signer::Current => read.current.clone(),
+            Signer::Previous => read.previous.clone(),
         };
         let Some(ca) = ca else {
-            return Err(ManagerError::NoCa {
-                which,
-                namespace: self.settings.namespace.clone(),
-                name: self.settings.ca_secret.clone(),
-            });
+            return Err(self.no_ca());
         };
         let hosts = self.settings.hosts.clone();
         let validity = self.settings.cert_validity;
@@ -357,15 +409,24 @@ impl CaStore {
         let mut data = BTreeMap::new();
         match step {
             CaStep::Keep => {}
-            CaStep::Create | CaStep::Rotate => {
+            CaStep::Create | CaStep::Rotate | CaStep::Replace => {
                 let validity = self.settings.ca_validity;
                 let ca = blocking(move || super::generate_ca(validity)).await?;
                 data.insert(CA_CERT.to_owned(), bytes(&ca.cert_pem));
                 data.insert(CA_KEY.to_owned(), bytes(&ca.key_pem));
-                if let (CaStep::Rotate, Some(old)) = (step, &read.current) {
-                    data.insert(CA_PREVIOUS.to_owned(), bytes(&old.cert_pem));
-                    data.insert(CA_PREVIOUS_KEY.to_owned(), bytes(&old.key_pem));
-                    data.insert(ROTATED_AT.to_owned(), bytes(&now.to_string()));
+                match (step, &read.current, &read.state.current) {
+                    (CaStep::Rotate, Some(old), _) => {
+                        data.insert(CA_PREVIOUS.to_owned(), bytes(&old.cert_pem));
+                        data.insert(CA_PREVIOUS_KEY.to_owned(), bytes(&old.key_pem));
+                        data.insert(ROTATED_AT.to_owned(), bytes(&now.to_string()));
+                    }
+                    // The old certificate stays trusted for the serving certificates it
+                    // signed; its key is not carried.
+                    (CaStep::Replace, _, Some(old)) => {
+                        data.insert(CA_PREVIOUS.to_owned(), bytes(&old.pem));
+                        data.insert(ROTATED_AT.to_owned(), bytes(&now.to_string()));
+                    }
+                    _ => {}
                 }
             }
             CaStep::DropPrevious => {
@@ -391,11 +452,14 @@ impl CaStore {
                 .get_opt(name)
                 .await
                 .map_err(self.secret_err("read"))?;
-            let read = read_state(secret);
+            let mut read = read_state(secret);
             let step = rotation::ca_step(&read.state, now);
+            if let (CaStep::Replace, Some(problem)) = (step, read.unusable.take()) {
+                self.report_unusable_key(problem).await;
+            }
             if step == CaStep::Keep {
-                if let Some((_, v)) = &read.state.current {
-                    self.metrics.expires("ca", v.not_after);
+                if let Some(ca) = &read.state.current {
+                    self.metrics.expires("ca", ca.validity.not_after);
                 }
                 return Ok(read);
             }
@@ -425,7 +489,7 @@ impl CaStore {
             match written {
                 Ok(_) => {
                     tracing::info!(step = ?step, secret = %name, "CA written");
-                    if step == CaStep::Rotate {
+                    if matches!(step, CaStep::Rotate | CaStep::Replace) {
                         self.metrics.rotated("ca");
                         let note = "a new CA signs serving certificates; the previous one stays in the caBundle until it expires".to_owned();
                         self.event(EventType::Normal, "CARotated", note).await;
@@ -444,9 +508,27 @@ impl CaStore {
         })
     }
 
-    /// Sets the caBundle of every webhook in the configuration to the CA bundle, unless it
-    /// already is. Returns the bundle the API server now has.
-    async fn publish(&self, read: &Read, now: Timestamp) -> Result<String, ManagerError> {
+    /// Reports a CA key that cannot sign: an error log and an Event naming the Secret and the
+    /// key, and a metric. The CA is replaced by the caller.
+    async fn report_unusable_key(&self, problem: CaKeyError) {
+        self.metrics.unusable_ca_key(problem.label());
+        let error = ManagerError::UnusableKey {
+            key: CA_KEY,
+            namespace: self.settings.namespace.clone(),
+            name: self.settings.ca_secret.clone(),
+            source: problem,
+        };
+        let error = error_chain(&error);
+        tracing::error!(%error, "the self-managed CA cannot sign; replacing it with a new CA");
+        let note = format!(
+            "{error}; a new CA replaces it, and the old certificate stays in the caBundle until it expires"
+        );
+        self.event(EventType::Warning, "CAKeyUnusable", note).await;
+    }
+
+    /// Reads the caBundle of the webhook configuration (what the API server trusts) and sets
+    /// it to the CA bundle, unless every webhook already has it.
+    async fn publish(&self, read: &Read, now: Timestamp) -> Published {
         let name = &self.settings.webhook_configuration;
         let webhook_err = |action| {
             let name = name.clone();
@@ -457,7 +539,15 @@ impl CaStore {
             }
         };
         let bundle = rotation::bundle(&read.state, now);
-        let config = self.webhooks.get(name).await.map_err(webhook_err("read"))?;
+        let config = match self.webhooks.get(name).await {
+            Ok(config) => config,
+            Err(e) => {
+                return Published {
+                    trusted: None,
+                    result: Err(webhook_err("read")(e)),
+                };
+            }
+        };
         let hooks = config.webhooks.unwrap_or_default();
         let has = |h: &MutatingWebhook| {
             h.client_config
@@ -466,10 +556,14 @@ impl CaStore {
                 .map(|b| String::from_utf8_lossy(&b.0).into_owned())
                 .unwrap_or_default()
         };
-        if !hooks.is_empty() && hooks.iter().all(|h| has(h) == bundle) {
-            return Ok(bundle);
+        let bundles: Vec<String> = hooks.iter().map(has).collect();
+        let trusted = rotation::common_bundle(bundles.iter().map(String::as_str));
+        if !hooks.is_empty() && bundles.iter().all(|b| *b == bundle) {
+            return Published {
+                trusted: Some(trusted),
+                result: Ok(()),
+            };
         }
-        let before = hooks.first().map(has).unwrap_or_default();
         let apply = json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "MutatingWebhookConfiguration",
@@ -480,17 +574,27 @@ impl CaStore {
             })).collect::<Vec<_>>()
         });
         let params = PatchParams::apply(&self.settings.field_manager).force();
-        self.webhooks
+        if let Err(e) = self
+            .webhooks
             .patch(name, &params, &Patch::Apply(&apply))
             .await
-            .map_err(webhook_err("patch"))?;
+        {
+            // Not written: the API server trusts what the configuration holds.
+            return Published {
+                trusted: Some(trusted),
+                result: Err(webhook_err("patch")(e)),
+            };
+        }
         let cas = rotation::pem_bodies(&bundle).len();
         tracing::info!(webhook_configuration = %name, cas, "caBundle updated");
-        if !before.is_empty() {
+        if bundles.first().is_some_and(|b| !b.is_empty()) {
             let note = format!("the caBundle of {name} now carries {cas} CA certificate(s)");
             self.event(EventType::Normal, "CABundleUpdated", note).await;
         }
-        Ok(bundle)
+        Published {
+            trusted: Some(bundle),
+            result: Ok(()),
+        }
     }
 
     /// An Event about the CA Secret, the object every replica shares.
@@ -509,5 +613,117 @@ impl CaStore {
         if let Err(e) = self.recorder.publish(&event, &reference).await {
             tracing::warn!(error = %error_chain(&e), "could not publish the {reason} event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::generate_ca;
+
+    fn secret(data: &[(&str, &[u8])]) -> Secret {
+        Secret {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn a_readable_ca_whose_key_cannot_sign_is_read_as_such_and_replaced() {
+        let ca = generate_ca(Duration::from_secs(3600)).unwrap();
+        let other = generate_ca(Duration::from_secs(3600)).unwrap();
+        let cert = ca.cert_pem.as_bytes();
+        type Data<'a> = Vec<(&'a str, &'a [u8])>;
+        let cases: [(&str, Data, Option<&str>); 5] = [
+            (
+                "usable",
+                vec![(CA_CERT, cert), (CA_KEY, ca.key_pem.as_bytes())],
+                None,
+            ),
+            ("no key", vec![(CA_CERT, cert)], Some("missing")),
+            (
+                "not UTF-8",
+                vec![(CA_CERT, cert), (CA_KEY, &[0xff, 0xfe])],
+                Some("not_pem"),
+            ),
+            (
+                "not PEM",
+                vec![(CA_CERT, cert), (CA_KEY, b"hunter2")],
+                Some("not_pem"),
+            ),
+            (
+                "another key",
+                vec![(CA_CERT, cert), (CA_KEY, other.key_pem.as_bytes())],
+                Some("mismatch"),
+            ),
+        ];
+        for (what, data, problem) in cases {
+            let read = read_state(Some(secret(&data)));
+            let current = read.state.current.as_ref().expect(what);
+            assert_eq!(current.can_sign, problem.is_none(), "{what}");
+            assert_eq!(read.current.is_some(), problem.is_none(), "{what}");
+            assert_eq!(
+                read.unusable.as_ref().map(CaKeyError::label),
+                problem,
+                "{what}"
+            );
+            let step = rotation::ca_step(&read.state, Timestamp::now());
+            let want = if problem.is_some() {
+                CaStep::Replace
+            } else {
+                CaStep::Keep
+            };
+            assert_eq!(step, want, "{what}");
+        }
+        // No readable certificate is no CA: made afresh.
+        for data in [
+            vec![],
+            vec![
+                (CA_CERT, b"garbage" as &[u8]),
+                (CA_KEY, ca.key_pem.as_bytes()),
+            ],
+        ] {
+            let read = read_state(Some(secret(&data)));
+            assert!(read.state.current.is_none());
+            assert_eq!(
+                rotation::ca_step(&read.state, Timestamp::now()),
+                CaStep::Create
+            );
+        }
+    }
+
+    #[test]
+    fn a_replaced_cas_certificate_is_carried_without_a_key_and_never_signs() {
+        let old = generate_ca(Duration::from_secs(3600)).unwrap();
+        let new = generate_ca(Duration::from_secs(3600)).unwrap();
+        let read = read_state(Some(secret(&[
+            (CA_CERT, new.cert_pem.as_bytes()),
+            (CA_KEY, new.key_pem.as_bytes()),
+            (CA_PREVIOUS, old.cert_pem.as_bytes()),
+        ])));
+        let previous = read.state.previous.as_ref().unwrap();
+        assert!(!previous.can_sign);
+        assert!(read.previous.is_none());
+        assert!(
+            read.unusable.is_none(),
+            "only the current CA's key is reported"
+        );
+        let bundle = rotation::bundle(&read.state, Timestamp::now());
+        assert_eq!(rotation::pem_bodies(&bundle).len(), 2, "both stay trusted");
+    }
+
+    #[test]
+    fn the_read_state_never_prints_a_key() {
+        let ca = generate_ca(Duration::from_secs(3600)).unwrap();
+        let read = read_state(Some(secret(&[
+            (CA_CERT, ca.cert_pem.as_bytes()),
+            (CA_KEY, ca.key_pem.as_bytes()),
+        ])));
+        super::super::assert_no_key(&format!("{:?}", read.state), &ca.key_pem);
+        super::super::assert_no_key(&format!("{:?}", read.current), &ca.key_pem);
     }
 }

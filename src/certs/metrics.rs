@@ -1,4 +1,5 @@
-//! Metrics of the certificates: when each expires, and how often each was replaced.
+//! Metrics of the certificates: when each expires, how often each was replaced, and CA keys
+//! found unusable.
 
 use jiff::Timestamp;
 
@@ -11,6 +12,7 @@ metric_group! {
     pub struct CertMetrics {
         expiry: Family<CertificateLabels, IntGauge> = family("certificate_expiry_timestamp_seconds", "When the certificate expires, in seconds since the Unix epoch, by certificate (serving, ca, client_ca)"),
         rotations: Family<CertificateLabels, Counter> = family("certificate_rotations", "Certificates replaced while running, by certificate (serving, ca, client_ca)"),
+        unusable_ca_keys: ReasonCounters = family("certificate_ca_key_unusable", "Checks that found the self-managed CA's key (ca.key of the CA Secret) unable to sign, by reason (missing, not_pem, unsupported, mismatch); the CA is then replaced"),
     }
 }
 
@@ -27,6 +29,11 @@ impl CertMetrics {
         self.rotations
             .get_or_create(&CertificateLabels { certificate })
             .inc();
+    }
+
+    /// A check found the CA key unusable, for `reason`.
+    pub fn unusable_ca_key(&self, reason: &'static str) {
+        count_reason(&self.unusable_ca_keys, reason);
     }
 }
 

@@ -18,8 +18,9 @@ use std::{net::IpAddr, path::Path, time::Duration};
 use jiff::Timestamp;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
 };
+use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
 
 pub use client_ca::{ClientAuth, ListenerTls};
 pub use manager::{ManagerError, SelfManaged, SelfManagedSettings};
@@ -29,7 +30,7 @@ pub use resolver::{CertError, FileSource, ServingCert};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
-    #[error("{0:?} is neither an IP address nor a valid DNS name")]
+    #[error("{0:?} is neither an IP address nor a valid DNS name, URI or email address")]
     Host(String),
     #[error("could not generate the {what}")]
     Rcgen {
@@ -45,6 +46,8 @@ pub enum GenerateError {
     },
     #[error("validity {0:?} is out of range")]
     Validity(Duration),
+    #[error("the CA cannot sign")]
+    CaKey(#[from] CaKeyError),
 }
 
 /// A DNS name as certificates carry it: dot-separated labels of letters, digits and '-',
@@ -62,6 +65,51 @@ fn is_dns_name(name: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
+}
+
+/// Why a CA's key cannot sign for its certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum CaKeyError {
+    #[error("the key is missing")]
+    Missing,
+    #[error("no PEM private key in it")]
+    NotPem(#[source] rustls_pki_types::pem::Error),
+    #[error(
+        "not a PKCS#8 private key of a type restatus signs with (ECDSA P-256 or P-384, Ed25519, RSA)"
+    )]
+    Unsupported(#[source] rcgen::Error),
+    #[error("the certificate is not a PEM X.509 certificate")]
+    Certificate,
+    #[error("the key does not belong to the certificate")]
+    Mismatch,
+}
+
+impl CaKeyError {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::NotPem(_) => "not_pem",
+            Self::Unsupported(_) => "unsupported",
+            Self::Certificate => "certificate",
+            Self::Mismatch => "mismatch",
+        }
+    }
+}
+
+/// The signing key of the CA certificate `cert_pem`, from the PEM in `key_pem`: a PKCS#8 key
+/// rcgen can sign with, whose public key is the certificate's.
+pub fn ca_signing_key(cert_pem: &str, key_pem: &[u8]) -> Result<KeyPair, CaKeyError> {
+    let der = PrivateKeyDer::from_pem_slice(key_pem).map_err(CaKeyError::NotPem)?;
+    let key = KeyPair::try_from(&der).map_err(CaKeyError::Unsupported)?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|_| CaKeyError::Certificate)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&pem.contents).map_err(|_| CaKeyError::Certificate)?;
+    if cert.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+        return Err(CaKeyError::Mismatch);
+    }
+    Ok(key)
 }
 
 /// A certificate and its private key, PEM encoded.
@@ -136,14 +184,22 @@ pub fn generate_ca(validity: Duration) -> Result<Pair, GenerateError> {
 enum Leaf<'a> {
     /// A serving certificate for DNS names or IP addresses.
     Serving(&'a [String]),
-    /// A client certificate for a name.
-    Client(&'a str),
+    /// A client certificate for a common name, with subjectAltNames.
+    Client(&'a str, &'a [ClientName]),
+}
+
+/// A subjectAltName of a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientName {
+    Dns(String),
+    Uri(String),
+    Email(String),
 }
 
 /// Makes a leaf certificate and its key, signed by `ca`.
 fn issue(ca: &Pair, leaf: Leaf<'_>, validity: Duration) -> Result<Pair, GenerateError> {
     let (not_before, not_after) = validity_window(validity)?;
-    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(rcgen_err("CA key"))?;
+    let ca_key = ca_signing_key(&ca.cert_pem, ca.key_pem.as_bytes())?;
     let issuer =
         Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(rcgen_err("CA certificate"))?;
     let mut params = CertificateParams::default();
@@ -171,8 +227,22 @@ fn issue(ca: &Pair, leaf: Leaf<'_>, validity: Duration) -> Result<Pair, Generate
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             ("serving key", "serving certificate")
         }
-        Leaf::Client(common_name) => {
+        Leaf::Client(common_name, alt_names) => {
             name.push(DnType::CommonName, common_name);
+            params.subject_alt_names = alt_names
+                .iter()
+                .map(|n| {
+                    let (text, san): (&str, fn(rcgen::string::Ia5String) -> SanType) = match n {
+                        ClientName::Dns(t) => (t, SanType::DnsName),
+                        ClientName::Uri(t) => (t, SanType::URI),
+                        ClientName::Email(t) => (t, SanType::Rfc822Name),
+                    };
+                    text.to_owned()
+                        .try_into()
+                        .map(san)
+                        .map_err(|_| GenerateError::Host(text.to_owned()))
+                })
+                .collect::<Result<_, _>>()?;
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             ("client key", "client certificate")
@@ -205,7 +275,17 @@ pub fn issue_client(
     common_name: &str,
     validity: Duration,
 ) -> Result<Pair, GenerateError> {
-    issue(ca, Leaf::Client(common_name), validity)
+    issue(ca, Leaf::Client(common_name, &[]), validity)
+}
+
+/// [`issue_client`] with subjectAltNames besides the common name.
+pub fn issue_client_with_names(
+    ca: &Pair,
+    common_name: &str,
+    alt_names: &[ClientName],
+    validity: Duration,
+) -> Result<Pair, GenerateError> {
+    issue(ca, Leaf::Client(common_name, alt_names), validity)
 }
 
 /// Makes a CA and a serving certificate for `hosts` (DNS names or IP addresses).
@@ -296,6 +376,19 @@ fn write_file(path: &Path, content: &[u8], private: bool) -> std::io::Result<()>
     file.write_all(content)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// `debug` shows nothing of the private key `key_pem`: neither its PEM, nor a line of its
+/// base64 body, nor its bytes as `{:?}` of a `Vec<u8>` prints them.
+#[cfg(test)]
+fn assert_no_key(debug: &str, key_pem: &str) {
+    assert!(!debug.contains("PRIVATE KEY"), "{debug}");
+    for line in key_pem.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!debug.contains(line), "a line of the key in {debug}");
+    }
+    let bytes = format!("{:?}", key_pem.as_bytes());
+    let start = &bytes[..bytes.len().min(40)];
+    assert!(!debug.contains(start), "the key's bytes in {debug}");
 }
 
 #[cfg(test)]
@@ -403,7 +496,82 @@ mod tests {
     #[test]
     fn pairs_never_print_their_key() {
         let ca = generate_ca(Duration::from_secs(60)).unwrap();
-        assert!(!format!("{ca:?}").contains("PRIVATE"));
+        assert_no_key(&format!("{ca:?}"), &ca.key_pem);
+        assert_no_key(&format!("{ca:#?}"), &ca.key_pem);
+        let key = ca_signing_key(&ca.cert_pem, ca.key_pem.as_bytes()).unwrap();
+        assert_no_key(&format!("{key:?}"), &ca.key_pem);
+    }
+
+    #[test]
+    fn a_ca_key_must_be_a_pem_key_of_its_certificate_that_can_sign() {
+        let ca = generate_ca(Duration::from_secs(60)).unwrap();
+        let other = generate_ca(Duration::from_secs(60)).unwrap();
+        let ed25519 = KeyPair::generate_for(&rcgen::PKCS_ED25519)
+            .unwrap()
+            .serialize_pem();
+        // A PKCS#1 block: PEM with a private key label, but not a form rcgen loads. Its body
+        // is not a real key: the form is refused before the contents are looked at.
+        let label = "RSA PRIVATE KEY";
+        let body = crate::text::base64_encode(b"not parsed: PKCS#1 is refused first");
+        let pkcs1 = format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n");
+        assert!(ca_signing_key(&ca.cert_pem, ca.key_pem.as_bytes()).is_ok());
+        let cases: [(&str, &[u8], &str); 6] = [
+            ("empty", b"", "not_pem"),
+            ("garbage", b"not a key", "not_pem"),
+            ("a certificate", ca.cert_pem.as_bytes(), "not_pem"),
+            ("PKCS#1", pkcs1.as_bytes(), "unsupported"),
+            ("another CA's key", other.key_pem.as_bytes(), "mismatch"),
+            ("a key of another type", ed25519.as_bytes(), "mismatch"),
+        ];
+        for (what, key, label) in cases {
+            let err = ca_signing_key(&ca.cert_pem, key).unwrap_err();
+            assert_eq!(err.label(), label, "{what}: {err}");
+        }
+        // Issuing with such a CA fails with the reason, never with a certificate.
+        let broken = Pair {
+            cert_pem: ca.cert_pem.clone(),
+            key_pem: other.key_pem.clone(),
+        };
+        let err = issue_serving(&broken, &["a.example".into()], Duration::from_secs(60));
+        assert!(matches!(
+            err,
+            Err(GenerateError::CaKey(CaKeyError::Mismatch))
+        ));
+    }
+
+    #[test]
+    fn client_certificates_carry_their_alternative_names() {
+        let ca = generate_ca(Duration::from_secs(60)).unwrap();
+        let names = [
+            ClientName::Dns("apiserver.example".into()),
+            ClientName::Uri("spiffe://cluster.local/apiserver".into()),
+            ClientName::Email("apiserver@example.com".into()),
+        ];
+        let client =
+            issue_client_with_names(&ca, "kube-apiserver", &names, Duration::from_secs(60))
+                .unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(client.cert_pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let sans = format!(
+            "{:?}",
+            cert.subject_alternative_name().unwrap().unwrap().value
+        );
+        for want in [
+            "apiserver.example",
+            "spiffe://cluster.local/apiserver",
+            "apiserver@example.com",
+        ] {
+            assert!(sans.contains(want), "{want} in {sans}");
+        }
+        assert!(matches!(
+            issue_client_with_names(
+                &ca,
+                "x",
+                &[ClientName::Dns("ü.example".into())],
+                Duration::from_secs(60)
+            ),
+            Err(GenerateError::Host(_))
+        ));
     }
 
     #[test]

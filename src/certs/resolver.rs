@@ -73,13 +73,21 @@ pub enum CertError {
     },
 }
 
-/// A certificate ready to serve, with what it was made from.
-#[derive(Debug)]
+/// A certificate ready to serve, with what it was made from. Its `Debug` shows the validity
+/// only: the key must never reach a log through `{:?}`.
 struct Loaded {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
     validity: Validity,
     key: Arc<CertifiedKey>,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("validity", &self.validity)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Loaded {
@@ -115,11 +123,19 @@ impl Loaded {
     }
 }
 
-/// The certificate the webhook listener serves. Cheap to share behind an `Arc`.
-#[derive(Debug)]
+/// The certificate the webhook listener serves. Cheap to share behind an `Arc`. Its `Debug`
+/// shows the validity only.
 pub struct ServingCert {
     current: RwLock<Arc<Loaded>>,
     metrics: CertMetrics,
+}
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCert")
+            .field("validity", &self.validity())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServingCert {
@@ -182,11 +198,21 @@ impl ResolvesServerCert for ServingCert {
 }
 
 /// The serving pair from `--tls-cert-file` and `--tls-key-file`, re-read when they change.
-#[derive(Debug)]
+/// Its `Debug` shows the paths and the validity, never the key.
 pub struct FileSource {
     cert_path: PathBuf,
     key_path: PathBuf,
     serving: Arc<ServingCert>,
+}
+
+impl std::fmt::Debug for FileSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSource")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .field("serving", &self.serving)
+            .finish()
+    }
 }
 
 pub(super) fn read(path: &Path) -> Result<Vec<u8>, CertError> {
@@ -348,6 +374,31 @@ mod tests {
         assert!(Arc::ptr_eq(&before, &s.serving().loaded().key));
         std::fs::write(dir.path().join("tls.crt"), "garbage").unwrap();
         assert!(matches!(s.reload(), Err(CertError::NoCertificate { .. })));
+    }
+
+    #[test]
+    fn nothing_that_holds_the_serving_key_prints_it() {
+        let (_registry, metrics) = registered(CertMetrics::register);
+        let (dir, source) = source(metrics);
+        let key_pem = std::fs::read_to_string(dir.path().join("tls.key")).unwrap();
+        let serving = source.serving();
+        let loaded = serving.loaded();
+        for debug in [
+            format!("{loaded:?}"),
+            format!("{serving:?}"),
+            format!("{source:?}"),
+            format!("{source:#?}"),
+        ] {
+            super::super::assert_no_key(&debug, &key_pem);
+            assert!(
+                debug.contains("not_after"),
+                "the validity is shown: {debug}"
+            );
+        }
+        assert!(
+            format!("{source:?}").contains("tls.key"),
+            "the paths are shown"
+        );
     }
 
     #[test]

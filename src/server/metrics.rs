@@ -11,6 +11,9 @@ pub enum HandshakeFailure {
     /// The caller's certificate does not chain to the client CA (or is expired, or not for
     /// client authentication).
     UntrustedClientCertificate,
+    /// The caller's certificate chains to the client CA but carries none of
+    /// `--client-allowed-names`.
+    ClientNameNotAllowed,
     /// The caller refused restatus's serving certificate (a `caBundle` that does not hold
     /// restatus's CA, or a certificate without the name the caller asked for).
     ServerCertificateRejected,
@@ -25,6 +28,7 @@ impl HandshakeFailure {
         match self {
             Self::NoClientCertificate => "no_client_certificate",
             Self::UntrustedClientCertificate => "untrusted_client_certificate",
+            Self::ClientNameNotAllowed => "client_name_not_allowed",
             Self::ServerCertificateRejected => "server_certificate_rejected",
             Self::Timeout => "timeout",
             Self::Other => "other",
@@ -55,7 +59,7 @@ metric_group! {
     #[derive(Clone, Debug)]
     pub struct ServerMetrics {
         connections_refused: Counter = counter("webhook_connections_refused", "Webhook connections closed as soon as they were accepted, because --max-connections were open"),
-        handshake_failures: ReasonCounters = family("tls_handshake_failures", "TLS handshakes of the webhook listener that failed, by reason (no_client_certificate, untrusted_client_certificate, server_certificate_rejected, timeout, other)"),
+        handshake_failures: ReasonCounters = family("tls_handshake_failures", "TLS handshakes of the webhook listener that failed, by reason (no_client_certificate, untrusted_client_certificate, client_name_not_allowed, server_certificate_rejected, timeout, other)"),
         connections_closed: ReasonCounters = family("webhook_connections_closed", "Webhook connections restatus closed, by reason (idle: no request for --idle-timeout; header_read: HTTP/1.1 headers not complete within --header-read-timeout)"),
         requests_refused: ReasonCounters = family("webhook_requests_refused", "Requests answered before reaching the handler, by reason (body_budget: 503, no room within --max-inflight-body-bytes; body_timeout: 408, body not complete within --body-read-timeout)"),
         connections: IntGauge = gauge("webhook_connections", "Webhook connections open, TLS handshakes in progress included"),

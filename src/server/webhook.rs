@@ -34,7 +34,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use rustls::{AlertDescription, ServerConfig};
+use rustls::{AlertDescription, CertificateError, ServerConfig};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -318,6 +318,11 @@ fn handshake_failure(error: &std::io::Error) -> HandshakeFailure {
     };
     match tls {
         rustls::Error::NoCertificatesPresented => HandshakeFailure::NoClientCertificate,
+        // The client CA's verifier reports a certificate without an allowed name this way
+        // (WebPki never does).
+        rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure) => {
+            HandshakeFailure::ClientNameNotAllowed
+        }
         rustls::Error::InvalidCertificate(_) => HandshakeFailure::UntrustedClientCertificate,
         rustls::Error::AlertReceived(
             AlertDescription::BadCertificate
@@ -509,9 +514,15 @@ mod tests {
         );
         assert_eq!(
             handshake_failure(&io(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer
+                CertificateError::UnknownIssuer
             ))),
             HandshakeFailure::UntrustedClientCertificate
+        );
+        assert_eq!(
+            handshake_failure(&io(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure
+            ))),
+            HandshakeFailure::ClientNameNotAllowed
         );
         assert_eq!(
             handshake_failure(&io(rustls::Error::AlertReceived(
