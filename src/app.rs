@@ -310,7 +310,8 @@ impl App {
             &args.store.cluster_name,
             store_metrics,
             keyring,
-        )?;
+        )?
+        .require_sealed(args.store.require_sealed);
         store.warm_up(WARM_UP_BUDGET).await;
 
         let global = global_policy(&args);

@@ -30,6 +30,23 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Write a CA and a serving certificate (ca.crt, tls.crt, tls.key) for local use.
     Certs(CertsArgs),
+    /// Seal every record with the keyring's first key: records written before encryption was
+    /// turned on, and records sealed with an older key. Run it before --require-sealed, and
+    /// after a key rotation to retire the old key.
+    #[command(
+        after_help = "Example:\n  restatus reseal --redis-url redis://redis:6379 --encryption-key-file /etc/restatus/keyring --dry-run"
+    )]
+    Reseal(ResealArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ResealArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+
+    /// Only count what would be sealed; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -318,6 +335,12 @@ pub struct StoreArgs {
     /// Time budget of each Redis call made by the restore worker.
     #[arg(long, env = "RESTATUS_REDIS_WORKER_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub redis_worker_timeout: Duration,
+
+    /// Refuse a stored status that is not sealed, so that no one who can write Redis plants a
+    /// status: its object is not restored, and the refusal is counted. Needs
+    /// --encryption-key-file; turn it on once `restatus reseal` has sealed every record.
+    #[arg(long, env = "RESTATUS_REQUIRE_SEALED", default_value_t = false, action = clap::ArgAction::Set, requires = "encryption_key_file")]
+    pub require_sealed: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -7,6 +7,7 @@
 //! - [`app`] builds the program from [`config`] and runs its parts;
 //! - [`admission`] (the webhook), [`restore`] (the worker), [`certs`] and [`server`] are the
 //!   parts; none of them imports another;
+//! - [`cli`] holds the commands that run once over the store (`reseal`);
 //! - [`store`] (Redis) and, below it, [`policy`] (decisions and the watch caches) serve the
 //!   parts;
 //! - [`telemetry`], [`patch`], [`error`], [`text`] and [`duration`] are the leaves.
@@ -14,6 +15,7 @@
 pub mod admission;
 pub mod app;
 pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod error;

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use restatus::{
     app::App,
-    certs,
-    config::{Cli, Command, ServeArgs},
+    certs, cli,
+    config::{Cli, Command, ResealArgs, ServeArgs},
     error::error_chain,
+    store::{Keyring, Store, StoreMetrics},
     telemetry,
 };
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,7 @@ async fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Serve(args) => serve(*args).await,
+        Command::Reseal(args) => reseal(args).await,
         Command::Certs(args) => {
             let written = certs::generate(&args.hosts, args.validity)
                 .and_then(|generated| certs::write(&args.out, &generated));
@@ -58,6 +60,36 @@ async fn serve(args: ServeArgs) -> ExitCode {
             tracing::error!(error = %error_chain(&error), "restatus failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn reseal(args: ResealArgs) -> ExitCode {
+    let fail = |error: &dyn std::error::Error| {
+        eprintln!("restatus reseal: {}", error_chain(error));
+        ExitCode::FAILURE
+    };
+    let Some(path) = &args.store.encryption_key_file else {
+        eprintln!("restatus reseal: --encryption-key-file is required: the keyring to seal with");
+        return ExitCode::FAILURE;
+    };
+    let keyring = match Keyring::load(path) {
+        Ok(keyring) => keyring,
+        Err(error) => return fail(&error),
+    };
+    let mut registry = telemetry::registry();
+    let store = match Store::connect(
+        &args.store.redis_url,
+        &args.store.key_prefix,
+        &args.store.cluster_name,
+        StoreMetrics::register(&mut registry),
+        Some(std::sync::Arc::new(keyring)),
+    ) {
+        Ok(store) => store,
+        Err(error) => return fail(&error),
+    };
+    match cli::reseal(&store, args.dry_run, &mut std::io::stderr()).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
     }
 }
 

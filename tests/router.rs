@@ -616,6 +616,7 @@ async fn reclaiming_goes_on_past_jobs_other_consumers_still_work_on() {
             record_uid: String::new(),
             created_at: now,
             deadline: now,
+            retry: false,
             inline: false,
             request_uid: String::new(),
             policy: None,

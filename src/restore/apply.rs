@@ -208,7 +208,7 @@ pub fn step(
             Step::Finish(Finished::NotOurs)
         };
     }
-    if live.failed {
+    if live.failed && !job.retry {
         return Step::Finish(Finished::AlreadyFailed);
     }
     if job.inline {
@@ -217,7 +217,8 @@ pub fn step(
             None => Step::Finish(Finished::NoRecord),
         };
     }
-    if live.pending.is_none() {
+    // A dead letter queued again by hand restores into the object it failed on.
+    if live.pending.is_none() && !(live.failed && job.retry) {
         return Step::Finish(if live.restored {
             Finished::AlreadyRestored
         } else {
@@ -764,6 +765,7 @@ mod tests {
             record_uid: "u".into(),
             created_at: Timestamp::now(),
             deadline: Timestamp::now(),
+            retry: false,
             inline: false,
             request_uid: String::new(),
             policy: None,
@@ -882,6 +884,10 @@ mod tests {
         };
         let inline = RestoreJob {
             inline: true,
+            ..bound()
+        };
+        let retry = RestoreJob {
+            retry: true,
             ..bound()
         };
         let cases: Vec<StepCase<'_>> = vec![
@@ -1005,6 +1011,14 @@ mod tests {
                 Some(cancelled),
                 at(1),
                 Step::Finish(Finished::Cancelled),
+            ),
+            (
+                "a failed restore queued again by hand",
+                &retry,
+                Some(&rec),
+                Some(failed),
+                at(90),
+                Step::Patch(saved.clone()),
             ),
             (
                 "the record was forgotten",

@@ -337,6 +337,19 @@ impl Worker {
             JobKind::Unmark { .. } => None,
             JobKind::Restore => match self.store.get(&job.identity, budget).await {
                 Ok(record) => record,
+                Err(error) if error.is_permanent() => {
+                    // What is stored cannot be used (corrupt, not sealed while sealing is
+                    // required, sealed with a key the keyring lacks): retrying will not help.
+                    let reason = error_chain(&error);
+                    tracing::warn!(identity = %job.identity, %reason, "the saved status cannot be used; moved to the dead-letter stream");
+                    self.applier().report_failure(job, &reason).await;
+                    self.metrics.finished(Finished::DeadLettered);
+                    if let Err(error) = self.release(job).await {
+                        tracing::debug!(error = %error_chain(&error), "could not end the job's hold on its object");
+                    }
+                    self.dead_letter(delivery, &reason, None).await;
+                    return;
+                }
                 Err(error) => {
                     self.retry_or_give_up(delivery, job, None, &error_chain(&error))
                         .await;

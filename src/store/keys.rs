@@ -84,6 +84,11 @@ impl KeySchema {
         )
     }
 
+    /// A `SCAN MATCH` pattern of every record of this cluster under this prefix.
+    pub fn record_pattern(&self) -> String {
+        format!("{}:rec:{{{}|*", glob_escape(&self.prefix), self.cluster)
+    }
+
     /// The restore job stream.
     pub fn queue(&self) -> String {
         format!("{}:queue:{{{}}}", self.prefix, self.cluster)
@@ -112,6 +117,18 @@ fn escape(part: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// `text` with the characters of Redis glob patterns escaped.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The slot-determining part of a key, as Redis Cluster computes it.
@@ -215,6 +232,16 @@ mod tests {
         assert_eq!(
             keys.record(&id("", "services", Some("web"), "lb")),
             "restatus:rec:{prod||services|web|lb}"
+        );
+    }
+
+    #[test]
+    fn the_record_pattern_matches_this_clusters_records_only() {
+        let keys = KeySchema::new("restatus", "prod");
+        assert_eq!(keys.record_pattern(), "restatus:rec:{prod|*");
+        assert_eq!(
+            KeySchema::new("a*b[c]", "prod").record_pattern(),
+            "a\\*b\\[c\\]:rec:{prod|*"
         );
     }
 

@@ -13,6 +13,7 @@ metric_group! {
         redis_errors: Family<CommandLabels, Counter> = family("redis_errors", "Redis calls that failed or ran out of time, by command"),
         records_written: Counter = counter("records_written", "Status records written to the store"),
         records_skipped: ReasonCounters = family("records_skipped", "Status records not written, by reason (unchanged, stale)"),
+        unsealed_refused: Counter = counter("unsealed_records_refused", "Stored statuses refused because they are not sealed while --require-sealed is on"),
     }
 }
 
@@ -26,6 +27,11 @@ impl StoreMetrics {
         if !ok {
             self.redis_errors.get_or_create(&labels).inc();
         }
+    }
+
+    /// A stored status that is not sealed was refused.
+    pub fn unsealed_refused(&self) {
+        self.unsealed_refused.inc();
     }
 
     /// What one record write did.
@@ -61,6 +67,7 @@ mod tests {
         m.record_written(WriteOutcome::Unchanged);
         m.record_written(WriteOutcome::Stale);
         m.record_written(WriteOutcome::Stale);
+        m.unsealed_refused();
         assert_samples(
             &registry,
             &[
@@ -69,6 +76,7 @@ mod tests {
                 "restatus_records_written_total 1",
                 "restatus_records_skipped_total{reason=\"unchanged\"} 1",
                 "restatus_records_skipped_total{reason=\"stale\"} 2",
+                "restatus_unsealed_records_refused_total 1",
             ],
         );
     }

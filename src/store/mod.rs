@@ -25,7 +25,7 @@ pub use keys::{KeySchema, ObjectIdentity};
 pub use metrics::StoreMetrics;
 pub use queue::{Delivery, JobError, JobKind, QueueReader, Reclaimed, RestoreJob, new_job_id};
 pub use record::{DecodeRecordError, Record, RecordWrite, Source, WriteOutcome, canonical, digest};
-pub use seal::{Keyring, KeyringError, OpenError, SealError};
+pub use seal::{Keyring, KeyringError, OpenError, SealError, sealed_with};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -56,6 +56,10 @@ pub enum StoreError {
         #[source]
         source: OpenError,
     },
+    #[error(
+        "the status of record {key} is not sealed, and sealing is required (--require-sealed): it was not written by restatus, or not since `restatus reseal`"
+    )]
+    Unsealed { key: String },
     #[error("the status of record {key} cannot be sealed")]
     Seal {
         key: String,
@@ -68,6 +72,46 @@ pub enum StoreError {
     Random,
     #[error("Redis script on {key} answered {answer:?}")]
     UnexpectedAnswer { key: String, answer: String },
+    #[error("resealing needs an encryption keyring (--encryption-key-file)")]
+    NoKeyring,
+}
+
+impl StoreError {
+    /// Whether the error is in what is stored, not in reaching Redis: retrying will not help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt { .. }
+                | StoreError::Sealed { .. }
+                | StoreError::Unsealed { .. }
+                | StoreError::Seal { .. }
+                | StoreError::EncodeJob(_)
+        )
+    }
+}
+
+/// Replaces a record's status (and its digest) only if it is still the one read, so a write
+/// that came in meanwhile is never overwritten. KEYS[1] record; ARGV: the status read, the new
+/// status, the new digest. Returns 1 when it replaced it.
+const RESEAL_SCRIPT: &str = r#"
+if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'digest', ARGV[3])
+return 1
+"#;
+
+/// What [`Store::reseal`] did so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resealed {
+    /// Records looked at.
+    pub scanned: u64,
+    /// Records sealed anew with the current key (from plain JSON or an older key).
+    pub resealed: u64,
+    /// Records already sealed with the current key.
+    pub current: u64,
+    /// Records written meanwhile (by restatus, which seals): left as they are.
+    pub changed: u64,
+    /// Records whose status could not be opened or read: left as they are.
+    pub failed: Vec<String>,
 }
 
 /// Compares the new status with what is stored and writes it when it is newer and different.
@@ -208,6 +252,8 @@ pub struct Store {
     metrics: StoreMetrics,
     /// Seals saved statuses at rest when configured.
     keyring: Option<Arc<Keyring>>,
+    /// Refuse a stored status that is not sealed (with a keyring only).
+    require_sealed: bool,
     record_script: Arc<Script>,
     expire_script: Arc<Script>,
     mark_restored_script: Arc<Script>,
@@ -247,11 +293,20 @@ impl Store {
             keys,
             metrics,
             keyring,
+            require_sealed: false,
             record_script: Arc::new(Script::new(RECORD_SCRIPT)),
             expire_script: Arc::new(Script::new(EXPIRE_SCRIPT)),
             mark_restored_script: Arc::new(Script::new(MARK_RESTORED_SCRIPT)),
             release_job_script: Arc::new(Script::new(RELEASE_JOB_SCRIPT)),
         })
+    }
+
+    /// Refuses, from now on, a stored status that is not sealed: with a keyring, after every
+    /// record was sealed (`restatus reseal`), so that no one who can write Redis plants one.
+    /// Without a keyring it changes nothing.
+    pub fn require_sealed(mut self, required: bool) -> Self {
+        self.require_sealed = required && self.keyring.is_some();
+        self
     }
 
     /// Runs one Redis call within `budget`, with its latency and errors counted.
@@ -400,6 +455,8 @@ impl Store {
 
     /// The status text and digest to store for `status` in the record `key`: sealed and
     /// with a keyed digest when a keyring is configured, plain JSON and SHA-256 otherwise.
+    /// `key` is what the sealed text is bound to: the record's key, or another context for a
+    /// copy kept elsewhere (a dead letter), which then never opens as the record.
     fn seal(&self, key: &str, status: &Value) -> Result<(String, String), StoreError> {
         let json = status.to_string();
         match &self.keyring {
@@ -412,15 +469,21 @@ impl Store {
                             key: key.to_owned(),
                             source,
                         })?;
-                Ok((sealed, keyring.digest(&canonical(status))))
+                Ok((sealed, keyring.digest(key, &canonical(status))))
             }
         }
     }
 
     /// The plain JSON of a stored status (sealed ones are opened; plain ones written before
-    /// encryption was turned on are read as they are).
+    /// encryption was turned on are read as they are, unless sealing is required).
     fn open(&self, key: &str, stored: &str) -> Result<String, StoreError> {
         if !seal::is_sealed(stored) {
+            if self.require_sealed {
+                self.metrics.unsealed_refused();
+                return Err(StoreError::Unsealed {
+                    key: key.to_owned(),
+                });
+            }
             return Ok(stored.to_owned());
         }
         let sealed = |source| StoreError::Sealed {
@@ -562,5 +625,112 @@ impl Store {
             .send("mark_restored", &key, budget, &invocation)
             .await?;
         Ok(changed == 1)
+    }
+
+    /// Seals every record of this cluster with the keyring's current key: records written
+    /// before encryption was turned on, and records sealed with an older key. Each record is
+    /// replaced only if it did not change since it was read. Calls `progress` after each batch.
+    /// With `dry_run`, only counts what it would do.
+    pub async fn reseal(
+        &self,
+        dry_run: bool,
+        budget: Duration,
+        mut progress: impl FnMut(&Resealed),
+    ) -> Result<Resealed, StoreError> {
+        let keyring = self.keyring.clone().ok_or(StoreError::NoKeyring)?;
+        let script = Script::new(RESEAL_SCRIPT);
+        let pattern = self.keys.record_pattern();
+        let mut conn = self.conn.clone();
+        let mut done = Resealed::default();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .send(
+                    "scan",
+                    &pattern,
+                    budget,
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            if !keys.is_empty() {
+                let mut read = redis::pipe();
+                for key in &keys {
+                    read.cmd("HGET").arg(key).arg("status");
+                }
+                let stored: Vec<Option<String>> =
+                    self.send("hget", &pattern, budget, &read).await?;
+                let mut writes: Vec<(String, String, String, String)> = Vec::new();
+                for (key, stored) in keys.into_iter().zip(stored) {
+                    done.scanned += 1;
+                    let Some(stored) = stored else {
+                        // Expired or forgotten since the scan saw it.
+                        done.changed += 1;
+                        continue;
+                    };
+                    if sealed_with(&stored) == Some(keyring.sealing_id()) {
+                        done.current += 1;
+                        continue;
+                    }
+                    let plain = if seal::is_sealed(&stored) {
+                        keyring
+                            .open(&key, &stored)
+                            .ok()
+                            .and_then(|p| String::from_utf8(p).ok())
+                    } else {
+                        Some(stored.clone())
+                    };
+                    let Some(status) = plain.and_then(|p| serde_json::from_str::<Value>(&p).ok())
+                    else {
+                        done.failed.push(key);
+                        continue;
+                    };
+                    let (sealed, digest) = self.seal(&key, &status)?;
+                    writes.push((key, stored, sealed, digest));
+                }
+                if dry_run {
+                    done.resealed += writes.len() as u64;
+                } else if !writes.is_empty() {
+                    script
+                        .load_async(&mut conn)
+                        .await
+                        .map_err(|source| StoreError::Redis {
+                            command: "script_load",
+                            key: pattern.clone(),
+                            source,
+                        })?;
+                    let mut write = redis::pipe();
+                    let invocations: Vec<ScriptInvocation<'_>> = writes
+                        .iter()
+                        .map(|(key, old, new, digest)| {
+                            let mut invocation = script.prepare_invoke();
+                            invocation.key(key).arg(old).arg(new).arg(digest);
+                            invocation
+                        })
+                        .collect();
+                    for invocation in &invocations {
+                        write.invoke_script(invocation);
+                    }
+                    let replaced: Vec<i64> = self.send("reseal", &pattern, budget, &write).await?;
+                    for replaced in replaced {
+                        if replaced == 1 {
+                            done.resealed += 1;
+                        } else {
+                            done.changed += 1;
+                        }
+                    }
+                }
+                progress(&done);
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(done)
     }
 }

@@ -66,6 +66,10 @@ pub struct RestoreJob {
     pub created_at: Timestamp,
     /// After this, a job whose object never appeared is dropped.
     pub deadline: Timestamp,
+    /// Set by hand on a dead letter queued again: the job restores into its object even
+    /// though an earlier delivery marked it `restatus.io/restore: failed`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
     /// The status was already put into the object by the CREATE's patch (a type that keeps
     /// status on create); the worker only confirms and reports.
     #[serde(default)]
@@ -77,6 +81,11 @@ pub struct RestoreJob {
     /// (absent in jobs queued by older versions: the worker's global policy applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<RestorePolicy>,
+}
+
+/// What a dead letter's copy of a record's status is sealed for: not the record's key.
+pub fn dead_letter_context(record_key: &str) -> String {
+    format!("{record_key}#dead-letter")
 }
 
 /// A new job id: 128 random bits in hex.
@@ -238,9 +247,16 @@ impl Store {
         let dead = self.keys.dead_letters();
         let deliveries = delivery.deliveries.to_string();
         let failed_at = Timestamp::now().to_string();
-        // Sealed like the record it came from, for the same object's record key.
+        // Sealed like the record it came from, but for a context of its own: a dead letter's
+        // copy never opens as the record, so it cannot be replayed into it.
         let status = match (saved_status, &delivery.job) {
-            (Some(status), Ok(job)) => Some(self.seal(&self.keys.record(&job.identity), status)?.0),
+            (Some(status), Ok(job)) => Some(
+                self.seal(
+                    &dead_letter_context(&self.keys.record(&job.identity)),
+                    status,
+                )?
+                .0,
+            ),
             _ => None,
         };
         let mut fields: Vec<(&str, &str)> = vec![

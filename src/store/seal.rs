@@ -3,9 +3,16 @@
 //!
 //! A sealed value is `enc:v1:<key id>:<base64 of nonce ‖ ciphertext ‖ tag>`. The record's
 //! Redis key is the additional authenticated data, so a sealed status cannot be moved to
-//! another object's record. With a keyring, the digest that detects unchanged statuses is an
-//! HMAC-SHA256 under a key derived from the sealing key, not a plain hash of the status,
-//! which would let anyone with Redis access guess low-entropy statuses.
+//! another object's record (nor a dead letter's copy, sealed for its own context, into a
+//! record). With a keyring, the digest that detects unchanged statuses is an HMAC-SHA256 of
+//! the record key and the status under a key derived from the sealing key: not a plain hash of
+//! the status, which would let anyone with Redis access guess low-entropy statuses, and not
+//! the same for equal statuses of two objects.
+//!
+//! Sealing is confidentiality and integrity of what restatus wrote. A value without the
+//! sealed prefix is read as plain JSON (records written before encryption was turned on)
+//! unless sealing is required, after `restatus reseal` has sealed every record: then anyone
+//! who can write Redis cannot plant a status.
 //!
 //! The keyring file holds one key per line, `<id>:<base64 of 32 random bytes>`; `#` starts a
 //! comment. `head -c 32 /dev/urandom | base64` makes a key.
@@ -187,9 +194,14 @@ impl Keyring {
         Ok(plain.to_vec())
     }
 
-    /// A keyed digest of `canonical` (the status with sorted keys).
-    pub fn digest(&self, canonical: &[u8]) -> String {
-        let tag = hmac::sign(&self.keys[0].digest, canonical);
+    /// A keyed digest of `canonical` (the status with sorted keys) in the record `aad`.
+    pub fn digest(&self, aad: &str, canonical: &[u8]) -> String {
+        let mut context = hmac::Context::with_key(&self.keys[0].digest);
+        // The key's length first, so that no key and status run into another pair.
+        context.update(&(aad.len() as u64).to_be_bytes());
+        context.update(aad.as_bytes());
+        context.update(canonical);
+        let tag = context.sign();
         let mut hex = String::with_capacity(tag.as_ref().len() * 2 + 5);
         hex.push_str(&self.keys[0].id);
         hex.push(':');
@@ -198,6 +210,14 @@ impl Keyring {
         }
         hex
     }
+}
+
+/// The sealed prefix and the id of the key a stored value was sealed with, if it is sealed.
+pub fn sealed_with(stored: &str) -> Option<&str> {
+    stored
+        .strip_prefix(PREFIX)?
+        .split_once(':')
+        .map(|(id, _)| id)
 }
 
 /// True when a stored status is sealed.
@@ -269,10 +289,14 @@ mod tests {
     fn digests_are_keyed() {
         let a = Keyring::parse(A).unwrap();
         let b = Keyring::parse(B).unwrap();
-        assert_eq!(a.digest(b"{}"), a.digest(b"{}"));
-        assert_ne!(a.digest(b"{}"), a.digest(b"{ }"));
-        assert_ne!(a.digest(b"{}"), b.digest(b"{}"));
-        assert!(a.digest(b"{}").starts_with("a:"));
+        assert_eq!(a.digest("rec:x", b"{}"), a.digest("rec:x", b"{}"));
+        assert_ne!(a.digest("rec:x", b"{}"), a.digest("rec:x", b"{ }"));
+        assert_ne!(a.digest("rec:x", b"{}"), b.digest("rec:x", b"{}"));
+        assert!(a.digest("rec:x", b"{}").starts_with("a:"));
+        // Equal statuses of two records do not show as equal.
+        assert_ne!(a.digest("rec:x", b"{}"), a.digest("rec:y", b"{}"));
+        // The record key and the status cannot trade bytes.
+        assert_ne!(a.digest("rec:x", b"1{}"), a.digest("rec:x1", b"{}"));
     }
 
     #[test]
