@@ -277,6 +277,17 @@ fn encryption_at_rest_mounts_the_keyring_and_passes_the_flag() {
         .expect("the keyring volume");
     assert_eq!(volume["secret"]["secretName"], "restatus-keyring");
     assert_eq!(volume["secret"]["items"][0]["path"], "keyring");
+    assert!(args.contains("--require-sealed=false"), "{args}");
+    let strict = container_args(&[
+        "--set",
+        "encryption.existingSecret=restatus-keyring",
+        "--set",
+        "encryption.requireSealed=true",
+    ]);
+    assert!(
+        strict.iter().any(|a| a == "--require-sealed=true"),
+        "{strict:?}"
+    );
     let defaults = defaults();
     let args = one(&defaults, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
         .to_string();

@@ -9,7 +9,9 @@ use super::{
     watch::{Cache, InvalidReporter, Watch},
 };
 
-/// The namespaces of the cluster, metadata only (a metadata watch); `overrides(name)` gives
+/// The namespaces of the cluster, metadata only: an `Api<PartialObjectMeta<_>>` asks the API
+/// server for PartialObjectMetadata (kube sets the Accept header), so neither the list, the
+/// watch nor the cache carries specs or statuses. `overrides(name)` gives
 /// a namespace's policy annotations. Empty (no namespace level applies) without a
 /// Kubernetes API.
 pub type NamespaceCache = Cache<PartialObjectMeta<Namespace>>;
