@@ -206,19 +206,17 @@ impl Admission {
         }
     }
 
-    /// Room to parse the statuses `req` carries, held until the review is answered; `None`
-    /// when there is none soon. A status beyond the limits takes none: it is not parsed.
-    async fn parse_room(&self, req: &Request<'_>) -> Option<Option<OwnedSemaphorePermit>> {
-        if req.dry_run || !matches!(req.sub_resource.as_deref(), None | Some("status")) {
-            return Some(None);
-        }
-        let limits = self.settings.limits;
-        let values: usize = [&req.object, &req.old_object]
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o.status)
-            .filter_map(|raw| review::values(raw, limits))
-            .sum();
+    /// Room to parse the status the plan of `req` reads, held until the review is answered;
+    /// `None` when there is none soon. A status beyond the limits takes none: it is not
+    /// parsed.
+    async fn parse_room(
+        &self,
+        req: &Request<'_>,
+        type_info: TypeInfo,
+    ) -> Option<Option<OwnedSemaphorePermit>> {
+        let values = plan::parsed_status(req, type_info)
+            .and_then(|raw| review::values(raw, self.settings.limits))
+            .unwrap_or(0);
         if values == 0 {
             return Some(None);
         }
@@ -263,7 +261,7 @@ impl Admission {
             &req.resource.resource,
         );
         let resolved = self.resolve(req);
-        let Some(_room) = self.parse_room(req).await else {
+        let Some(_room) = self.parse_room(req, type_info).await else {
             tracing::warn!(
                 "no room to parse this review's status within --max-inflight-status-values; allowed unrecorded"
             );

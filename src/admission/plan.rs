@@ -319,6 +319,29 @@ fn conflicting(req: &Request<'_>) -> bool {
     matches!((version(&req.object), version(&req.old_object)), (Some(new), Some(old)) if new != old)
 }
 
+/// The status [`plan`] parses for `req`, if any: the new one of a status write or a CREATE of
+/// a type that keeps status, the stored one (or, for a type that keeps status, the new one)
+/// of a main-resource update, the old one of a DELETE.
+pub fn parsed_status<'r>(
+    req: &'r Request<'_>,
+    type_info: TypeInfo,
+) -> Option<&'r serde_json::value::RawValue> {
+    if req.dry_run {
+        return None;
+    }
+    let obj = match (&req.operation, req.sub_resource.as_deref(), type_info) {
+        (Operation::Update, Some("status"), _)
+        | (Operation::Update | Operation::Create, None, TypeInfo::KeepsStatusOnCreate) => {
+            req.object.as_ref()
+        }
+        (Operation::Update, None, TypeInfo::DropsStatusOnCreate) | (Operation::Delete, None, _) => {
+            req.old_object.as_ref()
+        }
+        _ => None,
+    };
+    obj.and_then(|o| o.status)
+}
+
 /// Decides what a review asks for.
 pub fn plan(req: &Request<'_>, ctx: &Context<'_>) -> Plan {
     if req.dry_run {
@@ -715,6 +738,49 @@ mod tests {
         bare["metadata"].as_object_mut().unwrap().remove("uid");
         let w = recorded(review("UPDATE", Some("status"), bare, stored), &CTX());
         assert_eq!(w.uid, "uid-1");
+    }
+
+    #[test]
+    fn the_status_parsed_is_the_one_the_plan_reads() {
+        let o = obj(json!({"from": "object"}), "1");
+        let old = obj(json!({"from": "old"}), "1");
+        let cases = [
+            (
+                "UPDATE",
+                Some("status"),
+                TypeInfo::DropsStatusOnCreate,
+                Some("object"),
+            ),
+            ("UPDATE", None, TypeInfo::DropsStatusOnCreate, Some("old")),
+            (
+                "UPDATE",
+                None,
+                TypeInfo::KeepsStatusOnCreate,
+                Some("object"),
+            ),
+            ("DELETE", None, TypeInfo::DropsStatusOnCreate, Some("old")),
+            ("CREATE", None, TypeInfo::DropsStatusOnCreate, None),
+            (
+                "CREATE",
+                None,
+                TypeInfo::KeepsStatusOnCreate,
+                Some("object"),
+            ),
+            ("UPDATE", Some("scale"), TypeInfo::DropsStatusOnCreate, None),
+        ];
+        for (op, sub, type_info, want) in cases {
+            let r = request(review(op, sub, o.clone(), old.clone()));
+            let got = parsed_status(&r, type_info).map(|raw| {
+                serde_json::from_str::<Value>(raw.get()).unwrap()["from"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            });
+            assert_eq!(got.as_deref(), want, "{op} {sub:?} {type_info:?}");
+        }
+        let mut dry = review("UPDATE", Some("status"), o, old);
+        dry["request"]["dryRun"] = json!(true);
+        assert!(parsed_status(&request(dry), TypeInfo::DropsStatusOnCreate).is_none());
     }
 
     #[test]

@@ -315,14 +315,20 @@ impl Worker {
     }
 
     /// Handles one delivery to its end: acknowledged, left for a retry, or dead-lettered.
-    #[tracing::instrument(skip_all, fields(job = %delivery.id, request = tracing::field::Empty))]
+    #[tracing::instrument(skip_all, fields(entry = %delivery.id, job = tracing::field::Empty, request = tracing::field::Empty))]
     async fn process(&self, delivery: &Delivery) {
         let budget = self.settings.redis_timeout;
         let job = match &delivery.job {
             Ok(job) => {
                 // The uid of the CREATE's review, as the webhook logged it.
                 let request = clip(&job.request_uid, LOG_FIELD_CHARS);
-                tracing::Span::current().record("request", tracing::field::display(request));
+                let span = tracing::Span::current();
+                span.record("request", tracing::field::display(request));
+                // The id the object carries in restatus.io/restore-job.
+                span.record(
+                    "job",
+                    tracing::field::display(clip(&job.id, LOG_FIELD_CHARS)),
+                );
                 job
             }
             Err(error) => {
