@@ -3,7 +3,16 @@
 //!
 //! This is the only module that reads [`crate::config`]; it hands plain values down.
 
-use std::{collections::HashMap, future::Future, path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::Router;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
@@ -95,6 +104,8 @@ pub struct App {
     client_ca: Option<Arc<certs::ListenerTls>>,
     admin: Router,
     ready: Arc<Readiness>,
+    /// Set once the policy caches have synced: until then reviews are allowed unrecorded.
+    synced: Arc<AtomicBool>,
     certificates: Certificates,
     caches: Caches,
     worker: Option<Arc<Worker>>,
@@ -348,6 +359,8 @@ impl App {
                 watches: None,
             },
         };
+        // Without a Kubernetes API there are no caches to wait for.
+        let synced = Arc::new(AtomicBool::new(caches.watches.is_none()));
         let own_user = match &client {
             Some(client) => own_username(client).await,
             None => None,
@@ -366,6 +379,7 @@ impl App {
             admission::Sources {
                 crds: caches.crds.clone(),
                 namespaces: caches.namespaces.clone(),
+                synced: synced.clone(),
                 access,
                 reporter,
                 metrics: policy_metrics,
@@ -420,8 +434,21 @@ impl App {
             admin_listener,
             webhook,
             client_ca,
-            admin: server::admin_router(Arc::new(registry), ready.clone()),
+            admin: server::admin_router(
+                Arc::new(registry),
+                vec![
+                    ("the webhook listener is not serving", {
+                        let ready = ready.clone();
+                        Arc::new(move || ready.get())
+                    }),
+                    ("the CRD and namespace caches have not synced", {
+                        let synced = synced.clone();
+                        Arc::new(move || synced.load(Ordering::SeqCst))
+                    }),
+                ],
+            ),
             ready,
+            synced,
             certificates,
             caches,
             worker,
@@ -470,26 +497,32 @@ impl App {
                 .await
                 .map_err(TaskError::Admin)
         });
-        let (listener, webhook, ready, stop) =
-            (self.webhook_listener, self.webhook, self.ready, shutdown);
-        tasks.spawn("the webhook listener", async move {
-            // Serve, and be ready, only once the policy caches hold the cluster's CRDs and
-            // namespaces: a review answered before would miss their annotations (a
-            // namespace's `policy: disabled`, `exclude-fields`, `restore-for`). Until then the
-            // API server's calls fail and are ignored (failurePolicy: Ignore).
-            let synced = async { tokio::join!(crds.synced(), namespaces.synced()) };
-            tokio::pin!(synced);
+        let synced = self.synced;
+        tasks.spawn_until_shutdown("the policy cache sync", |stop| async move {
+            // Reviews are answered, and restatus is ready, only once the policy caches hold
+            // the cluster's CRDs and namespaces: a review answered before would miss their
+            // annotations (a namespace's `policy: disabled`, `exclude-fields`,
+            // `restore-for`). Until then reviews are allowed unrecorded.
+            let both = async { tokio::join!(crds.synced(), namespaces.synced()) };
+            tokio::pin!(both);
             let waiting = tokio::time::Instant::now();
             loop {
                 tokio::select! {
-                    _ = &mut synced => break,
-                    () = stop.cancelled() => return Ok(()),
+                    _ = &mut both => break,
+                    () = stop.cancelled() => return,
                     () = tokio::time::sleep(CACHE_SYNC_WARN_EVERY) => tracing::warn!(
                         waited_s = waiting.elapsed().as_secs(),
-                        "not serving yet: the CRD and namespace caches have not synced (can restatus list and watch customresourcedefinitions and namespaces? see the watch errors above); /readyz stays unready until they do"
+                        "not ready: the CRD and namespace caches have not synced (can restatus list and watch customresourcedefinitions and namespaces? see the watch errors above); reviews are allowed unrecorded until they do"
                     ),
                 }
             }
+            synced.store(true, Ordering::SeqCst);
+            tracing::info!("the CRD and namespace caches have synced");
+            stop.cancelled().await;
+        });
+        let (listener, webhook, ready, stop) =
+            (self.webhook_listener, self.webhook, self.ready, shutdown);
+        tasks.spawn("the webhook listener", async move {
             server::serve_tls(listener, webhook, ready, stop, grace).await;
             Ok(())
         });

@@ -894,6 +894,7 @@ impl Installed {
             admin_port,
             key_prefix: prefix.clone(),
             name: format!("{}-restatus", release.namespace),
+            wait_ready: true,
         };
         let restatus = Restatus::launch(launch, None).await;
         ChartEnv {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::{core::v1::Namespace, events::v1::Event};
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
+    api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
 };
 use restatus::policy::{
     ANNOTATION_EXCLUDE_FIELDS, ANNOTATION_FIELDS, ANNOTATION_MODE, ANNOTATION_POLICY,
@@ -25,7 +25,11 @@ use support::{
     cluster::{
         self, Env, EnvOptions, TestType, WAIT, kubernetes_cluster, patch_status, wait_restored,
     },
-    eventually, identity,
+    eventually, fixture, helm,
+    http::{self, Alpn, TlsClient},
+    identity,
+    redis::RedisServer,
+    restatus::{Options, Restatus},
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -637,4 +641,103 @@ async fn a_restore_cancelled_by_taking_the_marker_off_writes_nothing() {
     let live = api.get("moved").await.unwrap();
     assert!(!live.annotations().contains_key(ANNOTATION_RESTORED_AT));
     assert_eq!(status_of(&live), Some(&json!({"phase": "Fresh"})));
+}
+
+#[tokio::test]
+async fn restatus_is_unready_and_records_nothing_until_its_policy_caches_have_synced() {
+    let client = cluster::client().await;
+    let ns = support::unique("unsynced");
+    cluster::create_namespace(&client, &ns).await;
+    // restatus may watch CRDs, but not (yet) namespaces: the namespace cache cannot sync.
+    let role = |name: &str, resources: Value| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": name}, "rules": resources})
+    };
+    let binding = |name: &str| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": name},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+               "subjects": [{"kind": "ServiceAccount", "name": "limited", "namespace": ns}]})
+    };
+    let crds = format!("{ns}-crds");
+    let namespaces = format!("{ns}-namespaces");
+    let account =
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "limited"}});
+    let crd_role = role(
+        &crds,
+        json!([{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]}]),
+    );
+    helm::create_all(&client, &ns, &[&account, &crd_role, &binding(&crds)]).await;
+    let (kubeconfig, _dir) = identity::token_kubeconfig(&client, &ns, "limited").await;
+    let redis = RedisServer::start().await;
+    let mut opts = Options::new(redis.url());
+    opts.kubeconfig = Some(kubeconfig);
+    opts.args = vec!["--restore-worker=false".into()];
+    opts.wait_ready = false;
+    let r = Restatus::start(opts).await;
+
+    eventually(
+        WAIT,
+        "the namespace watch to fail for want of RBAC",
+        || async {
+            r.log_text()
+                .contains("Namespace watch failed")
+                .then_some(())
+        },
+    )
+    .await;
+    let ready = http::get(&r.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(
+        ready
+            .body
+            .contains("the CRD and namespace caches have not synced"),
+        "{}",
+        ready.body
+    );
+    // A review is answered at once, allowed, and nothing is recorded on the global policy
+    // alone: the namespace could have said `policy: disabled`.
+    let tls = TlsClient::new(&r.ca_file(), Alpn::Http2);
+    let review = fixture("reviews/kc-update-status.json");
+    let answer = r.review_allowed(&tls, &review).await;
+    assert!(!answer.body.contains("\"patch\""), "{}", answer.body);
+    assert_eq!(
+        r.metric("restatus_admission_requests_total{operation=\"UPDATE\",outcome=\"not_ready\"}")
+            .await,
+        1.0
+    );
+    assert!(redis.keys("*").await.is_empty(), "nothing recorded");
+
+    // Once restatus may watch namespaces, the cache syncs and it is ready.
+    let ns_role = role(
+        &namespaces,
+        json!([{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]),
+    );
+    helm::create_all(&client, &ns, &[&ns_role, &binding(&namespaces)]).await;
+    eventually(WAIT, "restatus to be ready", || async {
+        let ready = http::get(&r.admin_url("/readyz")).await.ok()?;
+        (ready.status == 200).then_some(())
+    })
+    .await;
+    let mut again = review.clone();
+    again["request"]["uid"] = json!("after-sync");
+    r.review_allowed(&tls, &again).await;
+    assert_eq!(
+        r.metric("restatus_admission_requests_total{operation=\"UPDATE\",outcome=\"recorded\"}")
+            .await,
+        1.0
+    );
+    for (kind, name) in [
+        ("ClusterRoleBinding", &crds),
+        ("ClusterRoleBinding", &namespaces),
+        ("ClusterRole", &crds),
+        ("ClusterRole", &namespaces),
+    ] {
+        let resource = match kind {
+            "ClusterRole" => ApiResource::erase::<k8s_openapi::api::rbac::v1::ClusterRole>(&()),
+            _ => ApiResource::erase::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(&()),
+        };
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
 }

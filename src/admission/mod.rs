@@ -8,7 +8,13 @@ mod metrics;
 mod plan;
 pub mod review;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Json, Router,
@@ -72,6 +78,9 @@ pub struct Settings {
 pub struct Sources {
     pub crds: CrdCache,
     pub namespaces: NamespaceCache,
+    /// Whether both caches have synced: until then a review would miss the namespace's and
+    /// the CRD's annotations, so it is allowed unrecorded.
+    pub synced: Arc<AtomicBool>,
     /// Asks whether a creator may write status; `None` without a Kubernetes API, in which
     /// case only `restore-for: creators` restores.
     pub access: Option<AccessChecker>,
@@ -98,6 +107,8 @@ enum Outcome {
     AccessUnknown,
     /// No room to parse the status within --max-inflight-status-values soon enough.
     Busy,
+    /// The policy caches have not synced yet: allowed unrecorded.
+    NotReady,
     RetentionStarted,
     Error,
 }
@@ -117,6 +128,7 @@ impl Outcome {
             Outcome::NotPermitted => "not_permitted",
             Outcome::AccessUnknown => "access_check_failed",
             Outcome::Busy => "busy",
+            Outcome::NotReady => "not_ready",
             Outcome::RetentionStarted => "retention_started",
             Outcome::Error => "error",
         }
@@ -255,6 +267,15 @@ impl Admission {
     )]
     pub async fn review(&self, req: &Request<'_>) -> Response {
         let start = Instant::now();
+        if !self.sources.synced.load(Ordering::SeqCst) {
+            tracing::debug!("the policy caches have not synced; allowed unrecorded");
+            self.metrics.answered(
+                operation_label(&req.operation),
+                Outcome::NotReady.label(),
+                start.elapsed(),
+            );
+            return Response::allow(&req.uid);
+        }
         let type_info = self.sources.crds.type_info(
             &req.resource.group,
             &req.resource.version,

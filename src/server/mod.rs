@@ -33,8 +33,9 @@ use crate::telemetry;
 pub use metrics::ServerMetrics;
 pub use webhook::{Limits, TlsConfigSource, Webhook, serve_tls};
 
-/// Ready means the TLS listener accepts connections. Redis health is a metric, not a
-/// readiness condition: a Redis outage must not take every replica out of the Service.
+/// Whether the TLS listener accepts connections: a condition of readiness, with the policy
+/// caches having synced. Redis health is a metric, not a readiness condition: a Redis outage
+/// must not take every replica out of the Service.
 #[derive(Debug, Default)]
 pub struct Readiness(AtomicBool);
 
@@ -48,26 +49,42 @@ impl Readiness {
     }
 }
 
+/// A condition of readiness: what is wrong while it does not hold, and whether it holds.
+pub type Condition = (&'static str, Arc<dyn Fn() -> bool + Send + Sync>);
+
 #[derive(Clone)]
 struct AdminState {
     registry: Arc<Registry>,
-    ready: Arc<Readiness>,
+    ready: Arc<[Condition]>,
 }
 
-/// `/livez`, `/readyz` and `/metrics` (every metric group registered in `registry`).
-pub fn admin_router(registry: Arc<Registry>, ready: Arc<Readiness>) -> Router {
+/// `/livez`, `/readyz` and `/metrics` (every metric group registered in `registry`). `/readyz`
+/// answers 200 when every condition of `ready` holds, else 503 naming those that do not.
+pub fn admin_router(registry: Arc<Registry>, ready: Vec<Condition>) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AdminState { registry, ready })
+        .with_state(AdminState {
+            registry,
+            ready: ready.into(),
+        })
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.ready.get() {
-        (StatusCode::OK, "ok\n")
+    let waiting: Vec<&str> = state
+        .ready
+        .iter()
+        .filter(|(_, holds)| !holds())
+        .map(|(what, _)| *what)
+        .collect();
+    if waiting.is_empty() {
+        (StatusCode::OK, "ok\n".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", waiting.join("; ")),
+        )
     }
 }
 

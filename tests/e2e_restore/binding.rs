@@ -305,3 +305,32 @@ async fn with_one_of_two_replicas_killed_during_a_storm_every_object_is_restored
         "only {reported} of {OBJECTS} restores reported"
     );
 }
+
+#[tokio::test]
+async fn a_status_write_that_was_recorded_but_never_stored_is_written_again() {
+    // The webhook queues the job; no worker takes it until the scene is set.
+    let env = Env::start(EnvOptions::webhook_only()).await;
+    let api = env.clusters();
+    let saved = saved_status();
+    let created = super::recreate_pending(&env, "lost-write", &saved).await;
+    // A replica killed in the middle of its status patch: the patch passed admission, so
+    // the record was adopted by the new incarnation, but the API server never stored it.
+    let id = env.kc_id("lost-write");
+    let key = env.keys.record(&id);
+    let mut conn = env.redis.conn().await;
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("uid")
+        .arg(created.uid().unwrap())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let live = api.get("lost-write").await.unwrap();
+    assert_eq!(status_of(&live), None, "the write never landed");
+
+    // The job, delivered now, decides from the live object: it writes the status again.
+    let worker = env.start_replica("worker", &[]).await;
+    let restored = wait_restored(&api, "lost-write").await;
+    assert_eq!(status_of(&restored), Some(&saved));
+    wait_outcome(&worker, "restored", 1.0).await;
+}

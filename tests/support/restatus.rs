@@ -18,6 +18,8 @@ pub struct Options {
     pub kubeconfig: Option<PathBuf>,
     /// The webhook port, when a test must know it before restatus starts; else a free one.
     pub port: Option<u16>,
+    /// Wait for `/readyz` (else only for `/livez`) before returning.
+    pub wait_ready: bool,
 }
 
 impl Options {
@@ -29,6 +31,7 @@ impl Options {
             key_prefix: super::unique("t"),
             kubeconfig: None,
             port: None,
+            wait_ready: true,
         }
     }
 }
@@ -51,6 +54,8 @@ pub struct Launch {
     pub key_prefix: String,
     /// Name used for the log file in `target/test-logs/`.
     pub name: String,
+    /// Wait for `/readyz` (else only for `/livez`).
+    pub wait_ready: bool,
 }
 
 impl Restatus {
@@ -90,6 +95,7 @@ impl Restatus {
             admin_port,
             key_prefix: opts.key_prefix,
             name: opts.name,
+            wait_ready: opts.wait_ready,
         };
         Self::launch(launch, Some(certs)).await
     }
@@ -121,7 +127,11 @@ impl Restatus {
             log,
             child: Some(child),
         };
-        let url = me.admin_url("/readyz");
+        let url = me.admin_url(if launch.wait_ready {
+            "/readyz"
+        } else {
+            "/livez"
+        });
         let ready = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 if let Ok(r) = super::http::get(&url).await

@@ -84,6 +84,7 @@ pub fn harness_with(
     let sources = admission::Sources {
         crds: CrdCache::empty(),
         namespaces: NamespaceCache::default(),
+        synced: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         access: None,
         reporter: InvalidReporter::new(None, policy_metrics.clone()),
         metrics: policy_metrics,
