@@ -170,22 +170,13 @@ async fn large_array_status_writes_through_the_api_server_take_little_memory() {
     assert_eq!(within("4194304.0"), count, "every review fits 4 MiB");
 }
 
-/// Sends 64 status writes of 98,000 zeros (196 KB each, within --max-status-values) at
-/// once to a restatus started with `args`; returns how much its peak RSS grew and how many
-/// reviews went on unrecorded for want of room.
-async fn many_statuses_at_once(args: &[&str]) -> (u64, usize) {
-    let redis = RedisServer::start().await;
-    let mut opts = Options::new(redis.url());
-    opts.args = args.iter().map(|a| (*a).to_owned()).collect();
-    let r = Restatus::start(opts).await;
-    let client = TlsClient::new(&r.ca_file(), Alpn::Http2);
-    r.review_allowed(&client, &fixture("reviews/kc-update-status.json"))
-        .await;
-    let before = r.peak_rss();
-    let bodies: Vec<String> = (0..64)
+/// Sends `n` status writes of 98,000 zeros (196 KB each, within --max-status-values) at once
+/// to `r`; returns how many went on unrecorded for want of room to parse them.
+async fn statuses_at_once(r: &Restatus, n: usize) -> usize {
+    let bodies: Vec<String> = (0..n)
         .map(|i| flat_array_review(&format!("many-{i}"), 196_000))
         .collect();
-    let answers = send_all(&r, bodies).await;
+    let answers = send_all(r, bodies).await;
     let mut busy = 0;
     for answer in &answers {
         assert_eq!(answer["response"]["allowed"], true);
@@ -193,20 +184,60 @@ async fn many_statuses_at_once(args: &[&str]) -> (u64, usize) {
         assert!(!warnings.contains("--max-status-values"), "{warnings}");
         busy += usize::from(warnings.contains("at once"));
     }
-    (r.peak_rss().saturating_sub(before), busy)
+    busy
 }
 
 #[tokio::test]
-async fn many_statuses_at_once_are_parsed_within_the_inflight_budget() {
-    let (grown, busy) = many_statuses_at_once(&[]).await;
+async fn statuses_are_parsed_only_within_the_inflight_budget() {
+    let redis = RedisServer::start().await;
+    // Room for one status of 98,001 values at a time; a Redis that holds each review for up to
+    // a second keeps the room taken while the others wait.
+    let mut opts = Options::new(redis.url());
+    opts.args = vec![
+        "--max-inflight-status-values=100000".into(),
+        "--redis-timeout=1s".into(),
+    ];
+    let r = Restatus::start(opts).await;
+    let client = TlsClient::new(&r.ca_file(), Alpn::Http2);
+    r.review_allowed(&client, &fixture("reviews/kc-update-status.json"))
+        .await;
+    redis.pause();
+    let busy = statuses_at_once(&r, 8).await;
+    redis.resume();
+    // One took the room and waited for Redis; the others found none within 200 ms.
+    assert_eq!(busy, 7, "reviews that went on unrecorded");
+    assert_eq!(
+        r.metric("restatus_admission_requests_total{operation=\"UPDATE\",outcome=\"busy\"}")
+            .await,
+        7.0
+    );
+    // With Redis answering, the room is given back as each review is answered.
+    let busy = statuses_at_once(&r, 8).await;
+    assert!(
+        busy < 8,
+        "{busy} of 8 went on unrecorded with Redis answering"
+    );
+}
+
+#[tokio::test]
+async fn many_statuses_at_once_take_bounded_memory() {
+    let redis = RedisServer::start().await;
+    let r = Restatus::start(Options::new(redis.url())).await;
+    let client = TlsClient::new(&r.ca_file(), Alpn::Http2);
+    r.review_allowed(&client, &fixture("reviews/kc-update-status.json"))
+        .await;
+    let before = r.peak_rss();
+    let busy = statuses_at_once(&r, 64).await;
+    let grown = r.peak_rss().saturating_sub(before);
     eprintln!(
         "peak RSS grew by {:.1} MiB with 64 statuses of 98,001 values at once ({busy} went on unrecorded)",
         grown as f64 / MIB as f64
     );
     assert!(grown < 96 * MIB, "peak RSS grew by {grown} bytes");
 }
+
 #[tokio::test]
-async fn one_review_at_the_value_limit_takes_a_few_mib() {
+async fn a_status_just_within_the_value_limit_is_recorded_in_a_few_mib() {
     let redis = RedisServer::start().await;
     let r = Restatus::start(Options::new(redis.url())).await;
     let client = TlsClient::new(&r.ca_file(), Alpn::Http2);
@@ -227,6 +258,11 @@ async fn one_review_at_the_value_limit_takes_a_few_mib() {
         let before = r.peak_rss();
         let answers = send_all(&r, vec![body]).await;
         assert_eq!(answers[0]["response"]["allowed"], true);
+        assert!(
+            answers[0]["response"].get("warnings").is_none(),
+            "{what}: {}",
+            answers[0]
+        );
         let by = r.peak_rss().saturating_sub(before);
         eprintln!(
             "one review of {what}: peak RSS grew by {:.1} MiB",
@@ -235,4 +271,10 @@ async fn one_review_at_the_value_limit_takes_a_few_mib() {
         grown.push(by);
     }
     assert!(grown.iter().all(|g| *g < 16 * MIB), "{grown:?}");
+    assert_eq!(
+        r.metric("restatus_admission_requests_total{operation=\"UPDATE\",outcome=\"recorded\"}")
+            .await,
+        3.0,
+        "the warm-up and both statuses at the limit are recorded"
+    );
 }
