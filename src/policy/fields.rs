@@ -41,7 +41,7 @@ impl Token {
     fn matches_index(&self, index: usize) -> bool {
         match self {
             Token::Any => true,
-            Token::Key(k) => k.parse::<usize>().is_ok_and(|i| i == index) && !k.starts_with('+'),
+            Token::Key(k) => as_index(k) == Some(index),
         }
     }
 
@@ -49,9 +49,17 @@ impl Token {
     fn is_index(&self) -> bool {
         match self {
             Token::Any => false,
-            Token::Key(k) => k.parse::<usize>().is_ok() && !k.starts_with('+'),
+            Token::Key(k) => as_index(k).is_some(),
         }
     }
+}
+
+/// The array index a token names, written as RFC 6901 writes one: decimal digits, without a
+/// sign or leading zeros (`01` and `+1` are keys only).
+fn as_index(token: &str) -> Option<usize> {
+    let canonical =
+        token.bytes().all(|b| b.is_ascii_digit()) && (token == "0" || !token.starts_with('0'));
+    if canonical { token.parse().ok() } else { None }
 }
 
 /// A parsed pattern such as `/conditions/*/observedGeneration`.
@@ -544,6 +552,163 @@ mod tests {
             select_all(&list, &[&patterns(&["/list/1"]), &patterns(&["/list/1"])]),
             json!({"list": [3]})
         );
+    }
+
+    /// One step of a path into a document.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Key(String),
+        Index(usize),
+    }
+
+    /// Every scalar of `value` with its path, in document order.
+    fn leaves(value: &Value, path: &mut Vec<Step>, out: &mut Vec<(Vec<Step>, Value)>) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    path.push(Step::Key(key.clone()));
+                    leaves(child, path, out);
+                    path.pop();
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    path.push(Step::Index(i));
+                    leaves(child, path, out);
+                    path.pop();
+                }
+            }
+            _ => out.push((path.clone(), value.clone())),
+        }
+    }
+
+    fn scalars(value: &Value) -> Vec<Value> {
+        let mut out = Vec::new();
+        leaves(value, &mut Vec::new(), &mut out);
+        out.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Whether `pattern` names `path` or one of its ancestors, by the text of RFC 6901: an
+    /// index is the decimal number as written.
+    fn names(pattern: &FieldPattern, path: &[Step]) -> bool {
+        pattern.tokens.len() <= path.len()
+            && pattern.tokens.iter().zip(path).all(|(t, s)| match (t, s) {
+                (Token::Any, _) => true,
+                (Token::Key(k), Step::Key(key)) => k == key,
+                (Token::Key(k), Step::Index(i)) => *k == i.to_string(),
+            })
+    }
+
+    /// Patterns for `document`: the pointer of every place in it, each with one or all of its
+    /// tokens made `*`, and pointers that name nothing or are not indices.
+    fn patterns_for(document: &Value) -> Vec<FieldPattern> {
+        fn places(value: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+            if !path.is_empty() {
+                out.push(path.clone());
+            }
+            let children: Vec<(String, &Value)> = match value {
+                Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), v)).collect(),
+                Value::Array(items) => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (i.to_string(), v))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for (token, child) in children {
+                path.push(token);
+                places(child, path, out);
+                path.pop();
+            }
+        }
+        let mut paths = Vec::new();
+        places(document, &mut Vec::new(), &mut paths);
+        let mut out: Vec<String> = Vec::new();
+        for path in &paths {
+            out.push(format!("/{}", path.join("/")));
+            for i in 0..path.len() {
+                let mut wild = path.clone();
+                wild[i] = "*".into();
+                out.push(format!("/{}", wild.join("/")));
+            }
+            out.push(format!("/{}", vec!["*"; path.len()].join("/")));
+        }
+        for extra in [
+            "/a/9", "/a/+1", "/a/01", "/b/0", "/d", "/c/x", "/a/*/x/y", "/*/1",
+        ] {
+            out.push(extra.into());
+        }
+        out.sort();
+        out.dedup();
+        out.iter().map(|p| p.parse().unwrap()).collect()
+    }
+
+    /// Against an oracle that reads every pattern on its own: whatever the selections and
+    /// exclusions, exactly the scalars every selection names and no exclusion names are kept,
+    /// in their order; and a record narrowed again by the same patterns stays whole.
+    #[test]
+    fn keep_keeps_exactly_what_every_selection_names_and_no_exclusion_names() {
+        let document = json!({
+            "a": [{"x": "v0", "y": "v1"}, {"x": "v2"}, "v3", ["v4", "v5"]],
+            "b": {"x": "v6", "1": "v7", "y": {"z": "v8"}},
+            "c": "v9",
+        });
+        let mut all = Vec::new();
+        leaves(&document, &mut Vec::new(), &mut all);
+        let candidates = patterns_for(&document);
+        // A fixed pseudo-random walk through combinations, the same on every run.
+        let mut seed: u64 = 0x5eed;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize % n
+        };
+        for _ in 0..4_000 {
+            let mut lists: Vec<Vec<FieldPattern>> = Vec::new();
+            for _ in 0..next(3) {
+                let len = 1 + next(2);
+                lists.push(
+                    (0..len)
+                        .map(|_| candidates[next(candidates.len())].clone())
+                        .collect(),
+                );
+            }
+            let len = next(4);
+            let exclusions: Vec<FieldPattern> = (0..len)
+                .map(|_| candidates[next(candidates.len())].clone())
+                .collect();
+            let lists_ref: Vec<&[FieldPattern]> = lists.iter().map(Vec::as_slice).collect();
+
+            let kept = keep(&document, &lists_ref, &exclusions);
+            let want: Vec<Value> = all
+                .iter()
+                .filter(|(path, _)| {
+                    lists.iter().all(|l| l.iter().any(|p| names(p, path)))
+                        && !exclusions.iter().any(|p| names(p, path))
+                })
+                .map(|(_, v)| v.clone())
+                .collect();
+            let case = format!("selections {lists:?}, exclusions {exclusions:?}");
+            assert_eq!(scalars(&kept), want, "{case}: kept {kept}");
+            assert_eq!(
+                keep_kept(&kept, &lists_ref, &exclusions),
+                kept,
+                "{case}: the record narrowed again"
+            );
+            if lists.is_empty() {
+                let mut excluded = document.clone();
+                exclude(&mut excluded, &exclusions);
+                assert_eq!(excluded, kept, "{case}: exclude");
+            }
+            if exclusions.is_empty() {
+                assert_eq!(
+                    select_all(&document, &lists_ref),
+                    kept,
+                    "{case}: select_all"
+                );
+            }
+        }
     }
 
     #[test]
