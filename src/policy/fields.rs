@@ -711,6 +711,37 @@ mod tests {
         }
     }
 
+    /// In a record, an index in a selection stands for any element and an index in an
+    /// exclusion for none; a key, or a number not written as an index, names no element.
+    #[test]
+    fn in_a_record_only_indices_and_wildcards_reach_into_arrays() {
+        let record = json!({"a": [{"x": 1}, {"x": 2}], "m": {"1": 3, "01": 4}});
+        let cases = [
+            // (selection, exclusion, kept)
+            ("/a/5/x", "", json!({"a": [{"x": 1}, {"x": 2}]})),
+            ("/a/*/x", "/a/0/x", json!({"a": [{"x": 1}, {"x": 2}]})),
+            ("/a/*", "/a/*/x", json!({"a": [{}, {}]})),
+            ("/a/x", "", json!({})),
+            ("/a/+1", "", json!({})),
+            ("/a/01", "", json!({})),
+            ("/a/-1", "", json!({})),
+            ("/a/", "", json!({})),
+            ("", "/a/x,/a/+1,/a/01", record.clone()),
+            // In an object, numbers are keys as ever.
+            ("/m/1", "", json!({"m": {"1": 3}})),
+            ("/m/01", "/m/1", json!({"m": {"01": 4}})),
+        ];
+        for (selection, exclusion, want) in cases {
+            let selection: FieldPatterns = selection.parse().unwrap();
+            let exclusion: FieldPatterns = exclusion.parse().unwrap();
+            assert_eq!(
+                keep_kept(&record, &[&selection.0], &exclusion.0),
+                want,
+                "selecting {selection:?}, excluding {exclusion:?}"
+            );
+        }
+    }
+
     #[test]
     fn numeric_tokens_match_object_keys_too() {
         let v = json!({"0": "zero", "list": ["a", "b"]});
