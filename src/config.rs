@@ -109,8 +109,9 @@ pub struct ServerArgs {
     #[arg(long, env = "RESTATUS_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_interval)]
     pub http2_keepalive_interval: Duration,
 
-    /// Webhook connections open at once, TLS handshakes included; further connections are
-    /// closed as soon as they are accepted.
+    /// Webhook connections open at once, TLS handshakes included. At the cap a new
+    /// connection evicts the oldest one that has not been answered; only when every one has
+    /// been answered is it closed as soon as it is accepted.
     #[arg(long, env = "RESTATUS_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 

@@ -173,6 +173,62 @@ async fn namespace_retention_and_fields_apply_to_records_and_restores() {
     assert_eq!(status_of(&restored), Some(&kept));
 }
 
+#[tokio::test]
+async fn an_objects_fields_never_bring_back_what_its_namespace_excludes() {
+    // The namespace keeps the second endpoint's token out of restatus; the object asks for
+    // every endpoint's token. The first endpoint has none, so a selection that closed up the
+    // list before the exclusion applied would move the second token into the first place.
+    let env = Env::start(
+        EnvOptions::default().namespace_annotation(ANNOTATION_EXCLUDE_FIELDS, "/endpoints/1/token"),
+    )
+    .await;
+    const EXCLUDED: &str = "excluded-token-of-endpoint-1";
+    let status = json!({
+        "phase": "Running",
+        "endpoints": [
+            {"host": "a.example.com"},
+            {"host": "b.example.com", "token": EXCLUDED},
+            {"host": "c.example.com", "token": "token-of-endpoint-2"},
+            {"host": "d.example.com", "token": "token-of-endpoint-3"},
+        ]
+    });
+    let kept = json!({"endpoints": [
+        {"token": "token-of-endpoint-2"},
+        {"token": "token-of-endpoint-3"},
+    ]});
+    let manifest = annotated("tokens", &[(ANNOTATION_FIELDS, "/endpoints/*/token")]);
+    let id = env.kc_id("tokens");
+    let never_stored = |when: &'static str| {
+        let env = &env;
+        async move {
+            assert_eq!(
+                env.redis.keys_holding(EXCLUDED).await,
+                Vec::<String>::new(),
+                "Redis holds the excluded token {when}"
+            );
+        }
+    };
+
+    assert_eq!(
+        record_of_kc(&env, &manifest, &status).await,
+        Some(kept.clone())
+    );
+    never_stored("after the status write").await;
+    let api = env.clusters();
+    api.delete("tokens", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_deletion_recorded(&id).await;
+    assert_eq!(env.recorded_status(&id).await, Some(kept.clone()));
+    never_stored("after the deletion").await;
+
+    // Recreated: the other tokens come back, the excluded one does not.
+    api.create(&PostParams::default(), &manifest).await.unwrap();
+    let restored = wait_restored(&api, "tokens").await;
+    assert_eq!(status_of(&restored), Some(&kept));
+    never_stored("after the restore").await;
+}
+
 const POLICED: TestType = TestType::namespaced("policedclusters", "PolicedCluster").annotated(&[
     (ANNOTATION_EXCLUDE_FIELDS, "/secretRef"),
     (ANNOTATION_RETENTION, "7d"),

@@ -8,21 +8,22 @@ use super::{RestoreMode, RestorePolicy};
 /// The status to write so that `live` gets the saved facts, or `None` when `live` already
 /// has them.
 ///
-/// Only the restorable part of `saved` counts: the policy's `fields`, minus its
-/// `exclude_fields`. Then, by the policy's mode:
+/// `saved` is a record (what the policy kept when the status was recorded), and only the
+/// part the policy restores counts ([`RestorePolicy::restorable_of_saved`]): the policy's
+/// `fields`, minus its `exclude_fields`. Then, by the policy's mode:
 /// - `Fill` adds the saved fields absent from the live status, recursing into objects; a
 ///   list, a string or a number counts as one value, and a live value always wins. A `null`
 ///   counts as absent.
 /// - `Replace` writes every saved field over the live one; live fields the record does not
 ///   have are kept, so an excluded field such as `observedGeneration` is never erased.
 pub fn decide(saved: &Value, live: Option<&Value>, policy: &RestorePolicy) -> Option<Value> {
-    merge(&policy.restorable(saved), live, policy.mode)
+    merge(&policy.restorable_of_saved(saved), live, policy.mode)
 }
 
 /// [`decide`] in `fill` mode whatever `policy.mode` says: for a status write to an object
 /// waiting for its restore, where the writer's fresh facts always win.
 pub fn decide_fill(saved: &Value, live: Option<&Value>, policy: &RestorePolicy) -> Option<Value> {
-    merge(&policy.restorable(saved), live, RestoreMode::Fill)
+    merge(&policy.restorable_of_saved(saved), live, RestoreMode::Fill)
 }
 
 fn merge(saved: &Value, live: Option<&Value>, mode: RestoreMode) -> Option<Value> {
@@ -100,6 +101,18 @@ mod tests {
 
     fn replace_all() -> RestorePolicy {
         policy(RestoreMode::Replace, &[])
+    }
+
+    #[test]
+    fn a_record_made_with_an_index_exclusion_is_restored_whole() {
+        // Excluding the second endpoint closes up the list: the record's second element is
+        // the status's third, which the exclusion does not name.
+        let policy = policy(RestoreMode::Replace, &["/endpoints/1"]);
+        let status = json!({"endpoints": [{"host": "a"}, {"host": "b"}, {"host": "c"}]});
+        let saved = policy.restorable(&status);
+        assert_eq!(saved, json!({"endpoints": [{"host": "a"}, {"host": "c"}]}));
+        assert_eq!(decide(&saved, None, &policy), Some(saved.clone()));
+        assert_eq!(decide_fill(&saved, None, &policy), Some(saved));
     }
 
     #[test]

@@ -19,7 +19,9 @@ use serde_json::Value;
 pub use access::{Access, AccessChecker};
 pub use crds::{CrdCache, CrdWatch, TypeInfo};
 pub use decide::{decide, decide_fill};
-pub use fields::{FieldPattern, FieldPatterns, PatternError, exclude, select, select_all};
+pub use fields::{
+    FieldPattern, FieldPatterns, PatternError, exclude, keep, keep_kept, select, select_all,
+};
 pub use metrics::PolicyMetrics;
 pub use namespaces::{NamespaceCache, NamespaceWatch};
 pub use resolve::{
@@ -87,12 +89,27 @@ pub struct RestorePolicy {
 }
 
 impl RestorePolicy {
-    /// The part of a status that this policy keeps: recorded, and restored.
-    pub fn restorable(&self, saved: &Value) -> Value {
-        // Both selections name places in the saved status itself.
-        let mut view = select_all(saved, &[&self.fields, &self.narrowed_to]);
-        exclude(&mut view, &self.exclude_fields);
-        view
+    /// The part of a live status that this policy keeps: what is recorded. Both selections
+    /// and the exclusions name places in `status` itself, so a narrowing can never bring back
+    /// what an exclusion names, wherever either was set.
+    pub fn restorable(&self, status: &Value) -> Value {
+        keep(
+            status,
+            &[&self.fields, &self.narrowed_to],
+            &self.exclude_fields,
+        )
+    }
+
+    /// The part of a saved status (what [`Self::restorable`] kept when it was recorded) that
+    /// this policy restores. Key patterns apply again, so a policy narrower than the one the
+    /// record was made with still narrows; index tokens were applied when the status was
+    /// recorded and name nothing in the closed-up record, so they are not applied again.
+    pub fn restorable_of_saved(&self, saved: &Value) -> Value {
+        keep_kept(
+            saved,
+            &[&self.fields, &self.narrowed_to],
+            &self.exclude_fields,
+        )
     }
 }
 
@@ -157,6 +174,150 @@ mod tests {
         assert_eq!(
             policy.restorable(&saved),
             json!({"phase": "Ready", "conditions": [{"type": "Ready"}]})
+        );
+    }
+
+    /// Selections and exclusions all name places in the saved status itself, so an exclusion
+    /// holds whatever a selection leaves out around it.
+    #[test]
+    fn restorable_works_out_selection_and_exclusion_on_the_saved_status() {
+        let endpoints = json!({"endpoints": [
+            {"host": "a"},
+            {"host": "b", "token": "t1"},
+            {"host": "c", "token": "t2"},
+            {"host": "d", "token": "t3"},
+        ]});
+        let list = json!({"a": [{"b": 0, "c": 0}, {"b": 1, "c": 1}, {"b": 2, "c": 2}]});
+        // (fields, narrowed to, exclude-fields, saved, restorable)
+        let cases = [
+            // An index exclusion with a selection that leaves earlier elements out.
+            (
+                "/endpoints/*/token",
+                "",
+                "/endpoints/1/token",
+                &endpoints,
+                json!({"endpoints": [{"token": "t2"}, {"token": "t3"}]}),
+            ),
+            (
+                "",
+                "/endpoints/*/token",
+                "/endpoints/1/token",
+                &endpoints,
+                json!({"endpoints": [{"token": "t2"}, {"token": "t3"}]}),
+            ),
+            (
+                "/endpoints",
+                "/endpoints/*/token",
+                "/endpoints/2",
+                &endpoints,
+                json!({"endpoints": [{"token": "t1"}, {"token": "t3"}]}),
+            ),
+            // A selected index, an excluded index before it.
+            ("/a/1", "", "/a/0", &list, json!({"a": [{"b": 1, "c": 1}]})),
+            // Two excluded indices within a selection.
+            (
+                "/a",
+                "",
+                "/a/0,/a/1",
+                &list,
+                json!({"a": [{"b": 2, "c": 2}]}),
+            ),
+            // Wildcards at each level, in the selection and the exclusion.
+            (
+                "/*",
+                "",
+                "/a/1",
+                &list,
+                json!({"a": [{"b": 0, "c": 0}, {"b": 2, "c": 2}]}),
+            ),
+            (
+                "/a/*",
+                "/a/2",
+                "/a/0",
+                &list,
+                json!({"a": [{"b": 2, "c": 2}]}),
+            ),
+            (
+                "/a/*/b",
+                "",
+                "/a/0/b",
+                &list,
+                json!({"a": [{"b": 1}, {"b": 2}]}),
+            ),
+            (
+                "/a/*/*",
+                "/a/*/c",
+                "/a/1/c,/a/*/b",
+                &list,
+                json!({"a": [{"c": 0}, {"c": 2}]}),
+            ),
+            ("/a/1/*", "", "/*", &list, json!({})),
+            ("", "", "/a/*/*", &list, json!({"a": [{}, {}, {}]})),
+        ];
+        for (fields, narrowed_to, exclude_fields, saved, want) in cases {
+            let parse = |list: &str| list.parse::<FieldPatterns>().unwrap().0;
+            let policy = RestorePolicy {
+                mode: RestoreMode::Fill,
+                fields: parse(fields),
+                narrowed_to: parse(narrowed_to),
+                exclude_fields: parse(exclude_fields),
+            };
+            assert_eq!(
+                policy.restorable(saved),
+                want,
+                "fields {fields:?}, narrowed to {narrowed_to:?}, excluding {exclude_fields:?}"
+            );
+            // The record it makes is restored whole by the same policy: its indices were
+            // applied when it was recorded.
+            assert_eq!(
+                policy.restorable_of_saved(&want),
+                want,
+                "restoring the record of fields {fields:?}, narrowed to {narrowed_to:?}, \
+                 excluding {exclude_fields:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_saved_status_is_narrowed_again_by_keys_but_not_by_indices() {
+        let parse = |list: &str| list.parse::<FieldPatterns>().unwrap().0;
+        let policy = |fields: &str, exclude_fields: &str| RestorePolicy {
+            mode: RestoreMode::Fill,
+            fields: parse(fields),
+            narrowed_to: vec![],
+            exclude_fields: parse(exclude_fields),
+        };
+        // Recorded with `exclude-fields: /endpoints/1/token`: the record's second element is
+        // the status's third.
+        let saved =
+            json!({"endpoints": [{"host": "a", "token": "t0"}, {"host": "c", "token": "t2"}]});
+        assert_eq!(
+            policy("", "/endpoints/1/token").restorable_of_saved(&saved),
+            saved
+        );
+        // A key pattern applies to every element, as it did to the status.
+        assert_eq!(
+            policy("/endpoints/*/host", "/endpoints/1/token").restorable_of_saved(&saved),
+            json!({"endpoints": [{"host": "a"}, {"host": "c"}]})
+        );
+        assert_eq!(
+            policy("", "/endpoints/*/token").restorable_of_saved(&saved),
+            json!({"endpoints": [{"host": "a"}, {"host": "c"}]})
+        );
+        // An index selected when recording: the record holds only that element.
+        assert_eq!(
+            policy("/endpoints/1/host", "")
+                .restorable_of_saved(&json!({"endpoints": [{"host": "c"}]})),
+            json!({"endpoints": [{"host": "c"}]})
+        );
+        // An index is still a key in an object.
+        assert_eq!(
+            policy("", "/byZone/1").restorable_of_saved(&json!({"byZone": {"1": "a", "2": "b"}})),
+            json!({"byZone": {"2": "b"}})
+        );
+        assert_eq!(
+            policy("/byZone/1", "").restorable_of_saved(&json!({"byZone": {"1": "a", "2": "b"}})),
+            json!({"byZone": {"1": "a"}})
         );
     }
 

@@ -537,6 +537,87 @@ mod tests {
         assert_eq!(r.policy.restore_for, RestoreFor::StatusWriters);
     }
 
+    /// Where a pattern list is set: the global flags, or an annotation of one level.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum At {
+        Global,
+        Crd,
+        Namespace,
+        Object,
+    }
+
+    /// The policy with `fields` set at one level and `exclude` at another (or the same).
+    fn resolved_at(fields: (At, &str), exclude: (At, &str)) -> Resolved {
+        let mut global = defaults();
+        let mut levels: [Vec<(&str, &str)>; 3] = Default::default();
+        for (at, key, list) in [
+            (fields.0, ANNOTATION_FIELDS, fields.1),
+            (exclude.0, ANNOTATION_EXCLUDE_FIELDS, exclude.1),
+        ] {
+            match at {
+                At::Global if key == ANNOTATION_FIELDS => global.fields = patterns_of(list),
+                At::Global => global.exclude_fields = patterns_of(list),
+                At::Crd => levels[0].push((key, list)),
+                At::Namespace => levels[1].push((key, list)),
+                At::Object => levels[2].push((key, list)),
+            }
+        }
+        resolve(
+            &global,
+            Some(&level(&levels[0])),
+            Some(&level(&levels[1])),
+            Some(&level(&levels[2])),
+        )
+    }
+
+    fn patterns_of(list: &str) -> Vec<FieldPattern> {
+        list.parse::<FieldPatterns>().unwrap().0
+    }
+
+    /// Selections and exclusions name places in the saved status, whichever level sets them;
+    /// an object's selection never brings back what a level above it excludes.
+    #[test]
+    fn exclusions_hold_against_selections_at_every_level() {
+        let levels = [At::Global, At::Crd, At::Namespace, At::Object];
+        let saved = serde_json::json!({
+            "endpoints": [
+                {"host": "a"},
+                {"host": "b", "token": "t1"},
+                {"host": "c", "token": "t2"},
+            ],
+            "a": [0, 1, 2],
+        });
+        // (fields, exclude-fields, restorable)
+        let cases = [
+            (
+                "/endpoints/*/token",
+                "/endpoints/1/token",
+                serde_json::json!({"endpoints": [{"token": "t2"}]}),
+            ),
+            ("/a/1", "/a/0", serde_json::json!({"a": [1]})),
+            ("/a", "/a/0,/a/1", serde_json::json!({"a": [2]})),
+            ("/a/*", "/a/1", serde_json::json!({"a": [0, 2]})),
+            (
+                "/*/*/token",
+                "/endpoints/2/*",
+                serde_json::json!({"endpoints": [{"token": "t1"}]}),
+            ),
+        ];
+        for (fields, exclude, want) in cases {
+            for fields_at in levels {
+                for exclude_at in levels {
+                    let r = resolved_at((fields_at, fields), (exclude_at, exclude));
+                    assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+                    assert_eq!(
+                        r.policy.restore.restorable(&saved),
+                        want,
+                        "fields {fields:?} at {fields_at:?}, exclude-fields {exclude:?} at {exclude_at:?}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn an_invalid_level_is_skipped_whole_and_reported() {
         let r = resolved(

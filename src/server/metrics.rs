@@ -1,5 +1,5 @@
-//! Metrics of the webhook listener: refused TLS handshakes, connections, and requests
-//! refused before they reach the handler.
+//! Metrics of the webhook listener: refused TLS handshakes, connections (open, evicted,
+//! refused, closed), and requests refused before they reach the handler.
 
 use crate::telemetry::group::*;
 
@@ -58,7 +58,8 @@ metric_group! {
     /// Handshakes refused, connections open and closed, requests refused, body bytes held.
     #[derive(Clone, Debug)]
     pub struct ServerMetrics {
-        connections_refused: Counter = counter("webhook_connections_refused", "Webhook connections closed as soon as they were accepted, because --max-connections were open"),
+        connections_refused: Counter = counter("webhook_connections_refused", "Webhook connections closed as soon as they were accepted, because --max-connections were open and every one of them had been answered (none could be evicted)"),
+        connections_evicted: Counter = counter("webhook_connections_evicted", "Webhook connections closed to make room for a new one at --max-connections: each time the oldest connection that had not been answered a review"),
         handshake_failures: ReasonCounters = family("tls_handshake_failures", "TLS handshakes of the webhook listener that failed, by reason (no_client_certificate, untrusted_client_certificate, client_name_not_allowed, server_certificate_rejected, timeout, other)"),
         connections_closed: ReasonCounters = family("webhook_connections_closed", "Webhook connections restatus closed, by reason (idle: no request for --idle-timeout; header_read: HTTP/1.1 headers not complete within --header-read-timeout)"),
         requests_refused: ReasonCounters = family("webhook_requests_refused", "Requests answered before reaching the handler, by reason (body_budget: 503, no room within --max-inflight-body-bytes; body_timeout: 408, body not complete within --body-read-timeout)"),
@@ -88,6 +89,10 @@ impl ServerMetrics {
 
     pub(super) fn connection_refused(&self) {
         self.connections_refused.inc();
+    }
+
+    pub(super) fn connection_evicted(&self) {
+        self.connections_evicted.inc();
     }
 
     pub(super) fn connection_closed(&self, why: Closed) {
@@ -140,6 +145,8 @@ mod tests {
         metrics.handshake_failed(HandshakeFailure::NoClientCertificate);
         metrics.handshake_failed(HandshakeFailure::Timeout);
         metrics.connection_refused();
+        metrics.connection_evicted();
+        metrics.connection_evicted();
         metrics.connection_closed(Closed::Idle);
         metrics.request_refused(Refused::BodyBudget);
         let open = metrics.connection_opened();
@@ -152,6 +159,7 @@ mod tests {
                 "restatus_webhook_connections 1",
                 "restatus_webhook_connections_limit 512",
                 "restatus_webhook_connections_refused_total 1",
+                "restatus_webhook_connections_evicted_total 2",
                 "restatus_webhook_connections_closed_total{reason=\"idle\"} 1",
                 "restatus_webhook_requests_refused_total{reason=\"body_budget\"} 1",
                 "restatus_webhook_body_bytes_in_flight 100",

@@ -1,12 +1,14 @@
 //! The HTTPS webhook listener and the plain-HTTP admin listener.
 //!
 //! - [`serve_tls`] (in `webhook`) serves the webhook router over TLS within [`Limits`]: time
-//!   limits on handshakes, headers, bodies and idle connections, a cap on connections and on
+//!   limits on handshakes, headers, bodies and idle connections, a cap on connections at
+//!   which a newcomer evicts the oldest connection never answered ([`slots`]), a cap on
 //!   HTTP/2 streams, and a budget of request body bytes held at once ([`body`]).
 //! - [`serve_admin`] serves `/livez`, `/readyz` and `/metrics` over plain HTTP.
 
 mod body;
 mod metrics;
+mod slots;
 mod webhook;
 
 use std::{

@@ -1,7 +1,11 @@
 //! The HTTPS webhook listener, bounded so that no client can hold it:
 //!
-//! - at most `max_connections` connections at once (TLS handshakes included); a connection
-//!   beyond that is closed as soon as it is accepted;
+//! - at most `max_connections` connections at once (TLS handshakes included). At the cap a
+//!   new connection evicts the oldest connection that has not been answered a review, and
+//!   takes its place at once; connections that have been answered (the API server's, which
+//!   it keeps open) are never evicted for a newcomer, and only when every place is held by
+//!   one is a new connection closed as soon as it is accepted ([`super::slots`]). So
+//!   connections that never finish a request cannot keep the API server out;
 //! - a TLS handshake, and HTTP/1.1 request headers, must arrive within `header_read_timeout`;
 //! - a connection with no request in flight for `idle_timeout` is closed (HTTP/2 with GOAWAY),
 //!   so one that never sends a request, or stops, does not keep its place;
@@ -10,9 +14,9 @@
 //! - request bodies share a budget of bytes and must arrive within `body_read_timeout`
 //!   ([`super::body`]).
 //!
-//! Failed handshakes and refused connections are logged at debug level with the peer, and at
-//! warning level at most once a minute with how many there were, so a scanner cannot flood
-//! the logs.
+//! Failed handshakes, evicted and refused connections are logged at debug level with the
+//! peer, and at warning level at most once a minute with how many there were, so a scanner
+//! cannot flood the logs.
 
 use std::{
     convert::Infallible,
@@ -37,7 +41,6 @@ use hyper_util::{
 use rustls::{AlertDescription, CertificateError, ServerConfig};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
 };
 use tokio_rustls::TlsAcceptor;
@@ -48,6 +51,7 @@ use super::{
     Readiness,
     body::{BodyBudget, ROOM_WAIT},
     metrics::{Closed, HandshakeFailure, Refused, ServerMetrics},
+    slots::{Admission, Establish, Slot, Slots},
 };
 
 /// How the webhook listener bounds its clients.
@@ -98,6 +102,7 @@ struct Shared {
     http: auto::Builder<TokioExecutor>,
     handshake_warnings: Throttle,
     refusal_warnings: Throttle,
+    eviction_warnings: Throttle,
     budget_warnings: Throttle,
 }
 
@@ -139,10 +144,11 @@ pub async fn serve_tls(
         http,
         handshake_warnings: Throttle::new(WARN_EVERY),
         refusal_warnings: Throttle::new(WARN_EVERY),
+        eviction_warnings: Throttle::new(WARN_EVERY),
         budget_warnings: Throttle::new(WARN_EVERY),
         limits,
     });
-    let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let slots = Slots::new(shared.limits.max_connections);
     let connections = TaskTracker::new();
     ready.set(true);
     loop {
@@ -158,18 +164,33 @@ pub async fn serve_tls(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // Closed at once: waiting would only hold more sockets while the open connections
-            // run into their own timeouts.
-            shared.metrics.connection_refused();
-            tracing::debug!(%peer, "connection refused: --max-connections are open");
-            shared.refusal_warnings.warn(
-                peer,
-                shared.limits.max_connections,
-                "webhook connections refused at --max-connections (at most one warning a minute; see restatus_webhook_connections_refused_total)",
-            );
-            drop(stream);
-            continue;
+        let slot = match slots.admit() {
+            Admission::Free(slot) => slot,
+            Admission::Evicted(slot) => {
+                shared.metrics.connection_evicted();
+                if let Some(evicted) = shared.eviction_warnings.hit() {
+                    tracing::warn!(
+                        %peer,
+                        evicted,
+                        limit = shared.limits.max_connections,
+                        "webhook connections evicted at --max-connections: new connections took the places of the oldest ones that had not been answered (at most one warning a minute; see restatus_webhook_connections_evicted_total)"
+                    );
+                }
+                slot
+            }
+            Admission::Full => {
+                // Closed at once: every place is held by a connection that has been answered,
+                // and waiting would only hold more sockets.
+                shared.metrics.connection_refused();
+                tracing::debug!(%peer, "connection refused: --max-connections are open, all of them answered");
+                shared.refusal_warnings.warn(
+                    peer,
+                    shared.limits.max_connections,
+                    "webhook connections refused at --max-connections, all held by connections that have been answered (at most one warning a minute; see restatus_webhook_connections_refused_total)",
+                );
+                drop(stream);
+                continue;
+            }
         };
         // Responses are small and written in several pieces; without TCP_NODELAY the last one
         // can wait for the client's delayed ACK (40 ms on Linux).
@@ -197,18 +218,27 @@ pub async fn serve_tls(
     }
 }
 
-/// One connection, from the TLS handshake until it closes. Holds `_slot` all along.
+/// One connection, from the TLS handshake until it closes or is evicted. Holds `slot` all
+/// along; every wait is cut short by an eviction, which drops the socket at once.
 async fn serve_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
     tls: Arc<ServerConfig>,
-    _slot: OwnedSemaphorePermit,
+    slot: Slot,
     shutdown: CancellationToken,
 ) {
     let _open = shared.metrics.connection_opened();
     let accept = TlsAcceptor::from(tls).accept(stream);
-    let tls_stream = match tokio::time::timeout(shared.limits.header_read_timeout, accept).await {
+    let handshake = tokio::select! {
+        biased;
+        () = slot.evicted() => {
+            evicted(peer, "during its TLS handshake");
+            return;
+        }
+        handshake = tokio::time::timeout(shared.limits.header_read_timeout, accept) => handshake,
+    };
+    let tls_stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
             let failure = handshake_failure(&error);
@@ -221,6 +251,12 @@ async fn serve_connection(
             return;
         }
     };
+    let establish = slot.establisher();
+    // A client certificate is asked for only with --client-ca-file, and a handshake that
+    // carries one has verified it: the caller may call, as the API server does.
+    if tls_stream.get_ref().1.peer_certificates().is_some() {
+        establish.established();
+    }
     // The protocol was agreed by ALPN; a client that offered none is detected from its first
     // bytes.
     let http = match tls_stream.get_ref().1.alpn_protocol() {
@@ -232,7 +268,13 @@ async fn serve_connection(
     let service = {
         let (shared, activity) = (shared.clone(), activity.clone());
         hyper::service::service_fn(move |request| {
-            handle(shared.clone(), activity.clone(), peer, request)
+            handle(
+                shared.clone(),
+                activity.clone(),
+                establish.clone(),
+                peer,
+                request,
+            )
         })
     };
     let connection = http.serve_connection(TokioIo::new(tls_stream), service);
@@ -277,8 +319,16 @@ async fn serve_connection(
                 tracing::debug!(%peer, "connection dropped: it did not close after it was asked to");
                 return;
             }
+            () = slot.evicted() => {
+                evicted(peer, "before it was answered");
+                return;
+            }
         }
     }
+}
+
+fn evicted(peer: SocketAddr, when: &str) {
+    tracing::debug!(%peer, "connection evicted {when}: a new connection took its place at --max-connections");
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -336,10 +386,12 @@ fn handshake_failure(error: &std::io::Error) -> HandshakeFailure {
     }
 }
 
-/// One request: its body read within the budget, then the router.
+/// One request: its body read within the budget, then the router. A success marks the
+/// connection established: it is never evicted from then on.
 async fn handle(
     shared: Arc<Shared>,
     activity: Arc<Activity>,
+    establish: Establish,
     peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
@@ -350,10 +402,13 @@ async fn handle(
         Err(refused) => return Ok(refuse(&shared, peer, refused)),
     };
     let request = Request::from_parts(parts, read.body);
-    let response = shared.router.clone().oneshot(request).await;
+    let Ok(response) = shared.router.clone().oneshot(request).await;
     // The body's room is given back once the answer is ready.
     drop(read.held);
-    response
+    if response.status().is_success() {
+        establish.established();
+    }
+    Ok(response)
 }
 
 fn refuse(shared: &Shared, peer: SocketAddr, refused: Refused) -> Response<Body> {

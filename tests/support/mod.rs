@@ -34,6 +34,30 @@ pub fn init_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Raises this process's soft limit of open files to at least `wanted` (never above the hard
+/// limit), so that a test really holds that many sockets; processes it starts afterwards
+/// inherit the limit.
+pub fn raise_fd_limit(wanted: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_none_or(|current| current >= wanted) {
+        return;
+    }
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    assert!(
+        hard >= wanted,
+        "this test holds {wanted} open files, above the hard limit of {hard} (ulimit -Hn)"
+    );
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(wanted),
+            maximum: limit.maximum,
+        },
+    )
+    .expect("raise the soft limit of open files");
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

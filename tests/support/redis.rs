@@ -142,9 +142,55 @@ impl RedisServer {
         self.conn().await.pttl(key).await.unwrap()
     }
 
+    /// Keys whose value holds `needle` anywhere: in a string, a hash field or value, a list,
+    /// set or sorted set member, or a stream entry.
+    pub async fn keys_holding(&self, needle: &str) -> Vec<String> {
+        let mut conn = self.conn().await;
+        let mut holding = Vec::new();
+        for key in self.keys("*").await {
+            let kind: String = redis::cmd("TYPE")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let read = match kind.as_str() {
+                "string" => vec!["GET"],
+                "hash" => vec!["HGETALL"],
+                "list" => vec!["LRANGE", "0", "-1"],
+                "set" => vec!["SMEMBERS"],
+                "zset" => vec!["ZRANGE", "0", "-1"],
+                "stream" => vec!["XRANGE", "-", "+"],
+                _ => continue,
+            };
+            let mut cmd = redis::cmd(read[0]);
+            cmd.arg(&key).arg(&read[1..]);
+            let value: redis::Value = cmd.query_async(&mut conn).await.unwrap();
+            if holds(&value, needle.as_bytes()) {
+                holding.push(key);
+            }
+        }
+        holding
+    }
+
     /// Keys matching a pattern.
     pub async fn keys(&self, pattern: &str) -> Vec<String> {
         self.conn().await.keys(pattern).await.unwrap()
+    }
+}
+
+/// True when some string within `value` contains `needle`.
+fn holds(value: &redis::Value, needle: &[u8]) -> bool {
+    use redis::Value as V;
+    match value {
+        V::BulkString(bytes) => bytes.windows(needle.len()).any(|w| w == needle),
+        V::SimpleString(text) | V::VerbatimString { text, .. } => {
+            text.as_bytes().windows(needle.len()).any(|w| w == needle)
+        }
+        V::Array(items) | V::Set(items) => items.iter().any(|v| holds(v, needle)),
+        V::Map(pairs) => pairs
+            .iter()
+            .any(|(k, v)| holds(k, needle) || holds(v, needle)),
+        _ => false,
     }
 }
 
