@@ -2,7 +2,7 @@
 # Checks that the modules of src/ import each other one way only, down the layers of
 # ARCHITECTURE.md:
 #
-#   main → app → config → {admission, restore, certs, server} → store → policy
+#   main → app → config → {admission, restore, resync, certs, server, cli} → store → policy
 #        → {telemetry, patch} → {error, text, duration}
 #
 # Every `crate::<module>` path (in `use` lines and inline), every `super::` path that leaves
@@ -29,6 +29,7 @@ LAYERS = {
     "store": 3,
     "admission": 4,
     "restore": 4,
+    "resync": 4,
     "certs": 4,
     "server": 4,
     "cli": 4,

@@ -377,8 +377,10 @@ impl App {
         let admission = Arc::new(Admission::new(
             store.clone(),
             admission::Sources {
-                crds: caches.crds.clone(),
-                namespaces: caches.namespaces.clone(),
+                caches: policy::Caches {
+                    crds: caches.crds.clone(),
+                    namespaces: caches.namespaces.clone(),
+                },
                 synced: synced.clone(),
                 access,
                 reporter,

@@ -5,8 +5,8 @@
 //! checks it):
 //!
 //! - [`app`] builds the program from [`config`] and runs its parts;
-//! - [`admission`] (the webhook), [`restore`] (the worker), [`certs`] and [`server`] are the
-//!   parts; none of them imports another;
+//! - [`admission`] (the webhook), [`restore`] (the worker), [`resync`], [`certs`] and
+//!   [`server`] are the parts; none of them imports another;
 //! - [`cli`] holds the commands that run once over the store (`reseal`);
 //! - [`store`] (Redis) and, below it, [`policy`] (decisions and the watch caches) serve the
 //!   parts;
@@ -22,6 +22,7 @@ pub mod error;
 pub mod patch;
 pub mod policy;
 pub mod restore;
+pub mod resync;
 pub mod server;
 pub mod store;
 pub mod telemetry;

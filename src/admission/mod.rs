@@ -39,9 +39,8 @@ use crate::{
     patch,
     policy::{
         ANNOTATION_RESTORE, ANNOTATION_RESTORE_JOB, ANNOTATION_RESTORED_AT, Access, AccessChecker,
-        CrdCache, GlobalPolicy, InvalidReporter, Level, NamespaceCache, Overrides, Policy,
-        PolicyMetrics, RESTORE_PENDING, Resolved, RestoreFor, Skipped, TypeInfo, decide,
-        decide_fill, resolve,
+        Caches, GlobalPolicy, InvalidReporter, Level, Policy, PolicyMetrics, RESTORE_PENDING,
+        Resolved, RestoreFor, Skipped, TypeInfo, decide, decide_fill,
     },
     store::{JobKind, RecordWrite, RestoreJob, Store, StoreError, WriteOutcome, new_job_id},
     text::{LOG_FIELD_CHARS, clip},
@@ -76,8 +75,7 @@ pub struct Settings {
 
 /// What the admission path reads besides the review, all from memory but the access check.
 pub struct Sources {
-    pub crds: CrdCache,
-    pub namespaces: NamespaceCache,
+    pub caches: Caches,
     /// Whether both caches have synced: until then a review would miss the namespace's and
     /// the CRD's annotations, so it is allowed unrecorded.
     pub synced: Arc<AtomicBool>,
@@ -243,15 +241,13 @@ impl Admission {
     /// The object's policy: the global one for its type, refined by its CRD's, its
     /// namespace's and its own annotations.
     fn resolve(&self, req: &Request<'_>) -> Resolved {
-        let group = &req.resource.group;
-        let resource = &req.resource.resource;
-        let defaults = self.settings.global.for_type(group, resource);
-        let crd = self.sources.crds.overrides(group, resource);
-        let namespace = plan::namespace(req).and_then(|ns| self.sources.namespaces.overrides(ns));
-        let object = plan::subject(req)
-            .and_then(|o| o.metadata.annotations.as_ref())
-            .map(|a| Overrides::parse(Some(a)));
-        resolve(&defaults, crd.as_ref(), namespace.as_ref(), object.as_ref())
+        self.sources.caches.resolve(
+            &self.settings.global,
+            &req.resource.group,
+            &req.resource.resource,
+            plan::namespace(req),
+            plan::subject(req).and_then(|o| o.metadata.annotations.as_ref()),
+        )
     }
 
     /// Answers one review. Never fails: restatus's own trouble is logged and allowed.
@@ -276,7 +272,7 @@ impl Admission {
             );
             return Response::allow(&req.uid);
         }
-        let type_info = self.sources.crds.type_info(
+        let type_info = self.sources.caches.crds.type_info(
             &req.resource.group,
             &req.resource.version,
             &req.resource.resource,

@@ -113,6 +113,33 @@ impl RestorePolicy {
     }
 }
 
+/// The policy caches, as the admission path and resync read them.
+#[derive(Clone, Default)]
+pub struct Caches {
+    pub crds: CrdCache,
+    pub namespaces: NamespaceCache,
+}
+
+impl Caches {
+    /// The policy of an object of `group`/`resource` in `namespace` (`None`: cluster-scoped)
+    /// with `annotations`: the global one for its type, refined by its CRD's, its namespace's
+    /// and its own annotations.
+    pub fn resolve(
+        &self,
+        global: &GlobalPolicy,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        annotations: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Resolved {
+        let defaults = global.for_type(group, resource);
+        let crd = self.crds.overrides(group, resource);
+        let namespace = namespace.and_then(|ns| self.namespaces.overrides(ns));
+        let object = annotations.map(|a| Overrides::parse(Some(a)));
+        resolve(&defaults, crd.as_ref(), namespace.as_ref(), object.as_ref())
+    }
+}
+
 /// An object's `.status`, `None` when absent or null.
 pub fn status_of(obj: &kube::core::DynamicObject) -> Option<&Value> {
     obj.data.get("status").filter(|s| !s.is_null())

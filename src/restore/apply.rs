@@ -61,6 +61,9 @@ pub enum Finished {
     Cancelled,
     /// A dead pending marker was taken off (or was already gone).
     Unmarked,
+    /// A catch-up restore: the saved status is in an object created while restatus was not
+    /// looking.
+    CaughtUp,
     /// The restore failed for good: reported on the object, moved to the dead letters.
     Failed,
     /// Delivered too often, or not decodable: moved to the dead letters.
@@ -80,13 +83,14 @@ impl Finished {
             Finished::AlreadyFailed => "already_failed",
             Finished::Cancelled => "cancelled",
             Finished::Unmarked => "unmarked",
+            Finished::CaughtUp => "caught_up",
             Finished::Failed => "failed",
             Finished::DeadLettered => "dead_lettered",
         }
     }
 
     /// Every outcome, for the metric's documentation.
-    pub const ALL: [Finished; 12] = [
+    pub const ALL: [Finished; 13] = [
         Finished::Restored,
         Finished::AlreadyRestored,
         Finished::NotOurs,
@@ -97,13 +101,17 @@ impl Finished {
         Finished::AlreadyFailed,
         Finished::Cancelled,
         Finished::Unmarked,
+        Finished::CaughtUp,
         Finished::Failed,
         Finished::DeadLettered,
     ];
 
     /// Whether the record now belongs to the restored object (mark it so).
     pub fn restored(self) -> bool {
-        matches!(self, Finished::Restored | Finished::AlreadyRestored)
+        matches!(
+            self,
+            Finished::Restored | Finished::AlreadyRestored | Finished::CaughtUp
+        )
     }
 }
 
@@ -138,6 +146,39 @@ impl<'a> Live<'a> {
             deleting: obj.metadata.deletion_timestamp.is_some(),
             status: status_of(obj),
         }
+    }
+}
+
+/// [`step`] for a catch-up job: bound to the incarnation `uid`, which must still carry none of
+/// restatus's annotations, and whose record must still be the one resync found.
+fn catch_up(
+    job: &RestoreJob,
+    uid: &str,
+    record: Option<&Record>,
+    live: Option<&Live<'_>>,
+    policy: &RestorePolicy,
+) -> Step {
+    let Some(live) = live.filter(|l| l.uid == uid) else {
+        return Step::Finish(Finished::Gone);
+    };
+    if live.restored && live.pending.is_none() && live.job.is_none() {
+        // Only a catch-up sets restored-at without a job id: this one, delivered again.
+        return Step::Finish(Finished::AlreadyRestored);
+    }
+    if live.job.is_some() || live.pending.is_some() || live.failed || live.restored {
+        // restatus has marked this object otherwise since: not this job's to touch.
+        return Step::Finish(Finished::NotOurs);
+    }
+    let Some(record) = record else {
+        return Step::Finish(Finished::NoRecord);
+    };
+    if record.uid != job.record_uid {
+        // Adopted by this incarnation's own status write, or by another: nothing to restore.
+        return Step::Finish(Finished::RecordReplaced);
+    }
+    match crate::policy::decide_fill(&record.status, live.status, policy) {
+        Some(status) => Step::Patch(status),
+        None => Step::Annotate,
     }
 }
 
@@ -176,14 +217,18 @@ pub fn step(
     now: Timestamp,
     policy: &RestorePolicy,
 ) -> Step {
-    if let JobKind::Unmark { uid, marker } = &job.action {
-        return match live {
-            Some(live) if live.uid == uid => match live.pending {
-                Some(pending) if pending == marker => Step::StripMarker,
-                _ => Step::Finish(Finished::Unmarked),
-            },
-            _ => Step::Finish(Finished::Gone),
-        };
+    match &job.action {
+        JobKind::Unmark { uid, marker } => {
+            return match live {
+                Some(live) if live.uid == uid => match live.pending {
+                    Some(pending) if pending == marker => Step::StripMarker,
+                    _ => Step::Finish(Finished::Unmarked),
+                },
+                _ => Step::Finish(Finished::Gone),
+            };
+        }
+        JobKind::CatchUp { uid } => return catch_up(job, uid, record, live, policy),
+        JobKind::Restore => {}
     }
     if job.id.is_empty() {
         // Bound to no CREATE: nothing can prove an object is its own.
@@ -449,10 +494,21 @@ impl Applier<'_> {
                     {
                         return Ok((Finished::Gone, None));
                     }
+                    let caught_up = matches!(job.action, JobKind::CatchUp { .. });
                     if let Some(record) = record {
-                        self.event_restored(&obj, &ar, record, "").await;
+                        let how = if caught_up {
+                            "(a catch-up: the object was created while restatus was not looking) "
+                        } else {
+                            ""
+                        };
+                        self.event_restored(&obj, &ar, record, how).await;
                     }
-                    return Ok((Finished::Restored, Some(obj)));
+                    let finished = if caught_up {
+                        Finished::CaughtUp
+                    } else {
+                        Finished::Restored
+                    };
+                    return Ok((finished, Some(obj)));
                 }
                 Step::Patch(status) => {
                     let Some(obj) = live.take() else {

@@ -341,27 +341,29 @@ impl Worker {
         };
         let record = match &job.action {
             JobKind::Unmark { .. } => None,
-            JobKind::Restore => match self.store.get(&job.identity, budget).await {
-                Ok(record) => record,
-                Err(error) if error.is_permanent() => {
-                    // What is stored cannot be used (corrupt, not sealed while sealing is
-                    // required, sealed with a key the keyring lacks): retrying will not help.
-                    let reason = error_chain(&error);
-                    tracing::warn!(identity = %job.identity, %reason, "the saved status cannot be used; moved to the dead-letter stream");
-                    self.applier().report_failure(job, &reason).await;
-                    self.metrics.finished(Finished::DeadLettered);
-                    if let Err(error) = self.release(job).await {
-                        tracing::debug!(error = %error_chain(&error), "could not end the job's hold on its object");
+            JobKind::Restore | JobKind::CatchUp { .. } => {
+                match self.store.get(&job.identity, budget).await {
+                    Ok(record) => record,
+                    Err(error) if error.is_permanent() => {
+                        // What is stored cannot be used (corrupt, not sealed while sealing is
+                        // required, sealed with a key the keyring lacks): retrying will not help.
+                        let reason = error_chain(&error);
+                        tracing::warn!(identity = %job.identity, %reason, "the saved status cannot be used; moved to the dead-letter stream");
+                        self.applier().report_failure(job, &reason).await;
+                        self.metrics.finished(Finished::DeadLettered);
+                        if let Err(error) = self.release(job).await {
+                            tracing::debug!(error = %error_chain(&error), "could not end the job's hold on its object");
+                        }
+                        self.dead_letter(delivery, &reason, None).await;
+                        return;
                     }
-                    self.dead_letter(delivery, &reason, None).await;
-                    return;
+                    Err(error) => {
+                        self.retry_or_give_up(delivery, job, None, &error_chain(&error))
+                            .await;
+                        return;
+                    }
                 }
-                Err(error) => {
-                    self.retry_or_give_up(delivery, job, None, &error_chain(&error))
-                        .await;
-                    return;
-                }
-            },
+            }
         };
         let saved = record.as_ref().map(|r| &r.status);
         match self.applier().restore(job, record.as_ref()).await {
@@ -391,6 +393,8 @@ impl Worker {
                     self.metrics
                         .restored_after(Duration::try_from(latency).unwrap_or_default());
                     tracing::info!(identity = %job.identity, latency_ms = latency.as_millis(), "status restored");
+                } else if finished == Finished::CaughtUp {
+                    tracing::info!(identity = %job.identity, "status restored into an object created while restatus was not looking");
                 } else {
                     tracing::info!(identity = %job.identity, outcome = finished.label(), "restore job finished without a restore");
                 }

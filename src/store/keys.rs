@@ -66,6 +66,18 @@ impl KeySchema {
         self.object_key("job", id)
     }
 
+    /// `<prefix>:hist:{...}` with the record's hash tag: the object's last statuses, newest
+    /// first.
+    pub fn history(&self, id: &ObjectIdentity) -> String {
+        self.object_key("hist", id)
+    }
+
+    /// `<prefix>:catchup:{...}` with the record's hash tag: the incarnation a catch-up restore
+    /// was queued for, while it is held.
+    pub fn catch_up(&self, id: &ObjectIdentity) -> String {
+        self.object_key("catchup", id)
+    }
+
     /// `<prefix>:unmark:{...}` with the record's hash tag: a dead pending marker whose removal
     /// is already queued, so that a burst of writes queues it once.
     pub fn unmark(&self, id: &ObjectIdentity) -> String {
@@ -87,6 +99,38 @@ impl KeySchema {
     /// A `SCAN MATCH` pattern of every record of this cluster under this prefix.
     pub fn record_pattern(&self) -> String {
         format!("{}:rec:{{{}|*", glob_escape(&self.prefix), self.cluster)
+    }
+
+    /// A `SCAN MATCH` pattern of the records of one type (`group`, plural `resource`).
+    pub fn type_pattern(&self, group: &str, resource: &str) -> String {
+        format!(
+            "{}:rec:{{{}|{}|{}|*",
+            glob_escape(&self.prefix),
+            self.cluster,
+            glob_escape(&escape(group)),
+            glob_escape(&escape(resource))
+        )
+    }
+
+    /// The identity a record key of this schema names, `None` for any other key.
+    pub fn identity_of(&self, key: &str) -> Option<ObjectIdentity> {
+        let tag = key
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(":rec:{")?
+            .strip_suffix('}')?;
+        let mut parts = tag.split('|');
+        let cluster = parts.next()?;
+        let (group, resource, namespace, name) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if cluster != self.cluster || parts.next().is_some() {
+            return None;
+        }
+        Some(ObjectIdentity {
+            group: unescape(group)?,
+            resource: unescape(resource)?,
+            namespace: Some(unescape(namespace)?).filter(|ns| !ns.is_empty()),
+            name: unescape(name)?,
+        })
     }
 
     /// The restore job stream.
@@ -117,6 +161,29 @@ fn escape(part: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// The inverse of [`escape`]; `None` for text it cannot have written.
+fn unescape(part: &str) -> Option<String> {
+    if !part.contains('%') {
+        return Some(part.to_owned());
+    }
+    let mut out = String::with_capacity(part.len());
+    let mut rest = part;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 3)?;
+        out.push(match code {
+            "25" => '%',
+            "7C" => '|',
+            "7B" => '{',
+            "7D" => '}',
+            _ => return None,
+        });
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 /// `text` with the characters of Redis glob patterns escaped.
@@ -206,6 +273,8 @@ mod tests {
         let job = keys.job(&id("", "services", Some("a"), "b"));
         assert_eq!(job, "restatus:job:{prod||services|a|b}");
         assert_eq!(hash_tag(&job), hash_tag(&rec));
+        let history = keys.history(&id("", "services", Some("a"), "b"));
+        assert_eq!(history, "restatus:hist:{prod||services|a|b}");
         let unmark = keys.unmark(&id("", "services", Some("a"), "b"));
         assert_eq!(hash_tag(&unmark), hash_tag(&rec));
         assert!(unmark != job && unmark != rec);
@@ -232,6 +301,38 @@ mod tests {
         assert_eq!(
             keys.record(&id("", "services", Some("web"), "lb")),
             "restatus:rec:{prod||services|web|lb}"
+        );
+    }
+
+    #[test]
+    fn a_record_key_names_its_identity_back() {
+        let keys = KeySchema::new("restatus", "prod");
+        for identity in [
+            id("", "services", Some("web"), "lb"),
+            id("infra.example.com", "regions", None, "eu"),
+            id("g|h", "r{s}", Some("a%7Cb"), "n|%"),
+        ] {
+            assert_eq!(
+                keys.identity_of(&keys.record(&identity)),
+                Some(identity.clone())
+            );
+        }
+        assert_eq!(
+            keys.identity_of("restatus:rec:{other||services|web|lb}"),
+            None
+        );
+        assert_eq!(
+            keys.identity_of("restatus:job:{prod||services|web|lb}"),
+            None
+        );
+        assert_eq!(keys.identity_of("restatus:rec:{prod||services|web}"), None);
+        assert_eq!(
+            keys.identity_of("restatus:rec:{prod||services|web|%4}"),
+            None
+        );
+        assert_eq!(
+            keys.type_pattern("infra.example.com", "regions"),
+            "restatus:rec:{prod|infra.example.com|regions|*"
         );
     }
 

@@ -99,6 +99,11 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'digest', ARGV[3])
 return 1
 "#;
 
+/// What a history entry of the record `record_key` is sealed for: not the record's key.
+fn history_context(record_key: &str) -> String {
+    format!("{record_key}#history")
+}
+
 /// What [`Store::reseal`] did so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resealed {
@@ -115,18 +120,25 @@ pub struct Resealed {
 }
 
 /// Compares the new status with what is stored and writes it when it is newer and different.
-/// KEYS[1] record; ARGV: status, digest, apiVersion, kind, uid, resourceVersion, generation,
-/// source rank, now, deleting (1/0), retention in ms.
+/// KEYS[1] record, KEYS[2] its history; ARGV: status, digest, apiVersion, kind, uid,
+/// resourceVersion, generation, source rank, now, deleting (1/0), retention in ms, the history
+/// entry of this status, how many entries the history keeps (0: none).
 ///
 /// The retention clock: a DELETE (rank 2) starts it, again if it already runs, so it counts
 /// from the last DELETE even when an earlier one never landed (a later webhook or a
 /// precondition refused it). An update of an object that has a `deletionTimestamp` starts it
 /// only when it does not run. Any other write of the incarnation stops it, even with an
-/// unchanged status.
+/// unchanged status. The history follows the record's clock, and gains an entry whenever the
+/// status changes.
 const RECORD_SCRIPT: &str = r#"
-local key = KEYS[1]
+local key, hist = KEYS[1], KEYS[2]
 local uid, rv, rank = ARGV[5], ARGV[6], tonumber(ARGV[8])
 local now, deleting, retention = ARGV[9], ARGV[10] == '1', tonumber(ARGV[11])
+local keep = tonumber(ARGV[13])
+local function follow()
+  local ttl = redis.call('PTTL', key)
+  if ttl > 0 then redis.call('PEXPIRE', hist, ttl) else redis.call('PERSIST', hist) end
+end
 local cur = redis.call('HMGET', key, 'uid', 'digest', 'resourceVersion', 'rank', 'deletedAt')
 local cur_uid, cur_digest, cur_rv, cur_rank, cur_deleted = cur[1], cur[2], cur[3], cur[4], cur[5]
 local same_deletion = false
@@ -141,6 +153,7 @@ if cur_uid then
       if rank == 2 then
         redis.call('HSET', key, 'deletedAt', now)
         redis.call('PEXPIRE', key, retention)
+        follow()
       end
       return 'unchanged'
     end
@@ -165,16 +178,29 @@ else
   redis.call('HDEL', key, 'deletedAt')
   redis.call('PERSIST', key)
 end
+if keep > 0 and cur_digest ~= ARGV[2] then
+  redis.call('LPUSH', hist, ARGV[12])
+  redis.call('LTRIM', hist, 0, keep - 1)
+end
+follow()
 return 'written'
 "#;
 
 /// Starts the retention clock of a record, again if it already runs (as a recorded DELETE
-/// does): the object is deleted while restatus does not record it (its policy is disabled).
-/// KEYS[1] record; ARGV: now, retention in ms. Returns 1 when there was a record.
+/// does): the object is deleted while restatus does not record it (its policy is disabled),
+/// or resync found it gone. KEYS[1] record, KEYS[2] its history; ARGV: now, retention in ms,
+/// and optionally a time: only a record written before it is expired (resync: a record
+/// written since the list was taken belongs to an object the list could not see). Returns 1
+/// when it started the clock.
 const EXPIRE_SCRIPT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[3] then
+  local at = redis.call('HGET', KEYS[1], 'recordedAt')
+  if redis.call('HEXISTS', KEYS[1], 'deletedAt') == 1 or not at or at >= ARGV[3] then return 0 end
+end
 redis.call('HSET', KEYS[1], 'deletedAt', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]))
 return 1
 "#;
 
@@ -185,10 +211,10 @@ fn millis(duration: Duration) -> u64 {
         .max(1)
 }
 
-/// Marks a record as belonging to the restored incarnation: it no longer expires; and ends
-/// the job, which is no longer the object's live one.
-/// KEYS[1] record, KEYS[2] live job; ARGV: the uid the restore started from, the new uid,
-/// now, the job id.
+/// Marks a record as belonging to the restored incarnation: it no longer expires (nor does
+/// its history); and ends the job, which is no longer the object's live one.
+/// KEYS[1] record, KEYS[2] live job, KEYS[3] history; ARGV: the uid the restore started from,
+/// the new uid, now, the job id.
 const MARK_RESTORED_SCRIPT: &str = r#"
 if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
 local key = KEYS[1]
@@ -198,6 +224,7 @@ if cur_uid ~= ARGV[1] and cur_uid ~= ARGV[2] then return 0 end
 redis.call('HSET', key, 'uid', ARGV[2], 'restoredAt', ARGV[3])
 redis.call('HDEL', key, 'deletedAt')
 redis.call('PERSIST', key)
+redis.call('PERSIST', KEYS[3])
 return 1
 "#;
 
@@ -254,6 +281,8 @@ pub struct Store {
     keyring: Option<Arc<Keyring>>,
     /// Refuse a stored status that is not sealed (with a keyring only).
     require_sealed: bool,
+    /// How many of an object's last statuses are kept beside its record (0: none).
+    history: usize,
     record_script: Arc<Script>,
     expire_script: Arc<Script>,
     mark_restored_script: Arc<Script>,
@@ -294,6 +323,7 @@ impl Store {
             metrics,
             keyring,
             require_sealed: false,
+            history: 0,
             record_script: Arc::new(Script::new(RECORD_SCRIPT)),
             expire_script: Arc::new(Script::new(EXPIRE_SCRIPT)),
             mark_restored_script: Arc::new(Script::new(MARK_RESTORED_SCRIPT)),
@@ -306,6 +336,12 @@ impl Store {
     /// Without a keyring it changes nothing.
     pub fn require_sealed(mut self, required: bool) -> Self {
         self.require_sealed = required && self.keyring.is_some();
+        self
+    }
+
+    /// Keeps the last `entries` statuses of each object beside its record (0: none).
+    pub fn keep_history(mut self, entries: usize) -> Self {
+        self.history = entries;
         self
     }
 
@@ -368,10 +404,18 @@ impl Store {
         budget: Duration,
     ) -> Result<WriteOutcome, StoreError> {
         let key = self.keys.record(&write.identity);
-        let (status, digest) = self.seal(&key, &write.status)?;
+        let now = Timestamp::now().to_string();
+        let json = write.status.to_string();
+        let (status, digest) = self.seal_text(&key, json.as_bytes())?;
+        let entry = if self.history > 0 {
+            self.history_entry(&key, &now, write, &json)?
+        } else {
+            String::new()
+        };
         let mut invocation = self.record_script.prepare_invoke();
         invocation
             .key(&key)
+            .key(self.keys.history(&write.identity))
             .arg(status)
             .arg(digest)
             .arg(&write.api_version)
@@ -380,9 +424,11 @@ impl Store {
             .arg(&write.resource_version)
             .arg(write.generation.map(|g| g.to_string()).unwrap_or_default())
             .arg(write.source as u8)
-            .arg(Timestamp::now().to_string())
+            .arg(&now)
             .arg(if write.deleting { "1" } else { "0" })
-            .arg(millis(write.retention));
+            .arg(millis(write.retention))
+            .arg(entry)
+            .arg(self.history);
         let answer: String = self.send("record", &key, budget, &invocation).await?;
         let outcome = match answer.as_str() {
             "written" => WriteOutcome::Written,
@@ -434,6 +480,30 @@ impl Store {
             .await
     }
 
+    /// Starts the retention clock of an object's record, unless it already runs or the record
+    /// was written at or after `seen_by` (resync: the object may exist after its list was
+    /// taken). Returns whether it started the clock.
+    pub async fn expire_unseen(
+        &self,
+        identity: &ObjectIdentity,
+        retention: Duration,
+        seen_by: Timestamp,
+        budget: Duration,
+    ) -> Result<bool, StoreError> {
+        // Record times are RFC 3339 text, with a fraction only when it is not zero, which the
+        // script compares as text: a whole second at least one second earlier compares right
+        // with every time before it, and errs only towards expiring less.
+        let cutoff = Timestamp::from_second(seen_by.as_second().saturating_sub(1))
+            .unwrap_or(Timestamp::UNIX_EPOCH);
+        let args = [
+            Timestamp::now().to_string(),
+            millis(retention).to_string(),
+            cutoff.to_string(),
+        ];
+        self.flag("expire", &self.expire_script, identity, &args, budget)
+            .await
+    }
+
     /// Runs a script that answers 1 when it changed the record of `identity`, else 0.
     async fn flag(
         &self,
@@ -445,7 +515,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let key = self.keys.record(identity);
         let mut invocation = script.prepare_invoke();
-        invocation.key(&key);
+        invocation.key(&key).key(self.keys.history(identity));
         for arg in args {
             invocation.arg(arg);
         }
@@ -458,19 +528,51 @@ impl Store {
     /// `key` is what the sealed text is bound to: the record's key, or another context for a
     /// copy kept elsewhere (a dead letter), which then never opens as the record.
     fn seal(&self, key: &str, status: &Value) -> Result<(String, String), StoreError> {
-        let json = status.to_string();
+        self.seal_text(key, status.to_string().as_bytes())
+    }
+
+    /// [`Store::seal`] of a status already serialized: serde_json writes object keys sorted,
+    /// so its text is the canonical one the digest is taken of.
+    fn seal_text(&self, key: &str, json: &[u8]) -> Result<(String, String), StoreError> {
         match &self.keyring {
-            None => Ok((json, digest(status))),
+            None => Ok((
+                String::from_utf8_lossy(json).into_owned(),
+                record::digest_text(json),
+            )),
             Some(keyring) => {
-                let sealed =
-                    keyring
-                        .seal(key, json.as_bytes())
-                        .map_err(|source| StoreError::Seal {
-                            key: key.to_owned(),
-                            source,
-                        })?;
-                Ok((sealed, keyring.digest(key, &canonical(status))))
+                let sealed = keyring.seal(key, json).map_err(|source| StoreError::Seal {
+                    key: key.to_owned(),
+                    source,
+                })?;
+                Ok((sealed, keyring.digest(key, json)))
             }
+        }
+    }
+
+    /// The history entry of a write: when, of which incarnation and version, and the status
+    /// (its JSON `json`). Sealed for the history of `key` when a keyring is configured, so
+    /// that it never opens as the record.
+    fn history_entry(
+        &self,
+        key: &str,
+        now: &str,
+        write: &RecordWrite,
+        json: &str,
+    ) -> Result<String, StoreError> {
+        let entry = format!(
+            "{{\"recordedAt\":{},\"uid\":{},\"resourceVersion\":{},\"status\":{json}}}",
+            Value::from(now),
+            Value::from(write.uid.as_str()),
+            Value::from(write.resource_version.as_str()),
+        );
+        match &self.keyring {
+            None => Ok(entry),
+            Some(keyring) => keyring
+                .seal(&history_context(key), entry.as_bytes())
+                .map_err(|source| StoreError::Seal {
+                    key: key.to_owned(),
+                    source,
+                }),
         }
     }
 
@@ -547,6 +649,115 @@ impl Store {
         Ok((self.decode(key, fields)?, job))
     }
 
+    /// The records of `identities`, in one round trip; each `None` where there is none, or an
+    /// error for a record that cannot be read (that object alone).
+    pub async fn get_many(
+        &self,
+        identities: &[ObjectIdentity],
+        budget: Duration,
+    ) -> Result<Vec<Result<Option<Record>, StoreError>>, StoreError> {
+        if identities.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = identities.iter().map(|id| self.keys.record(id)).collect();
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.cmd("HGETALL").arg(key);
+        }
+        let all: Vec<HashMap<String, String>> =
+            self.send("hgetall", &keys[0], budget, &pipe).await?;
+        Ok(keys
+            .into_iter()
+            .zip(all)
+            .map(|(key, fields)| self.decode(key, fields))
+            .collect())
+    }
+
+    /// Answers whether Redis answers within `budget`.
+    pub async fn ping(&self, budget: Duration) -> bool {
+        let key = self.keys.queue();
+        self.send::<String>("ping", &key, budget, &redis::cmd("PING"))
+            .await
+            .is_ok()
+    }
+
+    /// Queues a catch-up job unless one for the same incarnation was queued within `hold`:
+    /// resync finds the same object again at every pass until its job has run.
+    pub async fn enqueue_catch_up(
+        &self,
+        job: &RestoreJob,
+        uid: &str,
+        hold: Duration,
+        budget: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys.catch_up(&job.identity);
+        let set: Option<String> = self
+            .send(
+                "set",
+                &key,
+                budget,
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(uid)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(hold)),
+            )
+            .await?;
+        if set.is_none() {
+            return Ok(false);
+        }
+        self.enqueue(job, budget).await.map(|_| true)
+    }
+
+    /// Starts the retention clock of every record of the type `group`/`resource` that `seen`
+    /// does not know, was written before `seen_by` and whose clock does not run: objects
+    /// deleted while restatus did not see the DELETE. `retention` gives each its retention.
+    /// Returns how many clocks it started.
+    pub async fn expire_unseen_of_type(
+        &self,
+        group: &str,
+        resource: &str,
+        seen: &(dyn Fn(&str) -> bool + Sync),
+        retention: &(dyn Fn(&ObjectIdentity) -> Duration + Sync),
+        seen_by: Timestamp,
+        budget: Duration,
+    ) -> Result<u64, StoreError> {
+        let pattern = self.keys.type_pattern(group, resource);
+        let mut cursor: u64 = 0;
+        let mut started = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .send(
+                    "scan",
+                    &pattern,
+                    budget,
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            for key in keys.iter().filter(|k| !seen(k)) {
+                let Some(identity) = self.keys.identity_of(key) else {
+                    continue;
+                };
+                if self
+                    .expire_unseen(&identity, retention(&identity), seen_by, budget)
+                    .await?
+                {
+                    started += 1;
+                }
+            }
+            if next == 0 {
+                return Ok(started);
+            }
+            cursor = next;
+        }
+    }
+
     /// Whether `job` is the live restore job of an object.
     pub async fn job_is_live(
         &self,
@@ -617,6 +828,7 @@ impl Store {
         invocation
             .key(&key)
             .key(self.keys.job(identity))
+            .key(self.keys.history(identity))
             .arg(old_uid)
             .arg(new_uid)
             .arg(Timestamp::now().to_string())

@@ -42,6 +42,9 @@ pub enum JobKind {
     /// Take a pending marker that names `marker`, a job that is not live, off the incarnation
     /// `uid` (a status write cannot change metadata, so the webhook cannot do it itself).
     Unmark { uid: String, marker: String },
+    /// Put the record back into the incarnation `uid`, created while restatus was not looking
+    /// (resync found it): no CREATE marked it, so the job is bound to its uid.
+    CatchUp { uid: String },
 }
 
 /// One job for the worker: a restore of the record of `identity` into the object its CREATE

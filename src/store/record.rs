@@ -106,7 +106,12 @@ pub fn canonical(status: &Value) -> Vec<u8> {
 
 /// Digest of a status: SHA-256 of its canonical text, in hex.
 pub fn digest(status: &Value) -> String {
-    let out = Sha256::digest(canonical(status));
+    digest_text(&canonical(status))
+}
+
+/// SHA-256 of a status's canonical text (serde_json writes it, keys sorted), in hex.
+pub fn digest_text(canonical: &[u8]) -> String {
+    let out = Sha256::digest(canonical);
     let mut hex = String::with_capacity(out.len() * 2);
     for b in out.iter() {
         hex.push_str(&format!("{b:02x}"));
@@ -170,6 +175,9 @@ mod tests {
         assert_ne!(digest(&json!({})), digest(&json!(null)));
         assert_ne!(digest(&json!({"a":"1"})), digest(&json!({"a":1})));
         assert_eq!(digest(&json!({})).len(), 64);
+        // The text serde_json writes has the same digest: it is the canonical text.
+        let status = json!({"b": 1, "a": {"d": [null, 1.5], "c": "é"}});
+        assert_eq!(digest_text(status.to_string().as_bytes()), digest(&status));
         // SHA-256 of the canonical text, as records written by earlier versions have it.
         assert_eq!(
             digest(&json!({"a": [1, "x"]})),

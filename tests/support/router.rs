@@ -12,8 +12,7 @@ use prometheus_client::registry::Registry;
 use restatus::{
     admission::{self, Admission, AdmissionMetrics},
     policy::{
-        CrdCache, Defaults, Enablement, GlobalPolicy, InvalidReporter, NamespaceCache,
-        PolicyMetrics, RestoreFor, RestoreMode,
+        Defaults, Enablement, GlobalPolicy, InvalidReporter, PolicyMetrics, RestoreFor, RestoreMode,
     },
     store::{KeySchema, Store, StoreMetrics},
     telemetry,
@@ -82,8 +81,7 @@ pub fn harness_with(
     let keys = store.keys().clone();
     let policy_metrics = PolicyMetrics::register(&mut metrics);
     let sources = admission::Sources {
-        crds: CrdCache::empty(),
-        namespaces: NamespaceCache::default(),
+        caches: Default::default(),
         synced: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         access: None,
         reporter: InvalidReporter::new(None, policy_metrics.clone()),

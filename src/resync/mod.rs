@@ -1,0 +1,542 @@
+//! Resync: corrects the records from the live objects, and catches up on what restatus did
+//! not see while it or Redis was away.
+//!
+//! Admission is not proof that a write landed, and with `failurePolicy: Ignore` nothing is seen
+//! while restatus or Redis is down: a status written then is not recorded, a CREATE gets no
+//! marker, a DELETE starts no retention clock. A pass lists every tracked type page by page
+//! (bounded memory, bounded rate) and, for each object, does what [`check`] says:
+//!
+//! - records a status restatus has not recorded, through the same script as the webhook (a
+//!   newer or unchanged record is kept);
+//! - for an object created while restatus was not looking (its uid is not its record's, and it
+//!   carries none of restatus's annotations), queues a catch-up restore bound to its uid, where
+//!   policy opens restores to any creator; elsewhere it leaves the saved status waiting, counts
+//!   it and says why in an Event, once;
+//! - then starts the retention clock of the type's records whose object it did not find.
+//!
+//! A pass runs at start (once the policy caches have synced), every `--resync-interval`, and as
+//! soon as Redis answers again after a review failed open for want of it.
+
+mod check;
+mod metrics;
+
+use std::{
+    collections::{HashSet, VecDeque},
+    hash::{BuildHasher, RandomState},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use jiff::{SignedDuration, Timestamp};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ApiResource, DynamicObject, ListParams},
+    discovery,
+    runtime::events::{Event, EventType, Recorder, Reporter},
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use check::{Check, Leave, Live, check};
+pub use metrics::ResyncMetrics;
+
+use crate::{
+    error::{api_status_code, error_chain},
+    policy::{Caches, GlobalPolicy, RestoreMode, status_of},
+    store::{JobKind, ObjectIdentity, RestoreJob, Store},
+};
+
+/// A tracked type: its API group (`""` for the core group) and plural resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackedType {
+    pub group: String,
+    pub resource: String,
+}
+
+impl std::str::FromStr for TrackedType {
+    type Err = String;
+
+    /// `resource.group`, or `resource` for the core group: `services`,
+    /// `kubernetesclusters.infra.example.com`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let name = s.trim();
+        let (resource, group) = match name.split_once('.') {
+            Some((resource, group)) => (resource, Some(group)),
+            None => (name, None),
+        };
+        let valid = |s: &str| {
+            !s.is_empty()
+                && !s.ends_with('.')
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        if !valid(resource) || !group.is_none_or(valid) {
+            return Err(format!(
+                "{name:?} is not a resource name (plural, lowercase, then .group)"
+            ));
+        }
+        Ok(Self {
+            group: group.unwrap_or_default().to_owned(),
+            resource: resource.to_owned(),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The types to resync.
+    pub types: Vec<TrackedType>,
+    /// Time between passes; a pass also runs at start and when Redis is back.
+    pub interval: Duration,
+    /// Objects per list request.
+    pub page_size: u32,
+    /// Objects per second a pass goes through at most.
+    pub rate: u32,
+    /// Budget of each Redis call.
+    pub redis_timeout: Duration,
+    /// How long a catch-up job waits for a worker before resync queues it again.
+    pub catch_up_hold: Duration,
+}
+
+/// Why a pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    Start,
+    Interval,
+    RedisBack,
+}
+
+impl Why {
+    fn label(self) -> &'static str {
+        match self {
+            Why::Start => "start",
+            Why::Interval => "interval",
+            Why::RedisBack => "redis_back",
+        }
+    }
+}
+
+/// How often, while a review failed open for want of Redis, Redis is asked whether it is back.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// A list continued after its continue token expired starts over at most this often per type.
+const LIST_RESTARTS: u32 = 3;
+/// Objects whose held catch-up was reported, remembered to report each once.
+const REPORTED: usize = 10_000;
+
+/// What a pass did with one type.
+#[derive(Debug, Default)]
+struct Tally {
+    scanned: u64,
+    corrected: u64,
+    queued: u64,
+    held: u64,
+}
+
+pub struct Resync {
+    client: Client,
+    store: Store,
+    caches: Caches,
+    global: GlobalPolicy,
+    settings: Settings,
+    metrics: ResyncMetrics,
+    recorder: Recorder,
+    /// Set by the webhook when a review failed open because Redis did not answer.
+    failed_open: Arc<AtomicBool>,
+    /// Incarnations whose held catch-up was reported.
+    reported: Reported,
+}
+
+/// Incarnations already reported, remembered up to a number, the oldest forgotten first.
+struct Reported {
+    capacity: usize,
+    seen: Mutex<(HashSet<String>, VecDeque<String>)>,
+}
+
+impl Reported {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            seen: Mutex::new((HashSet::new(), VecDeque::new())),
+        }
+    }
+
+    /// True the first time `uid` is seen (or again once it was forgotten).
+    fn first(&self, uid: &str) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let (set, order) = &mut *seen;
+        if !set.insert(uid.to_owned()) {
+            return false;
+        }
+        order.push_back(uid.to_owned());
+        if order.len() > self.capacity
+            && let Some(oldest) = order.pop_front()
+        {
+            set.remove(&oldest);
+        }
+        true
+    }
+}
+
+impl Resync {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: Client,
+        store: Store,
+        caches: Caches,
+        global: GlobalPolicy,
+        settings: Settings,
+        metrics: ResyncMetrics,
+        instance: String,
+        failed_open: Arc<AtomicBool>,
+    ) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: "restatus".into(),
+            instance: Some(instance),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            store,
+            caches,
+            global,
+            settings,
+            metrics,
+            failed_open,
+            reported: Reported::new(REPORTED),
+        })
+    }
+
+    /// Runs passes until `shutdown`: once the caches have synced, then every interval, and
+    /// when Redis answers again after a review failed open.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let synced =
+            async { tokio::join!(self.caches.crds.synced(), self.caches.namespaces.synced()) };
+        tokio::select! {
+            _ = synced => {},
+            () = shutdown.cancelled() => return,
+        }
+        let mut why = Why::Start;
+        loop {
+            // A pass started by a failed-open review answers for it.
+            self.failed_open.store(false, Ordering::SeqCst);
+            tokio::select! {
+                () = self.pass(why) => {},
+                () = shutdown.cancelled() => return,
+            }
+            let next = Instant::now() + self.settings.interval;
+            why = loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep_until(next) => break Why::Interval,
+                    () = tokio::time::sleep(PROBE_EVERY) => {
+                        if self.failed_open.load(Ordering::SeqCst)
+                            && self.store.ping(self.settings.redis_timeout).await
+                        {
+                            tracing::info!("Redis answers again after reviews failed open; resyncing now");
+                            break Why::RedisBack;
+                        }
+                    }
+                }
+            };
+        }
+    }
+
+    /// One pass over every tracked type.
+    async fn pass(&self, why: Why) {
+        let started = Instant::now();
+        let mut complete = true;
+        for tracked in &self.settings.types {
+            match self.sync_type(tracked).await {
+                Ok(tally) => tracing::info!(
+                    group = %tracked.group,
+                    resource = %tracked.resource,
+                    scanned = tally.scanned,
+                    corrected = tally.corrected,
+                    catch_ups = tally.queued,
+                    held = tally.held,
+                    "resynced"
+                ),
+                Err(error) => {
+                    complete = false;
+                    tracing::warn!(group = %tracked.group, resource = %tracked.resource, %error, "resync of this type failed; it is tried again at the next pass");
+                }
+            }
+        }
+        self.metrics.pass(why.label(), started.elapsed(), complete);
+        tracing::info!(
+            reason = why.label(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            complete,
+            "resync pass finished"
+        );
+    }
+
+    /// Resyncs one type: its live objects page by page, then its records whose object is gone.
+    async fn sync_type(&self, tracked: &TrackedType) -> Result<Tally, String> {
+        let ar = self.resolve(tracked).await.inspect_err(|_| {
+            self.metrics.error("discovery");
+        })?;
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+        let hasher = RandomState::new();
+        let mut seen: HashSet<u64> = HashSet::new();
+        let mut tally = Tally::default();
+        let listed_at = Timestamp::now();
+        let mut restarts = 0;
+        let mut continue_token: Option<String> = None;
+        let started = Instant::now();
+        loop {
+            let params = ListParams {
+                limit: Some(self.settings.page_size),
+                continue_token: continue_token.clone(),
+                ..ListParams::default()
+            };
+            let page = match api.list(&params).await {
+                Ok(page) => page,
+                // The continue token expired (compaction): start the type over.
+                Err(e) if api_status_code(&e) == Some(410) && restarts < LIST_RESTARTS => {
+                    restarts += 1;
+                    continue_token = None;
+                    continue;
+                }
+                Err(e) => {
+                    self.metrics.error("list");
+                    return Err(format!("listing failed: {}", error_chain(&e)));
+                }
+            };
+            for obj in &page.items {
+                let identity = identity_of(&ar, obj);
+                seen.insert(hasher.hash_one(self.store.keys().record(&identity)));
+            }
+            self.sync_page(&ar, &page.items, listed_at, &mut tally)
+                .await;
+            self.metrics.scanned(page.items.len() as u64);
+            continue_token = page.metadata.continue_.filter(|t| !t.is_empty());
+            if continue_token.is_none() {
+                break;
+            }
+            // At most `rate` objects a second.
+            let due = Duration::from_secs_f64(
+                tally.scanned as f64 / f64::from(self.settings.rate.max(1)),
+            );
+            tokio::time::sleep_until(started + due).await;
+        }
+        let seen_record = |key: &str| seen.contains(&hasher.hash_one(key));
+        let retention = |id: &ObjectIdentity| {
+            self.caches
+                .resolve(
+                    &self.global,
+                    &id.group,
+                    &id.resource,
+                    id.namespace.as_deref(),
+                    None,
+                )
+                .policy
+                .retention
+        };
+        let expired = self
+            .store
+            .expire_unseen_of_type(
+                &tracked.group,
+                &tracked.resource,
+                &seen_record,
+                &retention,
+                listed_at,
+                self.settings.redis_timeout,
+            )
+            .await
+            .map_err(|e| {
+                self.metrics.error("store");
+                format!(
+                    "expiring records of deleted objects failed: {}",
+                    error_chain(&e)
+                )
+            })?;
+        self.metrics.expired(expired);
+        Ok(tally)
+    }
+
+    /// The API resource of a tracked type, at the version the API server prefers.
+    async fn resolve(&self, tracked: &TrackedType) -> Result<ApiResource, String> {
+        let group = discovery::group(&self.client, &tracked.group)
+            .await
+            .map_err(|e| format!("discovery failed: {}", error_chain(&e)))?;
+        group
+            .recommended_resources()
+            .into_iter()
+            .map(|(ar, _)| ar)
+            .find(|ar| ar.plural == tracked.resource)
+            .ok_or_else(|| "the API server serves no such resource".to_owned())
+    }
+
+    /// Checks one page of live objects against their records.
+    async fn sync_page(
+        &self,
+        ar: &ApiResource,
+        objects: &[DynamicObject],
+        listed_at: Timestamp,
+        tally: &mut Tally,
+    ) {
+        let budget = self.settings.redis_timeout;
+        let identities: Vec<ObjectIdentity> = objects.iter().map(|o| identity_of(ar, o)).collect();
+        let records = match self.store.get_many(&identities, budget).await {
+            Ok(records) => records,
+            Err(error) => {
+                self.metrics.error("store");
+                tracing::warn!(error = %error_chain(&error), "reading records failed; this page is checked at the next pass");
+                return;
+            }
+        };
+        for ((obj, identity), record) in objects.iter().zip(identities).zip(records) {
+            tally.scanned += 1;
+            let record = match record {
+                Ok(record) => record,
+                Err(error) => {
+                    tracing::warn!(%identity, error = %error_chain(&error), "the record cannot be read; left as it is");
+                    continue;
+                }
+            };
+            let resolved = self.caches.resolve(
+                &self.global,
+                &identity.group,
+                &identity.resource,
+                identity.namespace.as_deref(),
+                obj.metadata.annotations.as_ref(),
+            );
+            let policy = resolved.policy;
+            let live = Live {
+                identity,
+                api_version: &ar.api_version,
+                kind: &ar.kind,
+                uid: obj.metadata.uid.as_deref().unwrap_or(""),
+                resource_version: obj.metadata.resource_version.as_deref().unwrap_or(""),
+                generation: obj.metadata.generation,
+                annotations: obj.metadata.annotations.as_ref(),
+                deleting: obj.metadata.deletion_timestamp.is_some(),
+                status: status_of(obj),
+            };
+            match check(&live, record.as_ref(), &policy, listed_at) {
+                Check::Leave(_) => {}
+                Check::Record(write) => match self.store.record(&write, budget).await {
+                    Ok(crate::store::WriteOutcome::Written) => {
+                        tally.corrected += 1;
+                        self.metrics.corrected();
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        self.metrics.error("store");
+                        tracing::warn!(identity = %live.identity, error = %error_chain(&error), "recording failed; tried again at the next pass");
+                    }
+                },
+                Check::CatchUp { record_uid } => {
+                    let mut restore = policy.restore.clone();
+                    restore.mode = RestoreMode::Fill;
+                    let now = Timestamp::now();
+                    let job = RestoreJob {
+                        id: String::new(),
+                        action: JobKind::CatchUp {
+                            uid: live.uid.to_owned(),
+                        },
+                        identity: live.identity.clone(),
+                        api_version: ar.api_version.clone(),
+                        kind: ar.kind.clone(),
+                        record_uid,
+                        created_at: now,
+                        deadline: now
+                            .checked_add(SignedDuration::from_secs(60))
+                            .unwrap_or(now),
+                        retry: false,
+                        inline: false,
+                        request_uid: String::new(),
+                        policy: Some(restore),
+                    };
+                    match self
+                        .store
+                        .enqueue_catch_up(&job, live.uid, self.settings.catch_up_hold, budget)
+                        .await
+                    {
+                        Ok(true) => {
+                            tally.queued += 1;
+                            self.metrics.catch_up("queued");
+                            tracing::info!(identity = %live.identity, "an object created while restatus was not looking has a saved status; catch-up restore queued");
+                        }
+                        Ok(false) => {}
+                        Err(error) => {
+                            self.metrics.error("store");
+                            tracing::warn!(identity = %live.identity, error = %error_chain(&error), "queueing a catch-up restore failed; tried again at the next pass");
+                        }
+                    }
+                }
+                Check::Hold { .. } => {
+                    tally.held += 1;
+                    if self.reported.first(live.uid) {
+                        self.metrics.catch_up("held");
+                        tracing::info!(identity = %live.identity, "an object created while restatus was not looking has a saved status, not restored: restores here are for status writers, and its creator is unknown");
+                        self.event_held(ar, obj).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn event_held(&self, ar: &ApiResource, obj: &DynamicObject) {
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "SavedStatusWaiting".into(),
+            note: Some(
+                "A saved status of an earlier incarnation was not restored: this object was created while restatus was not looking, so its creator is unknown, and restores here go only to creators who may update its status (restatus.io/restore-for: status-writers). Set restore-for: creators on its namespace or CRD to restore it at the next resync."
+                    .into(),
+            ),
+            action: "RestoreStatus".into(),
+            secondary: None,
+        };
+        let reference = obj.object_ref(ar);
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(object = %obj.name_any(), error = %error_chain(&e), "could not publish the SavedStatusWaiting event");
+        }
+    }
+}
+
+/// The identity of a listed object of `ar`.
+fn identity_of(ar: &ApiResource, obj: &DynamicObject) -> ObjectIdentity {
+    ObjectIdentity {
+        group: ar.group.clone(),
+        resource: ar.plural.clone(),
+        namespace: obj.metadata.namespace.clone().filter(|ns| !ns.is_empty()),
+        name: obj.name_any(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracked_types_read_like_kubectl_resource_names() {
+        let t: TrackedType = "kubernetesclusters.infra.example.com".parse().unwrap();
+        assert_eq!(
+            (t.group.as_str(), t.resource.as_str()),
+            ("infra.example.com", "kubernetesclusters")
+        );
+        let t: TrackedType = " services ".parse().unwrap();
+        assert_eq!((t.group.as_str(), t.resource.as_str()), ("", "services"));
+        for bad in ["", "Services", "services.", "a b", "x.Y"] {
+            assert!(bad.parse::<TrackedType>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_held_catch_up_is_reported_once_per_incarnation_within_a_bound() {
+        let reported = Reported::new(2);
+        assert!(reported.first("a"));
+        assert!(!reported.first("a"));
+        assert!(reported.first("b"));
+        assert!(!reported.first("b"));
+        // A third forgets the oldest.
+        assert!(reported.first("c"));
+        assert!(reported.first("a"));
+        assert!(!reported.first("c"));
+    }
+}
