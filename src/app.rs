@@ -42,6 +42,7 @@ use crate::{
         NamespaceCache, NamespaceWatch, PolicyMetrics,
     },
     restore::{self, RestoreMetrics, Worker},
+    resync::{self, Resync, ResyncMetrics},
     server::{self, BindError, Readiness},
     store::{Keyring, KeyringError, Store, StoreError, StoreMetrics},
     telemetry,
@@ -106,9 +107,13 @@ pub struct App {
     ready: Arc<Readiness>,
     /// Set once the policy caches have synced: until then reviews are allowed unrecorded.
     synced: Arc<AtomicBool>,
+    /// The same, for parts that wait for it (only one task may wait on the caches' own
+    /// readiness: their stores wake one waiter).
+    synced_tx: tokio::sync::watch::Sender<bool>,
     certificates: Certificates,
     caches: Caches,
     worker: Option<Arc<Worker>>,
+    resync: Option<Arc<Resync>>,
     grace: Duration,
 }
 
@@ -284,6 +289,7 @@ impl App {
         let store_metrics = StoreMetrics::register(&mut registry);
         let admission_metrics = AdmissionMetrics::register(&mut registry);
         let restore_metrics = RestoreMetrics::register(&mut registry);
+        let resync_metrics = ResyncMetrics::register(&mut registry);
         let cert_metrics = CertMetrics::register(&mut registry);
         let server_metrics = server::ServerMetrics::register(&mut registry);
         let policy_metrics = PolicyMetrics::register(&mut registry);
@@ -322,7 +328,8 @@ impl App {
             store_metrics,
             keyring,
         )?
-        .require_sealed(args.store.require_sealed);
+        .require_sealed(args.store.require_sealed)
+        .keep_history(usize::try_from(args.record.history).unwrap_or(usize::MAX));
         store.warm_up(WARM_UP_BUDGET).await;
 
         let global = global_policy(&args);
@@ -361,6 +368,32 @@ impl App {
         };
         // Without a Kubernetes API there are no caches to wait for.
         let synced = Arc::new(AtomicBool::new(caches.watches.is_none()));
+        let failed_open = Arc::new(AtomicBool::new(false));
+        let resync = client
+            .as_ref()
+            .filter(|_| !args.resync.resync_resources.is_empty())
+            .map(|client| {
+                Resync::new(
+                    client.clone(),
+                    store.clone(),
+                    policy::Caches {
+                        crds: caches.crds.clone(),
+                        namespaces: caches.namespaces.clone(),
+                    },
+                    global.clone(),
+                    resync::Settings {
+                        types: args.resync.resync_resources.clone(),
+                        interval: args.resync.resync_interval,
+                        page_size: args.resync.resync_page_size,
+                        rate: args.resync.resync_rate,
+                        redis_timeout: args.store.redis_worker_timeout,
+                        catch_up_hold: job_ttl(&args.restore),
+                    },
+                    resync_metrics,
+                    instance.clone(),
+                    failed_open.clone(),
+                )
+            });
         let own_user = match &client {
             Some(client) => own_username(client).await,
             None => None,
@@ -382,6 +415,7 @@ impl App {
                     namespaces: caches.namespaces.clone(),
                 },
                 synced: synced.clone(),
+                failed_open: failed_open.clone(),
                 access,
                 reporter,
                 metrics: policy_metrics,
@@ -450,10 +484,12 @@ impl App {
                 ],
             ),
             ready,
+            synced_tx: tokio::sync::watch::Sender::new(synced.load(Ordering::SeqCst)),
             synced,
             certificates,
             caches,
             worker,
+            resync,
             grace: args.server.shutdown_grace,
         })
     }
@@ -479,6 +515,10 @@ impl App {
         if let Some(worker) = self.worker {
             tasks.spawn_until_shutdown("the restore worker", |stop| worker.run(stop, grace));
         }
+        if let Some(resync) = self.resync {
+            let synced = self.synced_tx.subscribe();
+            tasks.spawn_until_shutdown("resync", |stop| resync.run(synced, stop));
+        }
         match self.certificates {
             Certificates::Files {
                 source,
@@ -499,12 +539,13 @@ impl App {
                 .await
                 .map_err(TaskError::Admin)
         });
-        let synced = self.synced;
+        let (synced, synced_tx) = (self.synced, self.synced_tx);
         tasks.spawn_until_shutdown("the policy cache sync", |stop| async move {
             // Reviews are answered, and restatus is ready, only once the policy caches hold
             // the cluster's CRDs and namespaces: a review answered before would miss their
             // annotations (a namespace's `policy: disabled`, `exclude-fields`,
-            // `restore-for`). Until then reviews are allowed unrecorded.
+            // `restore-for`). Until then reviews are allowed unrecorded. This is the only
+            // task that waits on the caches themselves: their readiness wakes one waiter.
             let both = async { tokio::join!(crds.synced(), namespaces.synced()) };
             tokio::pin!(both);
             let waiting = tokio::time::Instant::now();
@@ -519,6 +560,7 @@ impl App {
                 }
             }
             synced.store(true, Ordering::SeqCst);
+            synced_tx.send_replace(true);
             tracing::info!("the CRD and namespace caches have synced");
             stop.cancelled().await;
         });

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     duration,
     policy::{Enablement, FieldPatterns, RestoreFor, RestoreMode, TypePolicy},
+    resync::TrackedType,
     telemetry::LogFormat,
 };
 
@@ -62,9 +63,35 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub restore: RestoreArgs,
     #[command(flatten)]
+    pub resync: ResyncArgs,
+    #[command(flatten)]
     pub kube: KubeArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Resync")]
+pub struct ResyncArgs {
+    /// The tracked types to resync, comma-separated `resource.group` (`resource` for the core
+    /// group), e.g. `services,kubernetesclusters.infra.example.com`: the types the webhook
+    /// configuration sends. Empty turns resync off.
+    #[arg(long, env = "RESTATUS_RESYNC_RESOURCES", value_delimiter = ',')]
+    pub resync_resources: Vec<TrackedType>,
+
+    /// Time between resync passes; a pass also runs at start and as soon as Redis answers
+    /// again after reviews failed open for want of it.
+    #[arg(long, env = "RESTATUS_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_interval)]
+    pub resync_interval: Duration,
+
+    /// Objects per list request of a resync pass: what a pass holds in memory at once.
+    #[arg(long, env = "RESTATUS_RESYNC_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub resync_page_size: u32,
+
+    /// Objects a resync pass goes through per second at most, so a big cluster is not
+    /// hammered.
+    #[arg(long, env = "RESTATUS_RESYNC_RATE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub resync_rate: u32,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -362,6 +389,11 @@ pub struct RecordArgs {
     /// within 200 ms is allowed unrecorded, with a warning, and counted (outcome `busy`).
     #[arg(long, env = "RESTATUS_MAX_INFLIGHT_STATUS_VALUES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub max_inflight_status_values: u64,
+
+    /// How many of an object's last statuses are kept beside its record, newest first, so
+    /// that a status overwritten by a bad write can be brought back (0 keeps none).
+    #[arg(long, env = "RESTATUS_HISTORY", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=100))]
+    pub history: u64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -79,6 +79,9 @@ pub struct Sources {
     /// Whether both caches have synced: until then a review would miss the namespace's and
     /// the CRD's annotations, so it is allowed unrecorded.
     pub synced: Arc<AtomicBool>,
+    /// Set when a review failed open because Redis did not answer: resync catches up on what
+    /// it missed as soon as Redis answers again.
+    pub failed_open: Arc<AtomicBool>,
     /// Asks whether a creator may write status; `None` without a Kubernetes API, in which
     /// case only `restore-for: creators` restores.
     pub access: Option<AccessChecker>,
@@ -312,6 +315,9 @@ impl Admission {
                     error = %error_chain(&error),
                     "restatus could not handle this review; allowed without change"
                 );
+                if !error.is_permanent() {
+                    self.sources.failed_open.store(true, Ordering::SeqCst);
+                }
                 Answer::just(Outcome::Error)
             }
         };

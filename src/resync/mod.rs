@@ -209,13 +209,15 @@ impl Resync {
         })
     }
 
-    /// Runs passes until `shutdown`: once the caches have synced, then every interval, and
-    /// when Redis answers again after a review failed open.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let synced =
-            async { tokio::join!(self.caches.crds.synced(), self.caches.namespaces.synced()) };
+    /// Runs passes until `shutdown`: once `synced` says the policy caches have synced, then
+    /// every interval, and when Redis answers again after a review failed open.
+    pub async fn run(
+        self: Arc<Self>,
+        mut synced: tokio::sync::watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
         tokio::select! {
-            _ = synced => {},
+            result = synced.wait_for(|synced| *synced) => if result.is_err() { return },
             () = shutdown.cancelled() => return,
         }
         let mut why = Why::Start;

@@ -83,6 +83,7 @@ pub fn harness_with(
     let sources = admission::Sources {
         caches: Default::default(),
         synced: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        failed_open: Default::default(),
         access: None,
         reporter: InvalidReporter::new(None, policy_metrics.clone()),
         metrics: policy_metrics,
