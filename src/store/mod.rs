@@ -195,8 +195,10 @@ return 'written'
 const EXPIRE_SCRIPT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if ARGV[3] then
+  -- RFC 3339 times compared to the second (the fraction has no fixed width).
   local at = redis.call('HGET', KEYS[1], 'recordedAt')
-  if redis.call('HEXISTS', KEYS[1], 'deletedAt') == 1 or not at or at >= ARGV[3] then return 0 end
+  if redis.call('HEXISTS', KEYS[1], 'deletedAt') == 1 or not at
+    or string.sub(at, 1, 19) >= string.sub(ARGV[3], 1, 19) then return 0 end
 end
 redis.call('HSET', KEYS[1], 'deletedAt', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
@@ -490,15 +492,12 @@ impl Store {
         seen_by: Timestamp,
         budget: Duration,
     ) -> Result<bool, StoreError> {
-        // Record times are RFC 3339 text, with a fraction only when it is not zero, which the
-        // script compares as text: a whole second at least one second earlier compares right
-        // with every time before it, and errs only towards expiring less.
-        let cutoff = Timestamp::from_second(seen_by.as_second().saturating_sub(1))
-            .unwrap_or(Timestamp::UNIX_EPOCH);
+        // The script compares times to the second: a record written in the second the list
+        // was taken is not expired, which errs only towards expiring less.
         let args = [
             Timestamp::now().to_string(),
             millis(retention).to_string(),
-            cutoff.to_string(),
+            seen_by.to_string(),
         ];
         self.flag("expire", &self.expire_script, identity, &args, budget)
             .await

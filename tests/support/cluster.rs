@@ -340,6 +340,8 @@ pub struct EnvOptions {
     /// An encryption keyring (the text of the file) for restatus; the environment opens
     /// sealed records with it.
     pub keyring: Option<String>,
+    /// A Redis that keeps its data when it is stopped and started again.
+    pub persistent_redis: bool,
 }
 
 impl Default for EnvOptions {
@@ -350,6 +352,7 @@ impl Default for EnvOptions {
             types: Vec::new(),
             namespace_annotations: Vec::new(),
             keyring: None,
+            persistent_redis: false,
         }
     }
 }
@@ -358,6 +361,12 @@ impl EnvOptions {
     /// restatus encrypts saved statuses with this keyring text.
     pub fn with_keyring(mut self, keyring: &str) -> Self {
         self.keyring = Some(keyring.to_owned());
+        self
+    }
+
+    /// A Redis that keeps its data when it is stopped and started again.
+    pub fn persistent_redis(mut self) -> Self {
+        self.persistent_redis = true;
         self
     }
 
@@ -409,6 +418,8 @@ pub struct Env {
     pub identity: Identity,
     /// The keyring restatus seals records with, if any (and its file).
     pub keyring: Option<(restatus::store::Keyring, tempfile::TempDir)>,
+    /// The flags the environment's restatus processes were started with.
+    args: Vec<String>,
     cluster_objects: Mutex<Vec<(ApiResource, String)>>,
 }
 
@@ -488,7 +499,11 @@ impl Env {
         let values: Vec<&str> = values.iter().map(String::as_str).collect();
         let identity = identity::from_chart(&client, &ns, &ns, &values).await;
 
-        let redis = RedisServer::start().await;
+        let redis = if opts.persistent_redis {
+            RedisServer::start_persistent().await
+        } else {
+            RedisServer::start().await
+        };
         let prefix = super::unique("e2e");
         let keyring = opts.keyring.as_ref().map(|text| {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -505,6 +520,7 @@ impl Env {
             args.push(dir.path().join("keyring").display().to_string());
         }
         let mut restatus = Vec::new();
+        let args_kept = args.clone();
         for i in 0..opts.replicas.max(1) {
             let mut o = super::restatus::Options::new(redis.url());
             o.key_prefix = prefix.clone();
@@ -568,10 +584,34 @@ impl Env {
             webhook,
             identity,
             keyring,
+            args: args_kept,
             cluster_objects,
         };
         env.wait_for_webhook().await;
         env
+    }
+
+    /// Stops the restatus the webhook calls at once (SIGKILL, as an OOM kill or a lost node):
+    /// from then on the API server's calls fail, and are ignored.
+    pub fn kill_restatus(&mut self) {
+        self.restatus[0].kill();
+    }
+
+    /// Starts the restatus the webhook calls again, on its port, with its certificates and
+    /// flags, and waits until it is called.
+    pub async fn restart_restatus(&mut self) {
+        let old = &self.restatus[0];
+        let mut o = super::restatus::Options::new(self.redis.url());
+        o.key_prefix = old.key_prefix.clone();
+        o.kubeconfig = Some(self.identity.kubeconfig.clone());
+        o.port = Some(old.port);
+        o.certs_from = Some(old.certs.path().to_owned());
+        o.args = self.args.clone();
+        o.args
+            .extend(["--consumer-name".to_owned(), format!("{}-0-again", self.ns)]);
+        o.name = format!("{}-restatus-0-again", self.ns);
+        self.restatus[0] = Restatus::start(o).await;
+        self.wait_for_webhook().await;
     }
 
     /// Another restatus process on this environment's Redis and key prefix, with `args`.

@@ -12,6 +12,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Keeps its data across a restart (an append-only file, fsynced on every write).
+    persistent: bool,
 }
 
 fn redis_server_binary() -> PathBuf {
@@ -30,18 +32,40 @@ fn redis_server_binary() -> PathBuf {
 impl RedisServer {
     /// Starts a throwaway Redis (no persistence) and waits until it answers PING.
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// Starts a Redis that keeps its data across [`RedisServer::restart`] and
+    /// [`RedisServer::stop`] then [`RedisServer::start_again`], as a production Redis with AOF
+    /// does.
+    pub async fn start_persistent() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(persistent: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut server = Self {
             port: super::free_port(),
             dir,
             child: None,
+            persistent,
         };
         server.spawn().await;
         server
     }
 
+    /// Starts it again on the same port after [`RedisServer::stop`].
+    pub async fn start_again(&mut self) {
+        self.spawn().await;
+    }
+
     async fn spawn(&mut self) {
         let log = self.dir.path().join("redis.log");
+        let (appendonly, fsync) = if self.persistent {
+            ("yes", "always")
+        } else {
+            ("no", "everysec")
+        };
         let child = Command::new(redis_server_binary())
             .args([
                 "--port",
@@ -51,7 +75,9 @@ impl RedisServer {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                appendonly,
+                "--appendfsync",
+                fsync,
                 "--dir",
                 &self.dir.path().display().to_string(),
                 "--logfile",

@@ -20,6 +20,10 @@ pub struct Options {
     pub port: Option<u16>,
     /// Wait for `/readyz` (else only for `/livez`) before returning.
     pub wait_ready: bool,
+    /// Serve the certificates of this directory (`ca.crt`, `tls.crt`, `tls.key`, as
+    /// `restatus certs` writes them) instead of new ones: a restart keeps the CA the webhook
+    /// configuration trusts.
+    pub certs_from: Option<PathBuf>,
 }
 
 impl Options {
@@ -32,6 +36,7 @@ impl Options {
             kubeconfig: None,
             port: None,
             wait_ready: true,
+            certs_from: None,
         }
     }
 }
@@ -64,12 +69,21 @@ impl Restatus {
     pub async fn start(opts: Options) -> Self {
         super::init_crypto();
         let certs = tempfile::tempdir().expect("tempdir");
-        let generated = restatus::certs::generate(
-            &["127.0.0.1".to_owned(), "localhost".to_owned()],
-            Duration::from_secs(86_400),
-        )
-        .expect("generate certs");
-        restatus::certs::write(certs.path(), &generated).expect("write certs");
+        match &opts.certs_from {
+            Some(dir) => {
+                for file in ["ca.crt", "tls.crt", "tls.key"] {
+                    std::fs::copy(dir.join(file), certs.path().join(file)).expect("copy certs");
+                }
+            }
+            None => {
+                let generated = restatus::certs::generate(
+                    &["127.0.0.1".to_owned(), "localhost".to_owned()],
+                    Duration::from_secs(86_400),
+                )
+                .expect("generate certs");
+                restatus::certs::write(certs.path(), &generated).expect("write certs");
+            }
+        }
         let port = opts.port.unwrap_or_else(super::free_port);
         let admin_port = super::free_port();
         let mut args: Vec<String> = vec![
