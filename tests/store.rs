@@ -1,0 +1,199 @@
+//! The store against a real `redis-server`: the history kept beside each record, and what
+//! resync reads and expires.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use restatus::store::{Keyring, ObjectIdentity, RecordWrite, Source, Store, StoreMetrics};
+use serde_json::{Value, json};
+use support::redis::RedisServer;
+
+const BUDGET: Duration = Duration::from_secs(2);
+const KEY: &str = "k:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn store(redis: &RedisServer, prefix: &str, keyring: bool, history: usize) -> Store {
+    let keyring = keyring.then(|| Arc::new(Keyring::parse(KEY).unwrap()));
+    Store::connect(
+        &redis.url(),
+        prefix,
+        "default",
+        StoreMetrics::register(&mut restatus::telemetry::registry()),
+        keyring,
+    )
+    .unwrap()
+    .keep_history(history)
+}
+
+fn id(name: &str) -> ObjectIdentity {
+    ObjectIdentity {
+        group: "infra.example.com".into(),
+        resource: "kubernetesclusters".into(),
+        namespace: Some("team-a".into()),
+        name: name.into(),
+    }
+}
+
+fn write(name: &str, uid: &str, rv: u32, status: Value, deleting: bool) -> RecordWrite {
+    RecordWrite {
+        identity: id(name),
+        status,
+        api_version: "infra.example.com/v1alpha1".into(),
+        kind: "KubernetesCluster".into(),
+        uid: uid.into(),
+        resource_version: rv.to_string(),
+        generation: None,
+        source: if deleting {
+            Source::Deleted
+        } else {
+            Source::Written
+        },
+        deleting,
+        retention: Duration::from_secs(3600),
+    }
+}
+
+async fn history(redis: &RedisServer, s: &Store, name: &str) -> Vec<String> {
+    let mut conn = redis.conn().await;
+    redis::cmd("LRANGE")
+        .arg(s.keys().history(&id(name)))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_last_statuses_are_kept_newest_first_and_follow_the_records_clock() {
+    let redis = RedisServer::start().await;
+    let s = store(&redis, &support::unique("hist"), false, 3);
+    for (rv, phase) in [(1, "a"), (2, "b"), (3, "b"), (4, "c"), (5, "d")] {
+        s.record(
+            &write("x", "u1", rv, json!({"phase": phase}), false),
+            BUDGET,
+        )
+        .await
+        .unwrap();
+    }
+    let entries: Vec<Value> = history(&redis, &s, "x")
+        .await
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    // An unchanged status adds no entry; three are kept.
+    let phases: Vec<&str> = entries
+        .iter()
+        .map(|e| e["status"]["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["d", "c", "b"]);
+    assert_eq!(entries[0]["uid"], "u1");
+    assert_eq!(entries[0]["resourceVersion"], "5");
+    assert!(entries[0]["recordedAt"].as_str().unwrap().ends_with('Z'));
+
+    // A DELETE starts the record's clock; the history follows it.
+    s.record(&write("x", "u1", 6, json!({"phase": "d"}), true), BUDGET)
+        .await
+        .unwrap();
+    let hist_ttl = redis.pttl(&s.keys().history(&id("x"))).await;
+    assert!(hist_ttl > 0, "{hist_ttl}");
+    assert!(redis.pttl(&s.keys().record(&id("x"))).await > 0);
+    // A restore makes both last.
+    s.mark_restored(&id("x"), "u1", "u2", "", BUDGET)
+        .await
+        .unwrap();
+    assert_eq!(redis.pttl(&s.keys().history(&id("x"))).await, -1);
+
+    // Without history, nothing is kept.
+    let none = store(&redis, &support::unique("nohist"), false, 0);
+    none.record(&write("y", "u1", 1, json!({"phase": "a"}), false), BUDGET)
+        .await
+        .unwrap();
+    assert!(history(&redis, &none, "y").await.is_empty());
+}
+
+#[tokio::test]
+async fn with_a_keyring_history_entries_are_sealed_for_the_history_only() {
+    let redis = RedisServer::start().await;
+    let s = store(&redis, &support::unique("sealedhist"), true, 5);
+    s.record(
+        &write("x", "u1", 1, json!({"token": "t0p-s3cret"}), false),
+        BUDGET,
+    )
+    .await
+    .unwrap();
+    let entries = history(&redis, &s, "x").await;
+    assert_eq!(entries.len(), 1);
+    assert!(entries[0].starts_with("enc:v1:k:"), "{}", entries[0]);
+    assert!(!entries[0].contains("t0p-s3cret"));
+    let keyring = Keyring::parse(KEY).unwrap();
+    let record_key = s.keys().record(&id("x"));
+    let opened = keyring
+        .open(&format!("{record_key}#history"), &entries[0])
+        .unwrap();
+    let entry: Value = serde_json::from_slice(&opened).unwrap();
+    assert_eq!(entry["status"], json!({"token": "t0p-s3cret"}));
+    // It does not open as the record: a history entry cannot be replayed into it.
+    assert!(keyring.open(&record_key, &entries[0]).is_err());
+}
+
+#[tokio::test]
+async fn history_adds_a_bounded_number_of_bytes_per_record() {
+    let redis = RedisServer::start().await;
+    let status = |i: usize| {
+        let conditions: Vec<Value> = (0..12)
+            .map(|c| json!({"type": format!("Condition{c}"), "status": "True", "reason": "Ready", "message": format!("all good {i}"), "lastTransitionTime": "2026-12-01T00:00:00Z"}))
+            .collect();
+        json!({"phase": "Running", "endpoint": format!("https://203.0.113.{}:6443", i % 250), "conditions": conditions})
+    };
+    let bytes = status(0).to_string().len();
+    let mut used = Vec::new();
+    for keep in [0, 5] {
+        let s = store(&redis, &support::unique("mem"), false, keep);
+        let mut conn = redis.conn().await;
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+        for name in 0..200 {
+            // Five statuses per object, each different.
+            for rv in 0..5 {
+                s.record(
+                    &write(
+                        &format!("o{name}"),
+                        "u",
+                        rv,
+                        status(name * 10 + rv as usize),
+                        false,
+                    ),
+                    BUDGET,
+                )
+                .await
+                .unwrap();
+            }
+        }
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let used_memory: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        used.push(used_memory);
+    }
+    let per_record = (used[1] - used[0]) / 200;
+    eprintln!(
+        "history of 5 adds {per_record} B per record (status of {bytes} B; {:.2}x the status bytes times 5)",
+        per_record as f64 / (5 * bytes) as f64
+    );
+    // Five entries of the status with a little metadata each (and the allocator's rounding),
+    // no more.
+    assert!(per_record < 5 * bytes as u64 * 3 / 2, "{per_record}");
+    assert!(
+        per_record > 5 * bytes as u64 / 2,
+        "{per_record}: is history kept at all?"
+    );
+}
