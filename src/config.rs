@@ -48,6 +48,12 @@ pub struct ResealArgs {
     /// Only count what would be sealed; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Seal the records stored in clear too: those written before encryption was turned on.
+    /// Anyone who can write Redis may have planted one, so sealing them makes them trusted;
+    /// use it once, when turning encryption on, and look at what is there first.
+    #[arg(long)]
+    pub seal_plaintext: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -87,7 +87,14 @@ async fn reseal(args: ResealArgs) -> ExitCode {
         Ok(store) => store,
         Err(error) => return fail(&error),
     };
-    match cli::reseal(&store, args.dry_run, &mut std::io::stderr()).await {
+    match cli::reseal(
+        &store,
+        args.dry_run,
+        args.seal_plaintext,
+        &mut std::io::stderr(),
+    )
+    .await
+    {
         Ok(_) => ExitCode::SUCCESS,
         Err(error) => fail(&error),
     }

@@ -127,6 +127,11 @@ fn typos_wrong_types_and_forbidden_resources_are_refused_with_a_clear_message() 
         "redis.external.url=rediss://r:6380",
     ]);
     assert!(tls.contains("/redis/external/url"), "{tls}");
+    let sealed = refused(&["--set", "encryption.requireSealed=true"]);
+    assert!(
+        sealed.contains("encryption.requireSealed needs encryption.existingSecret"),
+        "{sealed}"
+    );
     for forbidden in [
         "pods",
         "nodes",
@@ -1565,24 +1570,23 @@ async fn the_admission_policy_lets_restatus_change_only_status_its_annotations_a
     assert_eq!(code, 403, "{message}");
     assert!(
         message.contains(&format!("ValidatingAdmissionPolicy '{policy}'"))
-            && message.contains(
-                "may change only the status and restatus.io/ annotations of services web"
-            ),
+            && message
+                .contains("may change only the status and its restore annotations of services web"),
         "{message}"
     );
 
     // What restatus does: its restore markers, added, swapped and removed; the status,
     // through /status and through the main resource of a type without it.
     for annotations in [
-        json!({"restatus.io/restore": "pending"}),
+        json!({"restatus.io/restore": "pending", "restatus.io/restore-job": "j"}),
         json!({"restatus.io/restore": null, "restatus.io/restored-at": "2030-01-01T00:00:00Z"}),
-        json!({"restatus.io/restored-at": null}),
+        json!({"restatus.io/restored-at": null, "restatus.io/restore-job": null}),
     ] {
         for (resource, name) in [(&service, "web"), (&kc, "prod"), (&widget, "w")] {
             let body = json!({"metadata": {"annotations": annotations}});
             patch(resource, name, body)
                 .await
-                .unwrap_or_else(|e| panic!("restatus.io/ annotations of {name}: {e:?}"));
+                .unwrap_or_else(|e| panic!("restore annotations of {name}: {e:?}"));
         }
     }
     let status = json!({"status": {"phase": "Running"}});
@@ -1599,7 +1603,7 @@ async fn the_admission_policy_lets_restatus_change_only_status_its_annotations_a
     assert_eq!(stored.data["status"], json!({"phase": "Running"}));
 
     // What a stolen token would do to tracked objects.
-    let only_annotations = "may change only restatus.io/ annotations";
+    let only_annotations = "may change only its restore annotations";
     let no_labels = "may not change the labels, finalizers or ownerReferences";
     let no_spec = "not its spec or other fields";
     let port = json!({"name": "https", "port": 443, "targetPort": 9999, "protocol": "TCP"});
@@ -1609,6 +1613,13 @@ async fn the_admission_policy_lets_restatus_change_only_status_its_annotations_a
             &service,
             "web",
             json!({"metadata": {"annotations": {"example.com/owner": "mallory"}}}),
+            only_annotations,
+        ),
+        (
+            "a restatus.io/ policy annotation",
+            &service,
+            "web",
+            json!({"metadata": {"annotations": {"restatus.io/policy": "disabled"}}}),
             only_annotations,
         ),
         (

@@ -159,6 +159,7 @@ fn write(id: &ObjectIdentity, uid: &str, status: serde_json::Value) -> RecordWri
         source: Source::Written,
         deleting: false,
         retention: Duration::from_secs(3600),
+        restored_by: None,
     }
 }
 
@@ -361,10 +362,17 @@ async fn reseal_seals_every_record_with_the_current_key_and_says_how_far_it_got(
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (ok, dry) = run(&["--dry-run"]);
+    // Without --seal-plaintext, records in clear are left alone and counted.
+    let (ok, old_only) = run(&[]);
+    assert!(ok, "{old_only}");
+    assert!(
+        old_only.contains("done: 1501 records scanned: resealed 1 sealed with an older key, left 1500 in clear (--seal-plaintext seals them), 0 already sealed"),
+        "{old_only}"
+    );
+    let (ok, dry) = run(&["--dry-run", "--seal-plaintext"]);
     assert!(ok, "{dry}");
     assert!(
-        dry.contains("done: 1501 records scanned: would reseal 1501, 0 already sealed"),
+        dry.contains("done: 1501 records scanned: would reseal 0 sealed with an older key, would seal 1500 in clear, 1 already sealed"),
         "{dry}"
     );
     let keys = KeySchema::new(&prefix, "default");
@@ -374,11 +382,11 @@ async fn reseal_seals_every_record_with_the_current_key_and_says_how_far_it_got(
         "a dry run writes nothing"
     );
 
-    let (ok, done) = run(&[]);
+    let (ok, done) = run(&["--seal-plaintext"]);
     assert!(ok, "{done}");
     assert!(done.lines().count() >= 2, "progress as it goes: {done}");
     assert!(
-        done.contains("done: 1501 records scanned: resealed 1501, 0 already sealed"),
+        done.contains("done: 1501 records scanned: resealed 0 sealed with an older key, sealed 1500 in clear, 1 already sealed"),
         "{done}"
     );
     for name in ["plain-7", "old-key"] {
@@ -409,7 +417,12 @@ async fn reseal_seals_every_record_with_the_current_key_and_says_how_far_it_got(
         .unwrap();
     assert_eq!(rec.status, json!({"old": true}));
     // A second run finds nothing left to do.
-    let (ok, again) = run(&[]);
+    let (ok, again) = run(&["--seal-plaintext"]);
     assert!(ok, "{again}");
-    assert!(again.contains("resealed 0, 1501 already sealed"), "{again}");
+    assert!(
+        again.contains(
+            "resealed 0 sealed with an older key, sealed 0 in clear, 1501 already sealed"
+        ),
+        "{again}"
+    );
 }

@@ -317,12 +317,16 @@ async fn create_of_a_known_object_is_marked_pending_and_queued() {
     // Redis holds the id as the object's live job, for a bounded time.
     let mut conn = redis.conn().await;
     let job_key = h.keys.job(&kc("prod-eu-1"));
-    let live: String = redis::cmd("GET")
+    let live: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
         .arg(&job_key)
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(live, id);
+    let until = live[&id];
+    assert!(
+        until > jiff::Timestamp::now().as_millisecond(),
+        "live until {until}"
+    );
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&job_key)
         .query_async(&mut conn)
@@ -373,6 +377,12 @@ async fn status_write_to_a_pending_object_is_merged_with_the_saved_status() {
     review(&h.router, &fixture("reviews/kc-delete.json")).await;
     let created = patch_of(&review(&h.router, &fixture("reviews/kc-create.json")).await).unwrap();
     let marker = created[0]["value"].clone();
+    // A second CREATE of the same name is admitted too (a retry, a stale cache), then refused
+    // by the API server with AlreadyExists: its job does not take the first one's place.
+    let mut again = fixture("reviews/kc-create.json");
+    again["request"]["uid"] = json!("second-create");
+    let second = patch_of(&review(&h.router, &again).await).unwrap();
+    assert_ne!(second[0]["value"], marker);
     // The owner writes a fresh phase to the new incarnation before the restore.
     let write_with = |annotations: &Value| {
         let mut write = fixture("reviews/kc-update-status.json");

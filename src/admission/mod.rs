@@ -226,7 +226,12 @@ impl Admission {
         &self,
         req: &Request<'_>,
         type_info: TypeInfo,
+        policy: &Policy,
     ) -> Option<Option<OwnedSemaphorePermit>> {
+        // A disabled object, or an update the API server will refuse, is never parsed.
+        if !policy.enabled || plan::conflicting(req) {
+            return Some(None);
+        }
         let values = plan::parsed_status(req, type_info)
             .and_then(|raw| review::values(raw, self.settings.limits))
             .unwrap_or(0);
@@ -266,60 +271,16 @@ impl Admission {
     )]
     pub async fn review(&self, req: &Request<'_>) -> Response {
         let start = Instant::now();
-        if !self.sources.synced.load(Ordering::SeqCst) {
-            tracing::debug!("the policy caches have not synced; allowed unrecorded");
-            self.metrics.answered(
-                operation_label(&req.operation),
-                Outcome::NotReady.label(),
-                start.elapsed(),
-            );
-            return Response::allow(&req.uid);
-        }
-        let type_info = self.sources.caches.crds.type_info(
-            &req.resource.group,
-            &req.resource.version,
-            &req.resource.resource,
-        );
+        let synced = self.sources.synced.load(Ordering::SeqCst);
         let resolved = self.resolve(req);
-        let Some(_room) = self.parse_room(req, type_info).await else {
-            tracing::warn!(
-                "no room to parse this review's status within --max-inflight-status-values; allowed unrecorded"
-            );
-            self.metrics.answered(
-                operation_label(&req.operation),
-                Outcome::Busy.label(),
-                start.elapsed(),
-            );
-            let mut response = Response::allow(&req.uid);
-            response.warnings.push(
-                "restatus: too many statuses are being recorded at once; this one is not"
-                    .to_owned(),
-            );
-            return response;
-        };
-        let ctx = plan::Context {
-            type_info,
-            own_user: self.settings.own_user.as_deref(),
-            policy: &resolved.policy,
-            limits: self.settings.limits,
-        };
-        let plan = plan::plan(req, &ctx);
-        let reviewed = Reviewed {
-            req,
-            policy: &resolved.policy,
-        };
-        let mut answer = match self.execute(reviewed, plan).await {
-            Ok(answer) => answer,
-            Err(error) => {
-                tracing::warn!(
-                    error = %error_chain(&error),
-                    "restatus could not handle this review; allowed without change"
-                );
-                if !error.is_permanent() {
-                    self.sources.failed_open.store(true, Ordering::SeqCst);
-                }
-                Answer::just(Outcome::Error)
-            }
+        let mut answer = if synced {
+            self.answer(req, &resolved).await
+        } else {
+            // Without the namespace's and the CRD's annotations nothing is recorded or
+            // restored; a DELETE still starts its record's clock, so it does not stay forever.
+            tracing::debug!("the policy caches have not synced; allowed unrecorded");
+            self.expire_on_delete(req, &resolved.policy).await;
+            Answer::just(Outcome::NotReady)
         };
         if !answer.outcome.set_marker() {
             let undo = plan::undo_foreign_marker(req, self.settings.own_user.as_deref());
@@ -328,7 +289,9 @@ impl Admission {
                 answer.ops.extend(undo);
             }
         }
-        self.report_skipped(req, &resolved.skipped);
+        if synced {
+            self.report_skipped(req, &resolved.skipped);
+        }
         self.metrics.answered(
             operation_label(&req.operation),
             answer.outcome.label(),
@@ -337,7 +300,9 @@ impl Admission {
         tracing::debug!(outcome = answer.outcome.label(), "review answered");
 
         let mut response = Response::allow(&req.uid);
-        response.warnings = resolved.skipped.iter().map(Skipped::warning).collect();
+        if synced {
+            response.warnings = resolved.skipped.iter().map(Skipped::warning).collect();
+        }
         response.warnings.extend(answer.warning);
         if answer.ops.is_empty() {
             return response;
@@ -349,6 +314,66 @@ impl Admission {
                 tracing::warn!(error = %error_chain(&error), "patch could not be encoded; allowed without change");
                 response
             }
+        }
+    }
+
+    /// What a review asks of restatus, once the caches have synced: within the room to parse
+    /// its status, the plan and its execution. restatus's own trouble is an `Error` answer.
+    async fn answer(&self, req: &Request<'_>, resolved: &Resolved) -> Answer {
+        let type_info = self.sources.caches.crds.type_info(
+            &req.resource.group,
+            &req.resource.version,
+            &req.resource.resource,
+        );
+        let policy = &resolved.policy;
+        let Some(_room) = self.parse_room(req, type_info, policy).await else {
+            tracing::warn!(
+                "no room to parse this review's status within --max-inflight-status-values; allowed unrecorded"
+            );
+            self.expire_on_delete(req, policy).await;
+            let mut answer = Answer::just(Outcome::Busy);
+            answer.warning = Some(
+                "restatus: too many statuses are being recorded at once; this one is not".into(),
+            );
+            return answer;
+        };
+        let ctx = plan::Context {
+            type_info,
+            own_user: self.settings.own_user.as_deref(),
+            policy,
+            limits: self.settings.limits,
+        };
+        let plan = plan::plan(req, &ctx);
+        let reviewed = Reviewed { req, policy };
+        match self.execute(reviewed, plan).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                tracing::warn!(
+                    error = %error_chain(&error),
+                    "restatus could not handle this review; allowed without change"
+                );
+                if !error.is_permanent() {
+                    self.sources.failed_open.store(true, Ordering::SeqCst);
+                }
+                Answer::just(Outcome::Error)
+            }
+        }
+    }
+
+    /// For a DELETE restatus does not otherwise handle, starts the retention clock of the
+    /// object's record, if it has one: the object is gone, and its record must not stay
+    /// forever. Failing to is logged; resync starts it at its next pass.
+    async fn expire_on_delete(&self, req: &Request<'_>, policy: &Policy) {
+        if req.dry_run || req.operation != Operation::Delete || req.sub_resource.is_some() {
+            return;
+        }
+        let identity = plan::identity(req);
+        if let Err(error) = self
+            .store
+            .expire(&identity, policy.retention, self.settings.redis_timeout)
+            .await
+        {
+            tracing::warn!(%identity, error = %error_chain(&error), "could not start the retention clock of a deleted object's record");
         }
     }
 
@@ -399,10 +424,10 @@ impl Admission {
             } => {
                 let budget = self.settings.redis_timeout;
                 let started = self.store.expire(&identity, retention, budget).await?;
-                let outcome = if started {
-                    Outcome::RetentionStarted
-                } else {
-                    Outcome::Skipped(Skip::Disabled)
+                let outcome = match (started, reviewed.policy.enabled) {
+                    (true, _) => Outcome::RetentionStarted,
+                    (false, true) => Outcome::Skipped(Skip::NoStatus),
+                    (false, false) => Outcome::Skipped(Skip::Disabled),
                 };
                 Ok(Answer::just(outcome))
             }
@@ -588,8 +613,11 @@ impl Admission {
         let policy = reviewed.policy;
         match kind {
             PendingKind::StatusWrite => {
-                let (record, live) = self.store.get_with_job(&write.identity, budget).await?;
-                if job.is_empty() || live.as_deref() != Some(job.as_str()) {
+                let (record, live) = self
+                    .store
+                    .get_with_job(&write.identity, &job, budget)
+                    .await?;
+                if !live {
                     self.queue_unmark(reviewed.req, &write, &job).await;
                     return Ok(Answer::just(
                         self.record_ordinary(write, policy, false).await?,

@@ -182,6 +182,7 @@ fn write_of(
         source,
         deleting: source == Source::Deleted || obj.metadata.deletion_timestamp.is_some(),
         retention: policy.retention,
+        restored_by: None,
     }
 }
 
@@ -310,7 +311,7 @@ fn annotations<'r>(obj: Option<&'r Object<'_>>) -> Option<&'r BTreeMap<String, S
 
 /// An update whose object carries a resourceVersion other than the stored one is refused
 /// by the API server (409) after admission.
-fn conflicting(req: &Request<'_>) -> bool {
+pub(super) fn conflicting(req: &Request<'_>) -> bool {
     fn version<'r>(o: &'r Option<Object<'_>>) -> Option<&'r str> {
         o.as_ref()
             .and_then(|o| o.metadata.resource_version.as_deref())
@@ -362,7 +363,8 @@ pub fn plan(req: &Request<'_>, ctx: &Context<'_>) -> Plan {
             // The stored object says whether a restore is pending: a status write cannot
             // change metadata, and a marker a client sets is undone (`undo_foreign_marker`).
             let stored = req.old_object.as_ref().unwrap_or(obj);
-            if let Some(job) = pending_job(stored.metadata.annotations.as_ref())
+            let marker = pending_job(stored.metadata.annotations.as_ref());
+            if let Some(job) = marker
                 && !own_request(req, ctx.own_user)
             {
                 return pending(
@@ -374,7 +376,16 @@ pub fn plan(req: &Request<'_>, ctx: &Context<'_>) -> Plan {
                     ctx,
                 );
             }
-            record_plan(req, obj, Source::Written, ctx)
+            // restatus's own write to a pending object is the restore of the marker's job: the
+            // record it leaves says so, which is how the job tells it from the new
+            // incarnation's own status.
+            match record(req, obj, Source::Written, ctx) {
+                Ok(mut write) => {
+                    write.restored_by = marker.filter(|job| !job.is_empty()).map(str::to_owned);
+                    Plan::Record(write)
+                }
+                Err(why) => why.into(),
+            }
         }
         (_, Some(_)) => Plan::Skip(Skip::OtherSubresource),
         (Operation::Update, None) => {
@@ -413,7 +424,15 @@ pub fn plan(req: &Request<'_>, ctx: &Context<'_>) -> Plan {
             if let Some(job) = pending_job(old.metadata.annotations.as_ref()) {
                 return pending(req, old, PendingKind::Delete, job, Source::Deleted, ctx);
             }
-            record_plan(req, old, Source::Deleted, ctx)
+            match record(req, old, Source::Deleted, ctx) {
+                Ok(write) => Plan::Record(write),
+                // Nothing to record from the object, but a record from before must still
+                // start its clock rather than stay forever.
+                Err(_) => Plan::Expire {
+                    identity: identity(req),
+                    retention: ctx.policy.retention,
+                },
+            }
         }
         (Operation::Create, None) => {
             if req.name.is_empty() {
@@ -679,10 +698,14 @@ mod tests {
         assert_eq!(w.job, "j-7");
         assert_eq!(w.write.status, json!({"phase": "Provisioning"}));
 
-        // Told by the user restatus runs as, not by the field manager a client picks.
+        // Told by the user restatus runs as, not by the field manager a client picks. Its
+        // record names the job it restores for.
         let mut own = review("UPDATE", Some("status"), pending.clone(), pending.clone());
         own["request"]["userInfo"] = json!({"username": OWN_USER});
-        assert!(matches!(plan(&request(own), &CTX()), Plan::Record(_)));
+        match plan(&request(own), &CTX()) {
+            Plan::Record(w) => assert_eq!(w.restored_by.as_deref(), Some("j-7")),
+            other => panic!("expected a record, got {other:?}"),
+        }
         let mut posing = review("UPDATE", Some("status"), pending.clone(), pending.clone());
         posing["request"]["options"] = json!({"kind": "PatchOptions", "fieldManager": "restatus"});
         assert_eq!(pending_write(posing, &CTX()).kind, PendingKind::StatusWrite);
@@ -738,6 +761,37 @@ mod tests {
         bare["metadata"].as_object_mut().unwrap().remove("uid");
         let w = recorded(review("UPDATE", Some("status"), bare, stored), &CTX());
         assert_eq!(w.uid, "uid-1");
+    }
+
+    #[test]
+    fn a_delete_with_nothing_to_record_still_starts_the_records_clock() {
+        let tight = Context {
+            limits: StatusLimits {
+                max_values: 2,
+                max_depth: 8,
+            },
+            ..CTX()
+        };
+        for (what, status, ctx) in [
+            ("no status", Value::Null, &CTX()),
+            (
+                "a status beyond the limits",
+                json!({"list": [0, 0, 0]}),
+                &tight,
+            ),
+        ] {
+            let r = request(review("DELETE", None, Value::Null, obj(status, "12")));
+            match plan(&r, ctx) {
+                Plan::Expire {
+                    identity,
+                    retention,
+                } => {
+                    assert_eq!(identity.name, "eu-1", "{what}");
+                    assert_eq!(retention, ENABLED.retention, "{what}");
+                }
+                other => panic!("{what}: expected the clock to start, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -15,18 +15,32 @@ pub enum ResealError {
     Unreadable(Vec<String>),
 }
 
-/// Seals every record of `store` with its keyring's current key (only counts with `dry_run`),
-/// writing a progress line to `progress` after each batch and a summary at the end. Fails when
-/// some record could not be opened, after doing all the others.
+/// Seals every record of `store` sealed with an older key with its keyring's current key, and
+/// with `seal_plaintext` the records in clear too (only counts with `dry_run`), writing a
+/// progress line to `progress` after each batch and a summary at the end. Fails when some
+/// record could not be opened, after doing all the others.
 pub async fn reseal(
     store: &Store,
     dry_run: bool,
+    seal_plaintext: bool,
     progress: &mut impl Write,
 ) -> Result<Resealed, ResealError> {
-    let verb = if dry_run { "would reseal" } else { "resealed" };
+    let (verb, seal) = if dry_run {
+        ("would reseal", "would seal")
+    } else {
+        ("resealed", "sealed")
+    };
     let line = |done: &Resealed| {
+        let clear = if seal_plaintext {
+            format!("{seal} {} in clear", done.sealed_from_clear)
+        } else {
+            format!(
+                "left {} in clear (--seal-plaintext seals them)",
+                done.left_in_clear
+            )
+        };
         format!(
-            "{} records scanned: {verb} {}, {} already sealed with the current key, {} written meanwhile, {} unreadable",
+            "{} records scanned: {verb} {} sealed with an older key, {clear}, {} already sealed with the current key, {} written meanwhile, {} unreadable",
             done.scanned,
             done.resealed,
             done.current,
@@ -35,7 +49,7 @@ pub async fn reseal(
         )
     };
     let done = store
-        .reseal(dry_run, BUDGET, |done| {
+        .reseal(dry_run, seal_plaintext, BUDGET, |done| {
             // Progress is best effort: a closed stderr does not stop the work.
             let _ = writeln!(progress, "{}", line(done));
         })

@@ -274,8 +274,11 @@ pub fn step(
         return Step::Unmark(Finished::NoRecord);
     };
     // The record is the deleted incarnation's, or this one's once restatus's own status write
-    // was recorded (possibly by a delivery that died after it).
-    if record.uid != job.record_uid && record.uid != live.uid {
+    // for this job was recorded (possibly by a delivery that died after it): that record
+    // names the job. A record of this incarnation that does not holds its own status, which
+    // replaced the saved one.
+    let adopted = record.uid == live.uid && record.restored_by.as_deref() == Some(job.id.as_str());
+    if record.uid != job.record_uid && !adopted {
         return Step::Unmark(Finished::RecordReplaced);
     }
     match decide(&record.status, live.status, policy) {
@@ -866,6 +869,7 @@ mod tests {
             recorded_at: None,
             deleted_at: None,
             restored_at: None,
+            restored_by: None,
         }
     }
 
@@ -1122,7 +1126,10 @@ mod tests {
         // An earlier delivery's own status write was recorded (the record adopted the new
         // uid), but the API server never stored it: the live status is still empty, so the
         // saved status is written again.
-        let adopted = record("new-uid", saved.clone());
+        let adopted = Record {
+            restored_by: Some("j-1".into()),
+            ..record("new-uid", saved.clone())
+        };
         assert_eq!(
             step(&job, Some(&adopted), Some(&ours(None)), at(1), &p),
             Step::Patch(saved.clone())
@@ -1137,6 +1144,19 @@ mod tests {
         assert_eq!(
             step(&job, Some(&adopted), Some(&ours(Some(&partial))), at(1), &p),
             Step::Patch(json!({"phase": "Provisioning", "id": "c-1"}))
+        );
+        // This incarnation's own status replaced the saved one (its marker was not believed
+        // for a while): nothing saved is left to restore, and nothing is claimed restored.
+        let replaced = record("new-uid", json!({"phase": "Provisioning"}));
+        assert_eq!(
+            step(
+                &job,
+                Some(&replaced),
+                Some(&ours(Some(&json!({"phase": "Provisioning"})))),
+                at(1),
+                &p
+            ),
+            Step::Unmark(Finished::RecordReplaced)
         );
         // A record of a third incarnation is not this object's to get.
         let third = record("third-uid", saved);

@@ -80,6 +80,7 @@ pub fn check(
                 source: Source::Observed,
                 deleting: live.deleting,
                 retention: policy.retention,
+                restored_by: None,
             })),
             None => Check::Leave(Leave::NoStatus),
         }
@@ -151,6 +152,7 @@ mod tests {
             recorded_at: Some(at(recorded_at)),
             deleted_at: None,
             restored_at: None,
+            restored_by: None,
         }
     }
 

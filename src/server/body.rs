@@ -27,6 +27,9 @@ use super::metrics::{Refused, ServerMetrics};
 /// API server is better served by a quick answer than by a wait inside its own timeout.
 pub(super) const ROOM_WAIT: Duration = Duration::from_millis(500);
 
+/// The most a body's buffer is sized ahead of the bytes that arrived.
+const FIRST_RESERVE: usize = 64 << 10;
+
 pub(super) struct BodyBudget {
     bytes: Arc<Semaphore>,
     max_request_bytes: usize,
@@ -73,12 +76,13 @@ impl BodyBudget {
         let deadline = Instant::now() + self.read_timeout;
         // Chunks are copied out as they arrive, so that the connection's read buffers they may
         // point into are not kept alive by a body waiting for room.
-        // Sized once, when the first bytes arrive, from a declared length (within the limit),
-        // so that the buffer is not grown by doubling, which can hold the body twice while it
-        // is copied.
+        // Sized when the first bytes arrive from a declared length, but never more than
+        // FIRST_RESERVE ahead of what arrived: a client that declares megabytes and sends a
+        // byte must not make restatus hold megabytes the budget does not count.
         let declared = declared_length(headers)
             .unwrap_or(0)
-            .min(self.max_request_bytes);
+            .min(self.max_request_bytes)
+            .min(FIRST_RESERVE);
         let mut buffer: Vec<u8> = Vec::new();
         let mut stream = body.into_data_stream();
         loop {

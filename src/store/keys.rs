@@ -60,8 +60,8 @@ impl KeySchema {
         self.object_key("rec", id)
     }
 
-    /// `<prefix>:job:{...}` with the record's hash tag: the id of the restore job under way for
-    /// the object, while it is live.
+    /// `<prefix>:job:{...}` with the record's hash tag: the restore jobs under way for the
+    /// object, each id with the time (ms) until which it is live.
     pub fn job(&self, id: &ObjectIdentity) -> String {
         self.object_key("job", id)
     }

@@ -99,6 +99,11 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'digest', ARGV[3])
 return 1
 "#;
 
+/// Whether a job whose live entry says `until` (ms since the epoch) is live now.
+fn live_until(job: &str, until: Option<i64>) -> bool {
+    !job.is_empty() && until.is_some_and(|until| until > Timestamp::now().as_millisecond())
+}
+
 /// What a history entry of the record `record_key` is sealed for: not the record's key.
 fn history_context(record_key: &str) -> String {
     format!("{record_key}#history")
@@ -109,8 +114,13 @@ fn history_context(record_key: &str) -> String {
 pub struct Resealed {
     /// Records looked at.
     pub scanned: u64,
-    /// Records sealed anew with the current key (from plain JSON or an older key).
+    /// Records sealed with an older key, sealed anew with the current one.
     pub resealed: u64,
+    /// Records in clear that were sealed (only when asked to).
+    pub sealed_from_clear: u64,
+    /// Records in clear left as they are: restatus did not write them sealed, and anyone who
+    /// can write Redis could have.
+    pub left_in_clear: u64,
     /// Records already sealed with the current key.
     pub current: u64,
     /// Records written meanwhile (by restatus, which seals): left as they are.
@@ -122,7 +132,8 @@ pub struct Resealed {
 /// Compares the new status with what is stored and writes it when it is newer and different.
 /// KEYS[1] record, KEYS[2] its history; ARGV: status, digest, apiVersion, kind, uid,
 /// resourceVersion, generation, source rank, now, deleting (1/0), retention in ms, the history
-/// entry of this status, how many entries the history keeps (0: none).
+/// entry of this status, how many entries the history keeps (0: none), the restore job this
+/// is restatus's own write for ("" for none).
 ///
 /// The retention clock: a DELETE (rank 2) starts it, again if it already runs, so it counts
 /// from the last DELETE even when an earlier one never landed (a later webhook or a
@@ -169,6 +180,11 @@ end
 redis.call('HSET', key, 'status', ARGV[1], 'digest', ARGV[2], 'apiVersion', ARGV[3],
   'kind', ARGV[4], 'uid', uid, 'resourceVersion', rv, 'generation', ARGV[7],
   'rank', rank, 'recordedAt', now)
+if ARGV[14] ~= '' then
+  redis.call('HSET', key, 'restoredBy', ARGV[14])
+else
+  redis.call('HDEL', key, 'restoredBy')
+end
 if deleting then
   if not same_deletion then
     redis.call('HSET', key, 'deletedAt', now)
@@ -214,11 +230,11 @@ fn millis(duration: Duration) -> u64 {
 }
 
 /// Marks a record as belonging to the restored incarnation: it no longer expires (nor does
-/// its history); and ends the job, which is no longer the object's live one.
+/// its history); and ends the job, which is no longer one of the object's live jobs.
 /// KEYS[1] record, KEYS[2] live job, KEYS[3] history; ARGV: the uid the restore started from,
 /// the new uid, now, the job id.
 const MARK_RESTORED_SCRIPT: &str = r#"
-if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
+redis.call('HDEL', KEYS[2], ARGV[4])
 local key = KEYS[1]
 local cur_uid = redis.call('HGET', key, 'uid')
 if not cur_uid then return 0 end
@@ -228,16 +244,6 @@ redis.call('HDEL', key, 'deletedAt')
 redis.call('PERSIST', key)
 redis.call('PERSIST', KEYS[3])
 return 1
-"#;
-
-/// Ends a job: it is no longer the object's live one (unless another job took its place).
-/// KEYS[1] live job; ARGV: the job id. Returns 1 when it was live.
-const RELEASE_JOB_SCRIPT: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
 "#;
 
 /// One Redis request: a command, a pipeline (a MULTI/EXEC transaction when built with
@@ -288,7 +294,6 @@ pub struct Store {
     record_script: Arc<Script>,
     expire_script: Arc<Script>,
     mark_restored_script: Arc<Script>,
-    release_job_script: Arc<Script>,
 }
 
 impl Store {
@@ -329,7 +334,6 @@ impl Store {
             record_script: Arc::new(Script::new(RECORD_SCRIPT)),
             expire_script: Arc::new(Script::new(EXPIRE_SCRIPT)),
             mark_restored_script: Arc::new(Script::new(MARK_RESTORED_SCRIPT)),
-            release_job_script: Arc::new(Script::new(RELEASE_JOB_SCRIPT)),
         })
     }
 
@@ -430,7 +434,8 @@ impl Store {
             .arg(if write.deleting { "1" } else { "0" })
             .arg(millis(write.retention))
             .arg(entry)
-            .arg(self.history);
+            .arg(self.history)
+            .arg(write.restored_by.as_deref().unwrap_or(""));
         let answer: String = self.send("record", &key, budget, &invocation).await?;
         let outcome = match answer.as_str() {
             "written" => WriteOutcome::Written,
@@ -451,7 +456,6 @@ impl Store {
             &self.record_script,
             &self.expire_script,
             &self.mark_restored_script,
-            &self.release_job_script,
         ];
         let load = async {
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
@@ -631,21 +635,24 @@ impl Store {
             .map_err(|source| StoreError::Corrupt { key, source })
     }
 
-    /// The record of an object and the id of its live restore job, in one round trip.
+    /// The record of an object and whether `job` is one of its live restore jobs, in one round
+    /// trip.
     pub async fn get_with_job(
         &self,
         identity: &ObjectIdentity,
+        job: &str,
         budget: Duration,
-    ) -> Result<(Option<Record>, Option<String>), StoreError> {
+    ) -> Result<(Option<Record>, bool), StoreError> {
         let key = self.keys.record(identity);
         let mut pipe = redis::pipe();
         pipe.cmd("HGETALL")
             .arg(&key)
-            .cmd("GET")
-            .arg(self.keys.job(identity));
-        let (fields, job): (HashMap<String, String>, Option<String>) =
+            .cmd("HGET")
+            .arg(self.keys.job(identity))
+            .arg(job);
+        let (fields, until): (HashMap<String, String>, Option<i64>) =
             self.send("hgetall", &key, budget, &pipe).await?;
-        Ok((self.decode(key, fields)?, job))
+        Ok((self.decode(key, fields)?, live_until(job, until)))
     }
 
     /// The records of `identities`, in one round trip; each `None` where there is none, or an
@@ -757,7 +764,7 @@ impl Store {
         }
     }
 
-    /// Whether `job` is the live restore job of an object.
+    /// Whether `job` is one of the live restore jobs of an object.
     pub async fn job_is_live(
         &self,
         identity: &ObjectIdentity,
@@ -765,13 +772,13 @@ impl Store {
         budget: Duration,
     ) -> Result<bool, StoreError> {
         let key = self.keys.job(identity);
-        let live: Option<String> = self
-            .send("get", &key, budget, redis::cmd("GET").arg(&key))
+        let until: Option<i64> = self
+            .send("hget", &key, budget, redis::cmd("HGET").arg(&key).arg(job))
             .await?;
-        Ok(!job.is_empty() && live.as_deref() == Some(job))
+        Ok(live_until(job, until))
     }
 
-    /// Ends `job`: it is no longer the object's live job. Returns whether it was.
+    /// Ends `job`: it is no longer one of the object's live jobs. Returns whether it was.
     pub async fn release_job(
         &self,
         identity: &ObjectIdentity,
@@ -779,9 +786,9 @@ impl Store {
         budget: Duration,
     ) -> Result<bool, StoreError> {
         let key = self.keys.job(identity);
-        let mut invocation = self.release_job_script.prepare_invoke();
-        invocation.key(&key).arg(job);
-        let released: i64 = self.send("release_job", &key, budget, &invocation).await?;
+        let released: i64 = self
+            .send("hdel", &key, budget, redis::cmd("HDEL").arg(&key).arg(job))
+            .await?;
         Ok(released == 1)
     }
 
@@ -838,13 +845,15 @@ impl Store {
         Ok(changed == 1)
     }
 
-    /// Seals every record of this cluster with the keyring's current key: records written
-    /// before encryption was turned on, and records sealed with an older key. Each record is
-    /// replaced only if it did not change since it was read. Calls `progress` after each batch.
-    /// With `dry_run`, only counts what it would do.
+    /// Seals every record of this cluster sealed with an older key with the keyring's current
+    /// key, and with `seal_plaintext` the records in clear too (written before encryption was
+    /// turned on; but anyone who can write Redis may have planted one, so that is a decision
+    /// for whoever migrates). Each record is replaced only if it did not change since it was
+    /// read. Calls `progress` after each batch. With `dry_run`, only counts what it would do.
     pub async fn reseal(
         &self,
         dry_run: bool,
+        seal_plaintext: bool,
         budget: Duration,
         mut progress: impl FnMut(&Resealed),
     ) -> Result<Resealed, StoreError> {
@@ -887,13 +896,18 @@ impl Store {
                         done.current += 1;
                         continue;
                     }
-                    let plain = if seal::is_sealed(&stored) {
+                    let in_clear = !seal::is_sealed(&stored);
+                    if in_clear && !seal_plaintext {
+                        done.left_in_clear += 1;
+                        continue;
+                    }
+                    let plain = if in_clear {
+                        Some(stored.clone())
+                    } else {
                         keyring
                             .open(&key, &stored)
                             .ok()
                             .and_then(|p| String::from_utf8(p).ok())
-                    } else {
-                        Some(stored.clone())
                     };
                     let Some(status) = plain.and_then(|p| serde_json::from_str::<Value>(&p).ok())
                     else {
@@ -903,8 +917,17 @@ impl Store {
                     let (sealed, digest) = self.seal(&key, &status)?;
                     writes.push((key, stored, sealed, digest));
                 }
+                let count = |done: &mut Resealed, stored: &str| {
+                    if seal::is_sealed(stored) {
+                        done.resealed += 1;
+                    } else {
+                        done.sealed_from_clear += 1;
+                    }
+                };
                 if dry_run {
-                    done.resealed += writes.len() as u64;
+                    for (_, stored, _, _) in &writes {
+                        count(&mut done, stored);
+                    }
                 } else if !writes.is_empty() {
                     script
                         .load_async(&mut conn)
@@ -927,9 +950,9 @@ impl Store {
                         write.invoke_script(invocation);
                     }
                     let replaced: Vec<i64> = self.send("reseal", &pattern, budget, &write).await?;
-                    for replaced in replaced {
+                    for ((_, stored, _, _), replaced) in writes.iter().zip(replaced) {
                         if replaced == 1 {
-                            done.resealed += 1;
+                            count(&mut done, stored);
                         } else {
                             done.changed += 1;
                         }

@@ -196,9 +196,11 @@ impl Store {
         self.send("xadd", &key, budget, &add).await
     }
 
-    /// Adds a restore job whose object will carry the pending marker, and makes its id the
-    /// live job of the object for `ttl` (or until the worker finishes it): while it is, status
-    /// writes to the marked object are merged with the saved status. One round trip.
+    /// Adds a restore job whose object will carry the pending marker, and makes its id one of
+    /// the object's live jobs for `ttl` (or until the worker finishes it): while it is, status
+    /// writes to the marked object are merged with the saved status. Each job has an entry of
+    /// its own, so a later CREATE of the same name (refused or not) never takes the place of
+    /// the one whose object exists. One round trip.
     pub async fn enqueue_pending(
         &self,
         job: &RestoreJob,
@@ -207,12 +209,21 @@ impl Store {
     ) -> Result<String, StoreError> {
         let key = self.keys.queue();
         let payload = serde_json::to_string(job).map_err(StoreError::EncodeJob)?;
+        let live = self.keys.job(&job.identity);
+        let ttl_ms = super::millis(ttl);
+        let until = Timestamp::now()
+            .as_millisecond()
+            .saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
         let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(self.keys.job(&job.identity))
+        pipe.cmd("HSET")
+            .arg(&live)
             .arg(&job.id)
-            .arg("PX")
-            .arg(super::millis(ttl))
+            .arg(until)
+            .ignore()
+            // Every entry ends before the newest one: the key outlives none of them.
+            .cmd("PEXPIRE")
+            .arg(&live)
+            .arg(ttl_ms)
             .ignore()
             .cmd("XADD")
             .arg(&key)

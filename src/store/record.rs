@@ -36,6 +36,10 @@ pub struct RecordWrite {
     pub deleting: bool,
     /// How long the record is kept once the object is deleted.
     pub retention: std::time::Duration,
+    /// The restore job this write is restatus's own status write for: the proof, kept in the
+    /// record, that the record was adopted by that restore and not replaced by the new
+    /// incarnation's own status.
+    pub restored_by: Option<String>,
 }
 
 /// What the store did with a [`RecordWrite`].
@@ -62,6 +66,8 @@ pub struct Record {
     pub recorded_at: Option<Timestamp>,
     pub deleted_at: Option<Timestamp>,
     pub restored_at: Option<Timestamp>,
+    /// The restore job whose own status write the record holds, if it does.
+    pub restored_by: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +98,7 @@ impl Record {
             recorded_at: time(take("recordedAt")),
             deleted_at: time(take("deletedAt")),
             restored_at: time(take("restoredAt")),
+            restored_by: Some(take("restoredBy")).filter(|j| !j.is_empty()),
         })
     }
 }

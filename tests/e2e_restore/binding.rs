@@ -318,10 +318,13 @@ async fn a_status_write_that_was_recorded_but_never_stored_is_written_again() {
     let id = env.kc_id("lost-write");
     let key = env.keys.record(&id);
     let mut conn = env.redis.conn().await;
+    let job = created.annotations()[ANNOTATION_RESTORE_JOB].clone();
     let _: () = redis::cmd("HSET")
         .arg(&key)
         .arg("uid")
         .arg(created.uid().unwrap())
+        .arg("restoredBy")
+        .arg(&job)
         .query_async(&mut conn)
         .await
         .unwrap();
