@@ -1248,10 +1248,17 @@ async fn broken_http2_and_tls_leave_the_server_serving() {
         );
     }
 
-    // Redis holds only the valid review's record.
+    // Redis holds only the valid review's record, and its history.
     let keys = redis.keys(&format!("{}*", r.key_prefix)).await;
-    let legit_key = KeySchema::new(&r.key_prefix, "default").record(&kc("prod-eu-1"));
-    assert_eq!(keys, vec![legit_key]);
+    let schema = KeySchema::new(&r.key_prefix, "default");
+    let mut expected = vec![
+        schema.record(&kc("prod-eu-1")),
+        schema.history(&kc("prod-eu-1")),
+    ];
+    expected.sort();
+    let mut keys = keys;
+    keys.sort();
+    assert_eq!(keys, expected);
 }
 
 #[tokio::test]
