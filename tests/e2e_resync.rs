@@ -295,3 +295,34 @@ async fn a_delete_restatus_did_not_see_starts_the_records_retention_clock() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn the_first_status_write_of_an_object_recreated_unseen_queues_its_catch_up() {
+    // Resync off: the webhook alone sees the first write of the new incarnation, before any
+    // pass could, and keeps it from replacing the saved status.
+    let mut env =
+        Env::start(EnvOptions::default().namespace_annotation(ANNOTATION_RESTORE_FOR, "creators"))
+            .await;
+    let api = env.clusters();
+    env.create_record_delete("first-write", &saved()).await;
+    env.kill_restatus();
+    api.create(&PostParams::default(), &kubernetes_cluster("first-write"))
+        .await
+        .unwrap();
+    env.restart_restatus().await;
+
+    // The owning controller writes a fresh fact first.
+    let fresh = json!({"phase": "Provisioning"});
+    patch_status(&api, "first-write", fresh).await;
+    let mut expected = saved();
+    expected["phase"] = json!("Provisioning");
+    wait_caught_up(&env, "first-write", &expected).await;
+    let r = &env.restatus[0];
+    assert_eq!(
+        r.metric(
+            "restatus_admission_requests_total{operation=\"UPDATE\",outcome=\"catch_up_queued\"}"
+        )
+        .await,
+        1.0
+    );
+}

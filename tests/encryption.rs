@@ -160,6 +160,7 @@ fn write(id: &ObjectIdentity, uid: &str, status: serde_json::Value) -> RecordWri
         deleting: false,
         retention: Duration::from_secs(3600),
         restored_by: None,
+        catch_up: false,
     }
 }
 

@@ -52,6 +52,7 @@ fn write(name: &str, uid: &str, rv: u32, status: Value, deleting: bool) -> Recor
         deleting,
         retention: Duration::from_secs(3600),
         restored_by: None,
+        catch_up: false,
     }
 }
 

@@ -40,7 +40,7 @@ use crate::{
     policy::{
         ANNOTATION_RESTORE, ANNOTATION_RESTORE_JOB, ANNOTATION_RESTORED_AT, Access, AccessChecker,
         Caches, GlobalPolicy, InvalidReporter, Level, Policy, PolicyMetrics, RESTORE_PENDING,
-        Resolved, RestoreFor, Skipped, TypeInfo, decide, decide_fill,
+        Resolved, RestoreFor, RestoreMode, Skipped, TypeInfo, decide, decide_fill,
     },
     store::{JobKind, RecordWrite, RestoreJob, Store, StoreError, WriteOutcome, new_job_id},
     text::{LOG_FIELD_CHARS, clip},
@@ -110,6 +110,9 @@ enum Outcome {
     Busy,
     /// The policy caches have not synced yet: allowed unrecorded.
     NotReady,
+    /// A write of an incarnation created unseen, whose record is an earlier one's: not
+    /// recorded, a catch-up restore queued (or already queued).
+    CatchUpQueued,
     RetentionStarted,
     Error,
 }
@@ -130,6 +133,7 @@ impl Outcome {
             Outcome::AccessUnknown => "access_check_failed",
             Outcome::Busy => "busy",
             Outcome::NotReady => "not_ready",
+            Outcome::CatchUpQueued => "catch_up_queued",
             Outcome::RetentionStarted => "retention_started",
             Outcome::Error => "error",
         }
@@ -415,7 +419,7 @@ impl Admission {
                 answer.warning = Some(format!("restatus: {error}; it is not recorded"));
                 Ok(answer)
             }
-            Plan::Record(write) => Ok(Answer::just(self.record(&write).await?)),
+            Plan::Record(write) => Ok(Answer::just(self.record(&write, reviewed).await?)),
             Plan::Create(check) => self.create(reviewed, check).await,
             Plan::Pending(pending) => self.pending(reviewed, pending).await,
             Plan::Expire {
@@ -434,7 +438,11 @@ impl Admission {
         }
     }
 
-    async fn record(&self, write: &RecordWrite) -> Result<Outcome, StoreError> {
+    async fn record(
+        &self,
+        write: &RecordWrite,
+        reviewed: Reviewed<'_, '_>,
+    ) -> Result<Outcome, StoreError> {
         let outcome = self
             .store
             .record(write, self.settings.redis_timeout)
@@ -443,7 +451,59 @@ impl Admission {
             WriteOutcome::Written => Outcome::Recorded,
             WriteOutcome::Unchanged => Outcome::Unchanged,
             WriteOutcome::Stale => Outcome::Stale,
+            WriteOutcome::OtherIncarnation { record_uid } => {
+                self.queue_catch_up(write, record_uid, reviewed).await?
+            }
         })
+    }
+
+    /// A write of an incarnation restatus never saw created, where its record still holds an
+    /// earlier incarnation's status and policy opens restores to any creator: the record is
+    /// kept, and a catch-up restore bound to this incarnation's uid is queued (once while it is
+    /// held), rather than the saved status being replaced by this write.
+    async fn queue_catch_up(
+        &self,
+        write: &RecordWrite,
+        record_uid: String,
+        reviewed: Reviewed<'_, '_>,
+    ) -> Result<Outcome, StoreError> {
+        let mut restore = reviewed.policy.restore.clone();
+        restore.mode = RestoreMode::Fill;
+        let now = Timestamp::now();
+        let deadline = SignedDuration::try_from(self.settings.restore_deadline)
+            .ok()
+            .and_then(|d| now.checked_add(d).ok())
+            .unwrap_or(now);
+        let job = RestoreJob {
+            id: String::new(),
+            action: JobKind::CatchUp {
+                uid: write.uid.clone(),
+            },
+            identity: write.identity.clone(),
+            api_version: write.api_version.clone(),
+            kind: write.kind.clone(),
+            record_uid,
+            created_at: now,
+            deadline,
+            retry: false,
+            inline: false,
+            request_uid: reviewed.req.uid.clone(),
+            policy: Some(restore),
+        };
+        let queued = self
+            .store
+            .enqueue_catch_up(
+                &job,
+                &write.uid,
+                self.settings.job_ttl,
+                self.settings.redis_timeout,
+            )
+            .await?;
+        if queued {
+            self.metrics.job_enqueued();
+            tracing::info!(identity = %write.identity, "an object created while restatus was not looking writes its status, and a saved status of an earlier incarnation waits: catch-up restore queued");
+        }
+        Ok(Outcome::CatchUpQueued)
     }
 
     /// Records a status as an ordinary write, narrowed to what the policy keeps; nothing for
@@ -451,9 +511,10 @@ impl Admission {
     async fn record_ordinary(
         &self,
         write: RecordWrite,
-        policy: &Policy,
+        reviewed: Reviewed<'_, '_>,
         narrowed: bool,
     ) -> Result<Outcome, StoreError> {
+        let policy = reviewed.policy;
         if write.status.is_null() {
             return Ok(Outcome::Skipped(Skip::NoStatus));
         }
@@ -465,7 +526,7 @@ impl Admission {
                 ..write
             }
         };
-        self.record(&write).await
+        self.record(&write, reviewed).await
     }
 
     /// Whether the creator may get the saved status of `check` back: anyone when the policy
@@ -620,13 +681,13 @@ impl Admission {
                 if !live {
                     self.queue_unmark(reviewed.req, &write, &job).await;
                     return Ok(Answer::just(
-                        self.record_ordinary(write, policy, false).await?,
+                        self.record_ordinary(write, reviewed, false).await?,
                     ));
                 }
                 let Some(record) = record.filter(|r| r.uid != write.uid) else {
                     // Nothing saved from an earlier incarnation: an ordinary status write.
                     return Ok(Answer::just(
-                        self.record_ordinary(write, policy, false).await?,
+                        self.record_ordinary(write, reviewed, false).await?,
                     ));
                 };
                 let written = Some(&write.status).filter(|s| !s.is_null());
@@ -655,7 +716,7 @@ impl Admission {
                     self.metrics.dead_marker("stripped");
                     tracing::info!(identity = %write.identity, "a pending marker without a live restore job was taken off");
                 }
-                let outcome = self.record_ordinary(write, policy, true).await?;
+                let outcome = self.record_ordinary(write, reviewed, true).await?;
                 Ok(Answer::with_ops(outcome, ops))
             }
         }

@@ -10,7 +10,9 @@ use serde_json::Value;
 use super::review::{Object, Request, StatusError, StatusLimits, parse_status};
 use crate::{
     patch,
-    policy::{PROTECTED_ANNOTATIONS, Policy, TypeInfo, pending_job},
+    policy::{
+        ANNOTATION_RESTORED_AT, PROTECTED_ANNOTATIONS, Policy, RestoreFor, TypeInfo, pending_job,
+    },
     store::{ObjectIdentity, RecordWrite, Source},
 };
 
@@ -183,6 +185,7 @@ fn write_of(
         deleting: source == Source::Deleted || obj.metadata.deletion_timestamp.is_some(),
         retention: policy.retention,
         restored_by: None,
+        catch_up: false,
     }
 }
 
@@ -221,11 +224,6 @@ fn record(
     }
 }
 
-/// [`record`] as a plan.
-fn record_plan(req: &Request<'_>, obj: &Object<'_>, source: Source, ctx: &Context<'_>) -> Plan {
-    record(req, obj, source, ctx).map_or_else(Plan::from, Plan::Record)
-}
-
 /// A write to an object the stored `marked` object says is pending (job `job`).
 fn pending(
     req: &Request<'_>,
@@ -252,6 +250,17 @@ fn pending(
         job: job.to_owned(),
         write,
     })
+}
+
+/// Whether a write of `stored` may ask for a catch-up instead of replacing a record of another
+/// incarnation: restatus never restored or marked it (it carries none of restatus's
+/// annotations), the writer is not restatus, and policy opens restores to any creator.
+fn may_catch_up(req: &Request<'_>, stored: &Object<'_>, ctx: &Context<'_>) -> bool {
+    let marked = stored.metadata.annotations.as_ref().is_some_and(|a| {
+        PROTECTED_ANNOTATIONS.iter().any(|k| a.contains_key(*k))
+            || a.contains_key(ANNOTATION_RESTORED_AT)
+    });
+    !marked && !own_request(req, ctx.own_user) && ctx.policy.restore_for == RestoreFor::Creators
 }
 
 /// Whether restatus itself made the request.
@@ -382,6 +391,7 @@ pub fn plan(req: &Request<'_>, ctx: &Context<'_>) -> Plan {
             match record(req, obj, Source::Written, ctx) {
                 Ok(mut write) => {
                     write.restored_by = marker.filter(|job| !job.is_empty()).map(str::to_owned);
+                    write.catch_up = may_catch_up(req, stored, ctx);
                     Plan::Record(write)
                 }
                 Err(why) => why.into(),
@@ -409,7 +419,13 @@ pub fn plan(req: &Request<'_>, ctx: &Context<'_>) -> Plan {
             if let Some(job) = pending_job(stored.metadata.annotations.as_ref()) {
                 return pending(req, obj, PendingKind::Update, job, source, ctx);
             }
-            record_plan(req, obj, source, ctx)
+            match record(req, obj, source, ctx) {
+                Ok(mut write) => {
+                    write.catch_up = may_catch_up(req, stored, ctx);
+                    Plan::Record(write)
+                }
+                Err(why) => why.into(),
+            }
         }
         (Operation::Delete, None) => {
             let Some(old) = &req.old_object else {
@@ -742,6 +758,62 @@ mod tests {
         bare["metadata"]["annotations"] = json!({"restatus.io/restore": "pending"});
         let w = pending_write(review("UPDATE", Some("status"), bare.clone(), bare), &CTX());
         assert_eq!(w.job, "");
+    }
+
+    #[test]
+    fn a_write_may_ask_for_a_catch_up_only_unmarked_by_others_where_creators_get_restores() {
+        let creators = Policy {
+            restore_for: RestoreFor::Creators,
+            ..ENABLED.clone()
+        };
+        let open = Context {
+            policy: &creators,
+            ..CTX()
+        };
+        let plain = obj(json!({"phase": "Fresh"}), "3");
+        let mut restored = plain.clone();
+        restored["metadata"]["annotations"] =
+            json!({"restatus.io/restored-at": "2026-12-01T00:00:00Z"});
+        let cases = [
+            ("status write", Some("status"), &plain, &open, None, true),
+            ("main update", None, &plain, &open, None, true),
+            (
+                "restores for status writers",
+                Some("status"),
+                &plain,
+                &CTX(),
+                None,
+                false,
+            ),
+            (
+                "an object restatus restored",
+                Some("status"),
+                &restored,
+                &open,
+                None,
+                false,
+            ),
+            (
+                "restatus's own write",
+                Some("status"),
+                &plain,
+                &open,
+                Some(OWN_USER),
+                false,
+            ),
+        ];
+        for (what, sub, stored, ctx, user, want) in cases {
+            let mut rv = review("UPDATE", sub, stored.clone(), stored.clone());
+            if let Some(user) = user {
+                rv["request"]["userInfo"] = json!({"username": user});
+            }
+            assert_eq!(recorded(rv, ctx).catch_up, want, "{what}");
+        }
+        let delete = recorded(review("DELETE", None, Value::Null, plain.clone()), &open);
+        assert!(
+            !delete.catch_up,
+            "a DELETE records the last status as it is"
+        );
     }
 
     #[test]

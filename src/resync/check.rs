@@ -81,6 +81,7 @@ pub fn check(
                 deleting: live.deleting,
                 retention: policy.retention,
                 restored_by: None,
+                catch_up: false,
             })),
             None => Check::Leave(Leave::NoStatus),
         }

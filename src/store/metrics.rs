@@ -12,7 +12,7 @@ metric_group! {
         redis_duration: HistogramFamily<CommandLabels> = histograms("redis_duration_seconds", "Latency of Redis calls, by command", latency_histogram),
         redis_errors: Family<CommandLabels, Counter> = family("redis_errors", "Redis calls that failed or ran out of time, by command"),
         records_written: Counter = counter("records_written", "Status records written to the store"),
-        records_skipped: ReasonCounters = family("records_skipped", "Status records not written, by reason (unchanged, stale)"),
+        records_skipped: ReasonCounters = family("records_skipped", "Status records not written, by reason (unchanged, stale, other_incarnation)"),
         unsealed_refused: Counter = counter("unsealed_records_refused", "Stored statuses refused because they are not sealed while --require-sealed is on"),
     }
 }
@@ -35,7 +35,7 @@ impl StoreMetrics {
     }
 
     /// What one record write did.
-    pub fn record_written(&self, outcome: WriteOutcome) {
+    pub fn record_written(&self, outcome: &WriteOutcome) {
         let reason = match outcome {
             WriteOutcome::Written => {
                 self.records_written.inc();
@@ -43,6 +43,7 @@ impl StoreMetrics {
             }
             WriteOutcome::Unchanged => "unchanged",
             WriteOutcome::Stale => "stale",
+            WriteOutcome::OtherIncarnation { .. } => "other_incarnation",
         };
         count_reason(&self.records_skipped, reason);
     }
@@ -63,10 +64,10 @@ mod tests {
         let (registry, m) = registered(StoreMetrics::register);
         m.redis_call("record", Duration::from_millis(1), true);
         m.redis_call("record", Duration::from_millis(2), false);
-        m.record_written(WriteOutcome::Written);
-        m.record_written(WriteOutcome::Unchanged);
-        m.record_written(WriteOutcome::Stale);
-        m.record_written(WriteOutcome::Stale);
+        m.record_written(&WriteOutcome::Written);
+        m.record_written(&WriteOutcome::Unchanged);
+        m.record_written(&WriteOutcome::Stale);
+        m.record_written(&WriteOutcome::Stale);
         m.unsealed_refused();
         assert_samples(
             &registry,

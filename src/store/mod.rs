@@ -133,7 +133,8 @@ pub struct Resealed {
 /// KEYS[1] record, KEYS[2] its history; ARGV: status, digest, apiVersion, kind, uid,
 /// resourceVersion, generation, source rank, now, deleting (1/0), retention in ms, the history
 /// entry of this status, how many entries the history keeps (0: none), the restore job this
-/// is restatus's own write for ("" for none).
+/// is restatus's own write for ("" for none), whether a record of another incarnation is
+/// caught up rather than replaced (1/0; answered `other:<its uid>`).
 ///
 /// The retention clock: a DELETE (rank 2) starts it, again if it already runs, so it counts
 /// from the last DELETE even when an earlier one never landed (a later webhook or a
@@ -169,6 +170,8 @@ if cur_uid then
       return 'unchanged'
     end
     same_deletion = deleting and deleted and rank ~= 2
+  elseif ARGV[15] == '1' then
+    return 'other:' .. cur_uid
   elseif cur_deleted and rank == 0 then
     return 'stale'
   end
@@ -435,15 +438,21 @@ impl Store {
             .arg(millis(write.retention))
             .arg(entry)
             .arg(self.history)
-            .arg(write.restored_by.as_deref().unwrap_or(""));
+            .arg(write.restored_by.as_deref().unwrap_or(""))
+            .arg(if write.catch_up { "1" } else { "0" });
         let answer: String = self.send("record", &key, budget, &invocation).await?;
         let outcome = match answer.as_str() {
             "written" => WriteOutcome::Written,
             "unchanged" => WriteOutcome::Unchanged,
             "stale" => WriteOutcome::Stale,
-            _ => return Err(StoreError::UnexpectedAnswer { key, answer }),
+            other => match other.strip_prefix("other:") {
+                Some(uid) => WriteOutcome::OtherIncarnation {
+                    record_uid: uid.to_owned(),
+                },
+                None => return Err(StoreError::UnexpectedAnswer { key, answer }),
+            },
         };
-        self.metrics.record_written(outcome);
+        self.metrics.record_written(&outcome);
         Ok(outcome)
     }
 

@@ -40,10 +40,15 @@ pub struct RecordWrite {
     /// record, that the record was adopted by that restore and not replaced by the new
     /// incarnation's own status.
     pub restored_by: Option<String>,
+    /// The writer is an incarnation restatus never restored (it carries none of restatus's
+    /// annotations) and its policy opens restores to any creator: a record of another
+    /// incarnation is not replaced but answered with [`WriteOutcome::OtherIncarnation`], for a
+    /// catch-up restore.
+    pub catch_up: bool,
 }
 
 /// What the store did with a [`RecordWrite`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
     Written,
     /// Same status as stored (same digest): nothing written.
@@ -51,6 +56,11 @@ pub enum WriteOutcome {
     /// Older than what is stored (lower resourceVersion of the same object), or an observation
     /// of a new incarnation while the deleted one's record waits for its restore.
     Stale,
+    /// Nothing written: the record belongs to the incarnation `record_uid`, and the writer
+    /// asked for a catch-up rather than replacing it ([`RecordWrite::catch_up`]).
+    OtherIncarnation {
+        record_uid: String,
+    },
 }
 
 /// A stored record.
