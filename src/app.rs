@@ -388,6 +388,7 @@ impl App {
                         rate: args.resync.resync_rate,
                         redis_timeout: args.store.redis_worker_timeout,
                         catch_up_hold: job_ttl(&args.restore),
+                        skip_namespaces: args.resync.resync_skip_namespaces.clone(),
                     },
                     resync_metrics,
                     instance.clone(),

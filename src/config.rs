@@ -94,6 +94,12 @@ pub struct ResyncArgs {
     #[arg(long, env = "RESTATUS_RESYNC_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub resync_page_size: u32,
 
+    /// Namespaces resync leaves alone, comma-separated: those the webhook is not called for
+    /// (the chart passes its namespaceSelector's). Namespaces labelled restatus.io/ignore=true
+    /// are left alone too.
+    #[arg(long, env = "RESTATUS_RESYNC_SKIP_NAMESPACES", value_delimiter = ',')]
+    pub resync_skip_namespaces: Vec<String>,
+
     /// Objects a resync pass goes through per second at most, so a big cluster is not
     /// hammered.
     #[arg(long, env = "RESTATUS_RESYNC_RATE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -384,9 +390,10 @@ pub struct RecordArgs {
     #[arg(long, env = "RESTATUS_RETENTION", default_value = "30d", value_parser = parse_duration)]
     pub retention: Duration,
 
-    /// Values (scalars, list items, object keys) a status may hold to be recorded. A larger
-    /// status is not parsed, recorded or merged: the write is allowed with a warning, and
-    /// counted. Bounds the memory one review takes.
+    /// Values a status may hold to be recorded: scalars, list items, object keys, and the
+    /// lists and objects themselves, each counted once. A larger status is not parsed,
+    /// recorded or merged: the write is allowed with a warning, and counted. Bounds the memory
+    /// one review takes.
     #[arg(long, env = "RESTATUS_MAX_STATUS_VALUES", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_status_values: u64,
 

@@ -326,3 +326,73 @@ async fn the_first_status_write_of_an_object_recreated_unseen_queues_its_catch_u
         1.0
     );
 }
+
+#[tokio::test]
+async fn resync_leaves_alone_the_namespaces_the_webhook_is_not_called_for() {
+    let skipped = support::unique("skipped");
+    let ignored = support::unique("ignored");
+    let plain = support::unique("plain");
+    let skip = format!("--resync-skip-namespaces={skipped}");
+    let env = Env::start(EnvOptions::with_args(&[
+        "--resync-resources=kubernetesclusters.infra.example.com",
+        "--resync-interval=1h",
+        &skip,
+    ]))
+    .await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
+    for (ns, labels) in [
+        (&skipped, json!({})),
+        (&ignored, json!({"restatus.io/ignore": "true"})),
+        (&plain, json!({})),
+    ] {
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns, "labels": labels}}))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let api = Api::<kube::api::DynamicObject>::namespaced_with(
+            env.client.clone(),
+            ns,
+            &support::cluster::kubernetes_cluster_resource(),
+        );
+        api.create(&PostParams::default(), &kubernetes_cluster("x"))
+            .await
+            .unwrap();
+        patch_status(&api, "x", saved()).await;
+    }
+    // A replica with resync on, started after the objects exist.
+    let r = env
+        .start_replica(
+            "resync",
+            &[
+                "--resync-resources=kubernetesclusters.infra.example.com",
+                "--resync-interval=1h",
+                &skip,
+                "--restore-worker=false",
+            ],
+        )
+        .await;
+    eventually(WAIT, "a resync pass", || async {
+        (r.metric("restatus_resync_passes_total{reason=\"start\"}")
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    let id = |ns: &str| restatus::store::ObjectIdentity {
+        namespace: Some(ns.to_owned()),
+        ..env.kc_id("x")
+    };
+    assert_eq!(env.recorded_status(&id(&plain)).await, Some(saved()));
+    assert_eq!(env.recorded_status(&id(&skipped)).await, None);
+    assert_eq!(env.recorded_status(&id(&ignored)).await, None);
+    for ns in [skipped, ignored, plain] {
+        namespaces
+            .delete(&ns, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+}

@@ -199,3 +199,32 @@ async fn history_adds_a_bounded_number_of_bytes_per_record() {
         "{per_record}: is history kept at all?"
     );
 }
+
+#[tokio::test]
+async fn one_holder_takes_a_lock_until_it_ends_on_its_own() {
+    let redis = RedisServer::start().await;
+    let s = store(&redis, &support::unique("lock"), false, 0);
+    let hold = Duration::from_millis(300);
+    assert!(
+        s.try_lock("resync", "replica-a", hold, BUDGET)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.try_lock("resync", "replica-b", hold, BUDGET)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.try_lock("other", "replica-b", hold, BUDGET)
+            .await
+            .unwrap()
+    );
+    support::eventually(Duration::from_secs(5), "the lock to end", || async {
+        s.try_lock("resync", "replica-b", hold, BUDGET)
+            .await
+            .unwrap()
+            .then_some(())
+    })
+    .await;
+}

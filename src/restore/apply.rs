@@ -711,9 +711,13 @@ impl Applier<'_> {
     /// that carries the job's id is marked: the patch tests its uid and that id, so an object
     /// someone else created under the same name is left alone.
     pub async fn report_failure(&self, job: &RestoreJob, reason: &str) {
-        if job.id.is_empty() || job.action != JobKind::Restore {
-            return;
-        }
+        // A restore job marks the object that carries its id; a catch-up, the incarnation it
+        // is bound to (whose writes then stop asking for a catch-up and are recorded).
+        let catch_up = match &job.action {
+            JobKind::Restore if !job.id.is_empty() => None,
+            JobKind::CatchUp { uid } => Some(uid.as_str()),
+            _ => return,
+        };
         let ar = api_resource(job);
         let api = self.api(job, &ar);
         let live = match api.get_opt(&job.identity.name).await {
@@ -725,15 +729,18 @@ impl Applier<'_> {
             }
         };
         let uid = live.metadata.uid.clone().unwrap_or_default();
-        if uid.is_empty()
-            || restore_job(live.metadata.annotations.as_ref()) != Some(job.id.as_str())
-        {
+        let annotations = live.metadata.annotations.as_ref();
+        let ours = match catch_up {
+            None => restore_job(annotations) == Some(job.id.as_str()),
+            Some(bound) => uid == bound && restore_job(annotations).is_none(),
+        };
+        if uid.is_empty() || !ours {
             return;
         }
-        let mut ops = vec![
-            patch::expect_uid(&uid),
-            patch::expect_annotation(ANNOTATION_RESTORE_JOB, &job.id),
-        ];
+        let mut ops = vec![patch::expect_uid(&uid)];
+        if catch_up.is_none() {
+            ops.push(patch::expect_annotation(ANNOTATION_RESTORE_JOB, &job.id));
+        }
         ops.extend(patch::set_annotations(
             live.metadata.annotations.as_ref(),
             &[(ANNOTATION_RESTORE, RESTORE_FAILED)],

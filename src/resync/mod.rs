@@ -99,7 +99,14 @@ pub struct Settings {
     pub redis_timeout: Duration,
     /// How long a catch-up job waits for a worker before resync queues it again.
     pub catch_up_hold: Duration,
+    /// Namespaces the webhook is not called for (its namespaceSelector): resync leaves their
+    /// objects alone too, as it does those of namespaces labelled [`IGNORE_LABEL`]`=true`.
+    pub skip_namespaces: Vec<String>,
 }
+
+/// The label that takes a namespace out of the webhook's namespaceSelector (the chart's), and
+/// so out of resync.
+pub const IGNORE_LABEL: &str = "restatus.io/ignore";
 
 /// Why a pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +128,8 @@ impl Why {
 
 /// How often, while a review failed open for want of Redis, Redis is asked whether it is back.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How long the replica that runs the pass after Redis is back keeps others from running one.
+const REDIS_BACK_HOLD: Duration = Duration::from_secs(30);
 /// A list continued after its continue token expired starts over at most this often per type.
 const LIST_RESTARTS: u32 = 3;
 /// Objects whose held catch-up was reported, remembered to report each once.
@@ -147,6 +156,8 @@ pub struct Resync {
     failed_open: Arc<AtomicBool>,
     /// Incarnations whose held catch-up was reported.
     reported: Reported,
+    /// This replica's name, as the holder of the resync lock.
+    instance: String,
 }
 
 /// Incarnations already reported, remembered up to a number, the oldest forgotten first.
@@ -194,9 +205,10 @@ impl Resync {
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "restatus".into(),
-            instance: Some(instance),
+            instance: Some(instance.clone()),
         };
         Arc::new(Self {
+            instance: instance.clone(),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             store,
@@ -224,9 +236,11 @@ impl Resync {
         loop {
             // A pass started by a failed-open review answers for it.
             self.failed_open.store(false, Ordering::SeqCst);
-            tokio::select! {
-                () = self.pass(why) => {},
-                () = shutdown.cancelled() => return,
+            if self.take_turn(why).await {
+                tokio::select! {
+                    () = self.pass(why) => {},
+                    () = shutdown.cancelled() => return,
+                }
             }
             let next = Instant::now() + self.settings.interval;
             why = loop {
@@ -243,6 +257,39 @@ impl Resync {
                     }
                 }
             };
+        }
+    }
+
+    /// Whether this replica runs the pass. Every replica runs one when it starts (it cannot
+    /// know what was missed while it was away). Of the periodic passes, one replica of the
+    /// cluster runs one per interval, the one that takes the lock; of the passes that catch up
+    /// once Redis is back, the first replica to see it. Without Redis, none.
+    async fn take_turn(&self, why: Why) -> bool {
+        let (name, hold) = match why {
+            Why::Start => return true,
+            Why::RedisBack => ("resync-redis-back", REDIS_BACK_HOLD),
+            Why::Interval => ("resync", self.settings.interval),
+        };
+        match self
+            .store
+            .try_lock(name, &self.instance, hold, self.settings.redis_timeout)
+            .await
+        {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::debug!(
+                    reason = why.label(),
+                    "another replica runs this resync pass"
+                );
+                false
+            }
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "could not take the resync lock; this pass is skipped");
+                if why == Why::RedisBack {
+                    self.failed_open.store(true, Ordering::SeqCst);
+                }
+                false
+            }
         }
     }
 
@@ -393,6 +440,13 @@ impl Resync {
         };
         for ((obj, identity), record) in objects.iter().zip(identities).zip(records) {
             tally.scanned += 1;
+            if identity
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| self.skipped(ns))
+            {
+                continue;
+            }
             let record = match record {
                 Ok(record) => record,
                 Err(error) => {
@@ -481,6 +535,21 @@ impl Resync {
                 }
             }
         }
+    }
+
+    /// Whether the webhook is not called for `namespace`, so resync leaves it alone too.
+    fn skipped(&self, namespace: &str) -> bool {
+        self.settings
+            .skip_namespaces
+            .iter()
+            .any(|ns| ns == namespace)
+            || self.caches.namespaces.get(namespace).is_some_and(|ns| {
+                ns.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(IGNORE_LABEL))
+                    .is_some_and(|v| v == "true")
+            })
     }
 
     async fn event_held(&self, ar: &ApiResource, obj: &DynamicObject) {

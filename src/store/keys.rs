@@ -133,6 +133,12 @@ impl KeySchema {
         })
     }
 
+    /// `<prefix>:lock:{<cluster>}:<name>`: a lock one replica of the cluster holds for a while
+    /// (a resync pass).
+    pub fn lock(&self, name: &str) -> String {
+        format!("{}:lock:{{{}}}:{name}", self.prefix, self.cluster)
+    }
+
     /// The restore job stream.
     pub fn queue(&self) -> String {
         format!("{}:queue:{{{}}}", self.prefix, self.cluster)

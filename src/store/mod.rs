@@ -688,6 +688,32 @@ impl Store {
             .collect())
     }
 
+    /// Takes the lock `name` for `hold` unless another holder has it: true when `holder` got
+    /// it. One replica of a cluster does what the lock is for; the lock ends on its own.
+    pub async fn try_lock(
+        &self,
+        name: &str,
+        holder: &str,
+        hold: Duration,
+        budget: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys.lock(name);
+        let set: Option<String> = self
+            .send(
+                "set",
+                &key,
+                budget,
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(holder)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(hold)),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
     /// Answers whether Redis answers within `budget`.
     pub async fn ping(&self, budget: Duration) -> bool {
         let key = self.keys.queue();
