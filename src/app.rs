@@ -71,6 +71,8 @@ pub enum BuildError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Keyring(#[from] KeyringError),
+    #[error(transparent)]
+    Redis(#[from] crate::config::RedisArgsError),
     #[error("could not load the kubeconfig {path}")]
     Kubeconfig {
         path: String,
@@ -321,8 +323,8 @@ impl App {
             }
             None => None,
         };
-        let store = Store::connect(
-            &args.store.redis_url,
+        let store = Store::connect_with(
+            &args.store.redis_options()?,
             &args.store.key_prefix,
             &args.store.cluster_name,
             store_metrics,

@@ -37,7 +37,7 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  restatus reseal --redis-url redis://redis:6379 --encryption-key-file /etc/restatus/keyring --dry-run"
     )]
-    Reseal(ResealArgs),
+    Reseal(Box<ResealArgs>),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -163,6 +163,58 @@ pub struct ServerArgs {
     /// soon is answered 503.
     #[arg(long, env = "RESTATUS_MAX_INFLIGHT_BODY_BYTES", default_value = "32Mi", value_parser = parse_size)]
     pub max_inflight_body_bytes: usize,
+}
+
+/// The environment variable the Redis password may come from (never a flag).
+pub const REDIS_PASSWORD_ENV: &str = "RESTATUS_REDIS_PASSWORD";
+
+/// Why the Redis connection settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisArgsError {
+    #[error("could not read --redis-password-file {path}")]
+    PasswordFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the Redis password is given twice: in --redis-password-file and in {REDIS_PASSWORD_ENV}"
+    )]
+    PasswordTwice,
+}
+
+impl StoreArgs {
+    /// How to reach Redis, with the password from its file or the environment.
+    pub fn redis_options(&self) -> Result<crate::store::RedisOptions, RedisArgsError> {
+        let from_env = std::env::var(REDIS_PASSWORD_ENV)
+            .ok()
+            .filter(|p| !p.is_empty());
+        let from_file = match &self.redis_password_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| {
+                    RedisArgsError::PasswordFile {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?;
+                Some(text.lines().next().unwrap_or_default().to_owned())
+            }
+            None => None,
+        };
+        let password = match (from_file, from_env) {
+            (Some(_), Some(_)) => return Err(RedisArgsError::PasswordTwice),
+            (file, env) => file.or(env),
+        };
+        Ok(crate::store::RedisOptions {
+            url: self.redis_url.clone(),
+            ca_file: self.redis_ca_file.clone(),
+            client_cert_file: self.redis_client_cert_file.clone(),
+            client_key_file: self.redis_client_key_file.clone(),
+            username: self.redis_username.clone(),
+            password,
+            keepalive: self.redis_keepalive,
+        })
+    }
 }
 
 /// Listener flags that do not fit together.
@@ -352,6 +404,43 @@ pub struct StoreArgs {
         hide_env_values = true
     )]
     pub redis_url: String,
+
+    /// PEM CA certificates Redis's TLS certificate must chain to (with a rediss:// URL);
+    /// without it, the system's roots.
+    #[arg(long, env = "RESTATUS_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for Redis's TLS client authentication (with
+    /// --redis-client-key-file).
+    #[arg(
+        long,
+        env = "RESTATUS_REDIS_CLIENT_CERT_FILE",
+        requires = "redis_client_key_file"
+    )]
+    pub redis_client_cert_file: Option<PathBuf>,
+
+    /// PEM key of --redis-client-cert-file.
+    #[arg(
+        long,
+        env = "RESTATUS_REDIS_CLIENT_KEY_FILE",
+        requires = "redis_client_cert_file"
+    )]
+    pub redis_client_key_file: Option<PathBuf>,
+
+    /// Redis ACL user. The password comes from --redis-password-file or the environment
+    /// variable RESTATUS_REDIS_PASSWORD (a Secret), never from the command line.
+    #[arg(long, env = "RESTATUS_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+
+    /// A file holding the Redis password (its first line), e.g. a mounted Secret.
+    #[arg(long, env = "RESTATUS_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// Idle time before TCP keepalive probes start on Redis connections; a Redis that does not
+    /// answer them, or does not acknowledge data within three times this, is taken for gone
+    /// and connected to again (a network path that drops packets, not only one that resets).
+    #[arg(long, env = "RESTATUS_REDIS_KEEPALIVE", default_value = "10s", value_parser = parse_interval)]
+    pub redis_keepalive: Duration,
 
     /// Prefix of every key restatus writes.
     #[arg(long, env = "RESTATUS_KEY_PREFIX", default_value = "restatus", value_parser = parse_key_prefix)]

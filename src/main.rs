@@ -20,7 +20,7 @@ async fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Serve(args) => serve(*args).await,
-        Command::Reseal(args) => reseal(args).await,
+        Command::Reseal(args) => reseal(*args).await,
         Command::Certs(args) => {
             let written = certs::generate(&args.hosts, args.validity)
                 .and_then(|generated| certs::write(&args.out, &generated));
@@ -77,8 +77,12 @@ async fn reseal(args: ResealArgs) -> ExitCode {
         Err(error) => return fail(&error),
     };
     let mut registry = telemetry::registry();
-    let store = match Store::connect(
-        &args.store.redis_url,
+    let options = match args.store.redis_options() {
+        Ok(options) => options,
+        Err(error) => return fail(&error),
+    };
+    let store = match Store::connect_with(
+        &options,
         &args.store.key_prefix,
         &args.store.cluster_name,
         StoreMetrics::register(&mut registry),

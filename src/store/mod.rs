@@ -4,6 +4,7 @@
 //! a slow or absent Redis never holds up the API server. The key schema is in [`KeySchema`]
 //! and written down in `docs/store.md`.
 
+mod conn;
 mod keys;
 mod metrics;
 mod queue;
@@ -13,14 +14,11 @@ mod seal;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use jiff::Timestamp;
-use redis::{
-    FromRedisValue, IntoConnectionInfo, RedisError, Script, ScriptInvocation,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-    io::tcp::TcpSettings,
-};
+use redis::{FromRedisValue, RedisError, Script, ScriptInvocation, aio::MultiplexedConnection};
 use serde_json::Value;
 use tokio::time::Instant;
 
+pub use conn::{ConnectError, RedisOptions};
 pub use keys::{KeySchema, ObjectIdentity};
 pub use metrics::StoreMetrics;
 pub use queue::{Delivery, JobError, JobKind, QueueReader, Reclaimed, RestoreJob, new_job_id};
@@ -31,6 +29,8 @@ pub use seal::{Keyring, KeyringError, OpenError, SealError, sealed_with};
 pub enum StoreError {
     #[error("invalid Redis URL")]
     Url(#[source] RedisError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("Redis {command} on {key} did not answer within {budget:?}")]
     Timeout {
         command: &'static str,
@@ -284,8 +284,7 @@ impl<'a> From<&'a ScriptInvocation<'a>> for Request<'a> {
 /// The store. Cheap to clone; clones share one multiplexed, self-reconnecting connection.
 #[derive(Clone)]
 pub struct Store {
-    client: redis::Client,
-    conn: ConnectionManager,
+    conn: Arc<conn::Connection>,
     keys: KeySchema,
     metrics: StoreMetrics,
     /// Seals saved statuses at rest when configured.
@@ -310,25 +309,25 @@ impl Store {
         metrics: StoreMetrics,
         keyring: Option<Arc<Keyring>>,
     ) -> Result<Self, StoreError> {
+        let options = RedisOptions {
+            url: url.to_owned(),
+            keepalive: Duration::from_secs(10),
+            ..RedisOptions::default()
+        };
+        Self::connect_with(&options, key_prefix, cluster, metrics, keyring)
+    }
+
+    /// [`Store::connect`] with every way of reaching Redis: TLS, an ACL user, keepalive.
+    pub fn connect_with(
+        options: &RedisOptions,
+        key_prefix: &str,
+        cluster: &str,
+        metrics: StoreMetrics,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Result<Self, StoreError> {
         let keys = KeySchema::new(key_prefix, cluster);
-        // Without TCP_NODELAY a small command can wait for a delayed ACK (40 ms on Linux).
-        let info = url
-            .into_connection_info()
-            .map_err(StoreError::Url)?
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(StoreError::Url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            // Callers bound each call with their own budget.
-            .set_response_timeout(None)
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(StoreError::Url)?;
         Ok(Self {
-            client,
-            conn,
+            conn: Arc::new(conn::Connection::new(options)?),
             keys,
             metrics,
             keyring,
@@ -381,6 +380,41 @@ impl Store {
         }
     }
 
+    /// Runs `f` on the shared connection within `budget`, connecting first if there is none.
+    /// A connection that broke, or on which the call ran out of time (a Redis that vanished
+    /// without a reset looks like that), is dropped: the next call connects again.
+    async fn with_conn<T, F, Fut>(
+        &self,
+        command: &'static str,
+        key: &str,
+        budget: Duration,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let mut used = None;
+        let run = async {
+            let (id, conn) = self.conn.get().await?;
+            used = Some(id);
+            let result = f(conn).await;
+            if let Err(error) = &result
+                && conn::broken(error)
+            {
+                self.conn.forget(id).await;
+            }
+            result
+        };
+        let result = self.call(command, key, budget, run).await;
+        if matches!(result, Err(StoreError::Timeout { .. }))
+            && let Some(id) = used
+        {
+            self.conn.forget(id).await;
+        }
+        result
+    }
+
     /// Sends one request on the shared connection, within `budget`.
     async fn send<'a, T: FromRedisValue>(
         &self,
@@ -389,21 +423,15 @@ impl Store {
         budget: Duration,
         request: impl Into<Request<'a>>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        match request.into() {
-            Request::Command(cmd) => {
-                self.call(command, key, budget, cmd.query_async(&mut conn))
-                    .await
+        let request = request.into();
+        self.with_conn(command, key, budget, |mut conn| async move {
+            match request {
+                Request::Command(cmd) => cmd.query_async(&mut conn).await,
+                Request::Pipeline(pipe) => pipe.query_async(&mut conn).await,
+                Request::Script(invocation) => invocation.invoke_async(&mut conn).await,
             }
-            Request::Pipeline(pipe) => {
-                self.call(command, key, budget, pipe.query_async(&mut conn))
-                    .await
-            }
-            Request::Script(invocation) => {
-                self.call(command, key, budget, invocation.invoke_async(&mut conn))
-                    .await
-            }
-        }
+        })
+        .await
     }
 
     /// Records a status if it is newer than and different from the stored one.
@@ -460,20 +488,19 @@ impl Store {
     /// its budget. Redis being down now is not fatal: the store connects when it comes back.
     pub async fn warm_up(&self, budget: Duration) {
         let key = self.keys.queue();
-        let mut conn = self.conn.clone();
         let scripts = [
             &self.record_script,
             &self.expire_script,
             &self.mark_restored_script,
         ];
-        let load = async {
+        let load = |mut conn: MultiplexedConnection| async move {
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             for script in scripts {
                 script.load_async(&mut conn).await?;
             }
             Ok::<(), RedisError>(())
         };
-        match self.call("warm_up", &key, budget, load).await {
+        match self.with_conn("warm_up", &key, budget, load).await {
             Ok(()) => tracing::info!("connected to Redis"),
             Err(error) => tracing::warn!(
                 error = %crate::error::error_chain(&error),
@@ -895,7 +922,6 @@ impl Store {
         let keyring = self.keyring.clone().ok_or(StoreError::NoKeyring)?;
         let script = Script::new(RESEAL_SCRIPT);
         let pattern = self.keys.record_pattern();
-        let mut conn = self.conn.clone();
         let mut done = Resealed::default();
         let mut cursor: u64 = 0;
         loop {
@@ -964,14 +990,11 @@ impl Store {
                         count(&mut done, stored);
                     }
                 } else if !writes.is_empty() {
-                    script
-                        .load_async(&mut conn)
-                        .await
-                        .map_err(|source| StoreError::Redis {
-                            command: "script_load",
-                            key: pattern.clone(),
-                            source,
-                        })?;
+                    let script = &script;
+                    self.with_conn("script_load", &pattern, budget, |mut conn| async move {
+                        script.load_async(&mut conn).await.map(|_| ())
+                    })
+                    .await?;
                     let mut write = redis::pipe();
                     let invocations: Vec<ScriptInvocation<'_>> = writes
                         .iter()

@@ -157,14 +157,14 @@ impl Store {
             .arg("0")
             .arg("MKSTREAM")
             .clone();
-        let mut conn = self.conn.clone();
-        let create = async {
+        let create = &create;
+        self.with_conn("xgroup_create", &key, budget, |mut conn| async move {
             match create.query_async::<()>(&mut conn).await {
                 Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
                 other => other,
             }
-        };
-        self.call("xgroup_create", &key, budget, create).await
+        })
+        .await
     }
 
     /// Removes this consumer from the group if it holds no jobs (at shutdown), so restarts do
@@ -399,7 +399,8 @@ impl Store {
                 "connect",
                 &key,
                 budget,
-                self.client
+                self.conn
+                    .client()
                     .get_multiplexed_async_connection_with_config(&config),
             )
             .await?;

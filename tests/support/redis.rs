@@ -14,6 +14,15 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Keeps its data across a restart (an append-only file, fsynced on every write).
     persistent: bool,
+    /// A TLS port besides the plain one, and whether it requires client certificates.
+    tls: Option<(u16, bool)>,
+}
+
+/// The certificates a TLS Redis serves with and trusts, written into its directory.
+pub struct RedisTls {
+    /// The CA that signed the server's certificate and the client certificates it accepts.
+    pub ca: restatus::certs::Pair,
+    pub ca_file: PathBuf,
 }
 
 fn redis_server_binary() -> PathBuf {
@@ -49,9 +58,40 @@ impl RedisServer {
             dir,
             child: None,
             persistent,
+            tls: None,
         };
         server.spawn().await;
         server
+    }
+
+    /// Starts a Redis that also serves TLS (on [`RedisServer::tls_url`]), with a serving
+    /// certificate for 127.0.0.1 from a CA of its own, requiring client certificates from that
+    /// CA when `client_auth`. The plain port stays for the test's own looks.
+    pub async fn start_tls(client_auth: bool) -> (Self, RedisTls) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hour = Duration::from_secs(3600);
+        let ca = restatus::certs::generate_ca(hour).expect("CA");
+        let serving = restatus::certs::issue_serving(&ca, &["127.0.0.1".to_owned()], hour)
+            .expect("serving certificate");
+        let ca_file = dir.path().join("ca.crt");
+        std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+        std::fs::write(dir.path().join("tls.crt"), &serving.cert_pem).unwrap();
+        std::fs::write(dir.path().join("tls.key"), &serving.key_pem).unwrap();
+        let mut server = Self {
+            port: super::free_port(),
+            dir,
+            child: None,
+            persistent: false,
+            tls: Some((super::free_port(), client_auth)),
+        };
+        server.spawn().await;
+        (server, RedisTls { ca, ca_file })
+    }
+
+    /// The URL of the TLS port.
+    pub fn tls_url(&self) -> String {
+        let (port, _) = self.tls.expect("a TLS Redis");
+        format!("rediss://127.0.0.1:{port}")
     }
 
     /// Starts it again on the same port after [`RedisServer::stop`].
@@ -66,7 +106,24 @@ impl RedisServer {
         } else {
             ("no", "everysec")
         };
+        let mut tls_args: Vec<String> = Vec::new();
+        if let Some((port, client_auth)) = self.tls {
+            let file = |name: &str| self.dir.path().join(name).display().to_string();
+            tls_args = vec![
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                file("tls.crt"),
+                "--tls-key-file".into(),
+                file("tls.key"),
+                "--tls-ca-cert-file".into(),
+                file("ca.crt"),
+                "--tls-auth-clients".into(),
+                (if client_auth { "yes" } else { "no" }).into(),
+            ];
+        }
         let child = Command::new(redis_server_binary())
+            .args(&tls_args)
             .args([
                 "--port",
                 &self.port.to_string(),
