@@ -253,6 +253,14 @@ impl Certificates {
     }
 }
 
+/// The largest status recorded, by the webhook and by resync alike.
+fn status_limits(args: &ServeArgs) -> admission::StatusLimits {
+    admission::StatusLimits {
+        max_values: usize::try_from(args.record.max_status_values).unwrap_or(usize::MAX),
+        ..admission::StatusLimits::default()
+    }
+}
+
 /// How long a queued restore job stays its object's live job at most: long enough for its
 /// CREATE to land and for every delivery the worker may make, so that a marker is believed
 /// while its job may still run, and not long after.
@@ -291,7 +299,6 @@ impl App {
         let store_metrics = StoreMetrics::register(&mut registry);
         let admission_metrics = AdmissionMetrics::register(&mut registry);
         let restore_metrics = RestoreMetrics::register(&mut registry);
-        let resync_metrics = ResyncMetrics::register(&mut registry);
         let cert_metrics = CertMetrics::register(&mut registry);
         let server_metrics = server::ServerMetrics::register(&mut registry);
         let policy_metrics = PolicyMetrics::register(&mut registry);
@@ -323,8 +330,9 @@ impl App {
             }
             None => None,
         };
+        let redis_options = args.store.redis_options()?;
         let store = Store::connect_with(
-            &args.store.redis_options()?,
+            &redis_options,
             &args.store.key_prefix,
             &args.store.cluster_name,
             store_metrics,
@@ -370,14 +378,18 @@ impl App {
         };
         // Without a Kubernetes API there are no caches to wait for.
         let synced = Arc::new(AtomicBool::new(caches.watches.is_none()));
-        let failed_open = Arc::new(AtomicBool::new(false));
+        let failed_open = Arc::new(resync::FailedOpen::default());
         let resync = client
             .as_ref()
             .filter(|_| !args.resync.resync_resources.is_empty())
-            .map(|client| {
-                Resync::new(
+            .map(|client| -> Result<_, StoreError> {
+                // Only a replica that resyncs says when it last did.
+                let resync_metrics = ResyncMetrics::register(&mut registry);
+                // A connection of its own: a pass's pipelines never queue ahead of a review's
+                // call within its budget.
+                Ok(Resync::new(
                     client.clone(),
-                    store.clone(),
+                    store.with_own_connection(&redis_options)?,
                     policy::Caches {
                         crds: caches.crds.clone(),
                         namespaces: caches.namespaces.clone(),
@@ -391,12 +403,14 @@ impl App {
                         redis_timeout: args.store.redis_worker_timeout,
                         catch_up_hold: job_ttl(&args.restore),
                         skip_namespaces: args.resync.resync_skip_namespaces.clone(),
+                        status_limits: status_limits(&args),
                     },
                     resync_metrics,
                     instance.clone(),
                     failed_open.clone(),
-                )
-            });
+                ))
+            })
+            .transpose()?;
         let own_user = match &client {
             Some(client) => own_username(client).await,
             None => None,
@@ -430,11 +444,7 @@ impl App {
                 job_ttl: job_ttl(&args.restore),
                 global,
                 own_user,
-                limits: admission::StatusLimits {
-                    max_values: usize::try_from(args.record.max_status_values)
-                        .unwrap_or(usize::MAX),
-                    ..admission::StatusLimits::default()
-                },
+                limits: status_limits(&args),
                 max_inflight_values: usize::try_from(args.record.max_inflight_status_values)
                     .unwrap_or(usize::MAX),
             },

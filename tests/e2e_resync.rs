@@ -13,11 +13,16 @@ use kube::{
 use restatus::policy::{
     ANNOTATION_RESTORE, ANNOTATION_RESTORE_FOR, ANNOTATION_RESTORED_AT, status_of,
 };
+use restatus::store::{JobKind, RecordWrite, RestoreJob, Source};
 use serde_json::{Value, json};
+use std::time::Duration;
 use support::{
     cluster::{Env, EnvOptions, WAIT, kept_by_default, kubernetes_cluster, patch_status},
     eventually,
 };
+
+/// The budget of the test's own Redis calls.
+const BUDGET: Duration = Duration::from_secs(5);
 
 /// restatus with resync of KubernetesClusters; passes run at start and when Redis is back,
 /// not on a timer, within a test.
@@ -395,4 +400,118 @@ async fn resync_leaves_alone_the_namespaces_the_webhook_is_not_called_for() {
             .await
             .unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_status_planted_for_a_live_object_never_reaches_it() {
+    // Restores open to every creator, and resync on: every path a catch-up can take.
+    let mut env =
+        Env::start(resyncing().namespace_annotation(ANNOTATION_RESTORE_FOR, "creators")).await;
+    let api = env.clusters();
+    let created = api
+        .create(&PostParams::default(), &kubernetes_cluster("target"))
+        .await
+        .unwrap();
+    let live_uid = created.metadata.uid.clone().unwrap();
+    let created_at = created.metadata.creation_timestamp.clone().unwrap().0;
+    let id = env.kc_id("target");
+    let own = json!({"phase": "Provisioning"});
+    patch_status(&api, "target", own.clone()).await;
+    env.wait_recorded(&id, &own).await;
+    // What a forged review, or anyone who can write Redis, leaves: a record of another uid,
+    // written while the object lives (a second after its creation, as creation times go).
+    eventually(WAIT, "a second past the creation", || async {
+        (jiff::Timestamp::now().as_second() > created_at.as_second()).then_some(())
+    })
+    .await;
+    let store = env.store();
+    let planted = json!({"phase": "Running", "endpoint": "https://198.51.100.66:6443"});
+    let plant = || RecordWrite {
+        identity: id.clone(),
+        status: planted.clone(),
+        api_version: "infra.example.com/v1alpha1".into(),
+        kind: "KubernetesCluster".into(),
+        uid: "forged-uid".into(),
+        resource_version: "1".into(),
+        generation: None,
+        source: Source::Written,
+        deleting: false,
+        retention: Duration::from_secs(3600),
+        restored_by: None,
+        catch_up: None,
+        listed_at: None,
+    };
+    async fn record_uid(env: &Env, id: &restatus::store::ObjectIdentity) -> Option<String> {
+        env.record(id).await.get("uid").cloned()
+    }
+
+    // The webhook: the owner's next status write replaces the planted record instead of
+    // queueing a catch-up of it.
+    store.record(&plant(), BUDGET).await.unwrap();
+    let running = json!({"phase": "Running"});
+    patch_status(&api, "target", running.clone()).await;
+    env.wait_recorded(&id, &running).await;
+    assert_eq!(
+        record_uid(&env, &id).await.as_deref(),
+        Some(live_uid.as_str())
+    );
+
+    // The worker: a catch-up job queued straight into the stream (as a forged review could
+    // have had queued) finds the record younger than the object, and writes nothing.
+    store.record(&plant(), BUDGET).await.unwrap();
+    let now = jiff::Timestamp::now();
+    let job = RestoreJob {
+        id: String::new(),
+        action: JobKind::CatchUp {
+            uid: live_uid.clone(),
+        },
+        identity: id.clone(),
+        api_version: "infra.example.com/v1alpha1".into(),
+        kind: "KubernetesCluster".into(),
+        record_uid: "forged-uid".into(),
+        created_at: now,
+        deadline: now,
+        retry: false,
+        inline: false,
+        request_uid: String::new(),
+        policy: None,
+    };
+    store.enqueue(&job, BUDGET).await.unwrap();
+    let r = &env.restatus[0];
+    eventually(WAIT, "the forged catch-up to finish", || async {
+        (r.metric("restatus_restores_total{outcome=\"record_not_earlier\"}")
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        r.metric(
+            "restatus_admission_requests_total{operation=\"UPDATE\",outcome=\"catch_up_queued\"}"
+        )
+        .await,
+        0.0
+    );
+
+    // Resync: the pass at start records the object's own status over the planted one.
+    env.kill_restatus();
+    env.restart_restatus().await;
+    eventually(WAIT, "resync to replace the planted record", || async {
+        (record_uid(&env, &id).await.as_deref() == Some(live_uid.as_str())).then_some(())
+    })
+    .await;
+    let r = &env.restatus[0];
+    assert_eq!(
+        r.metric("restatus_catchup_restores_total{reason=\"queued\"}")
+            .await,
+        0.0
+    );
+    let live = api.get("target").await.unwrap();
+    assert_eq!(
+        status_of(&live),
+        Some(&running),
+        "nothing planted reached it"
+    );
+    assert!(!live.annotations().contains_key(ANNOTATION_RESTORED_AT));
+    assert!(events(&env, "target", "StatusRestored").await.is_empty());
 }

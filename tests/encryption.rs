@@ -160,7 +160,8 @@ fn write(id: &ObjectIdentity, uid: &str, status: serde_json::Value) -> RecordWri
         deleting: false,
         retention: Duration::from_secs(3600),
         restored_by: None,
-        catch_up: false,
+        catch_up: None,
+        listed_at: None,
     }
 }
 

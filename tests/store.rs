@@ -6,7 +6,9 @@ mod support;
 
 use std::{sync::Arc, time::Duration};
 
-use restatus::store::{Keyring, ObjectIdentity, RecordWrite, Source, Store, StoreMetrics};
+use restatus::store::{
+    Keyring, ObjectIdentity, RecordWrite, Source, Store, StoreMetrics, WriteOutcome,
+};
 use serde_json::{Value, json};
 use support::redis::RedisServer;
 
@@ -52,7 +54,8 @@ fn write(name: &str, uid: &str, rv: u32, status: Value, deleting: bool) -> Recor
         deleting,
         retention: Duration::from_secs(3600),
         restored_by: None,
-        catch_up: false,
+        catch_up: None,
+        listed_at: None,
     }
 }
 
@@ -220,6 +223,25 @@ async fn one_holder_takes_a_lock_until_it_ends_on_its_own() {
             .await
             .unwrap()
     );
+    // Its holder keeps it for the hold from now, as a pass that runs long does.
+    let kept = Duration::from_secs(60);
+    assert!(
+        s.try_lock("resync", "replica-a", kept, BUDGET)
+            .await
+            .unwrap()
+    );
+    let key = s.keys().lock("resync");
+    assert!(redis.pttl(&key).await > 30_000);
+    assert!(
+        !s.try_lock("resync", "replica-b", hold, BUDGET)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.try_lock("resync", "replica-a", hold, BUDGET)
+            .await
+            .unwrap()
+    );
     support::eventually(Duration::from_secs(5), "the lock to end", || async {
         s.try_lock("resync", "replica-b", hold, BUDGET)
             .await
@@ -227,4 +249,45 @@ async fn one_holder_takes_a_lock_until_it_ends_on_its_own() {
             .then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn resync_stops_the_clock_of_a_delete_the_object_outlived() {
+    let redis = RedisServer::start().await;
+    let s = store(&redis, &support::unique("refused"), false, 0);
+    let key = s.keys().record(&id("x"));
+    let status = json!({"phase": "a"});
+    s.record(&write("x", "u1", 5, status.clone(), false), BUDGET)
+        .await
+        .unwrap();
+    // The DELETE, of the same resourceVersion, is recorded and starts the clock.
+    s.record(&write("x", "u1", 5, status.clone(), true), BUDGET)
+        .await
+        .unwrap();
+    assert!(redis.pttl(&key).await > 0);
+    let fields = redis.hgetall(&key).await;
+    assert!(fields.contains_key("deletedAt"));
+    let deleted_at: jiff::Timestamp = fields["recordedAt"].parse().unwrap();
+    let observed = |listed_at| RecordWrite {
+        source: Source::Observed,
+        listed_at,
+        ..write("x", "u1", 5, status.clone(), false)
+    };
+    // Seen by a list that may have been taken before the DELETE landed: it proves nothing.
+    for listed_at in [None, Some(deleted_at)] {
+        assert_eq!(
+            s.record(&observed(listed_at), BUDGET).await.unwrap(),
+            WriteOutcome::Stale,
+            "{listed_at:?}"
+        );
+        assert!(redis.pttl(&key).await > 0, "{listed_at:?}");
+    }
+    // Listed a second later, still there without a deletionTimestamp: the DELETE was refused.
+    let later = deleted_at + jiff::SignedDuration::from_secs(1);
+    assert_eq!(
+        s.record(&observed(Some(later)), BUDGET).await.unwrap(),
+        WriteOutcome::Written
+    );
+    assert_eq!(redis.pttl(&key).await, -1);
+    assert!(!redis.hgetall(&key).await.contains_key("deletedAt"));
 }

@@ -79,9 +79,9 @@ pub struct Sources {
     /// Whether both caches have synced: until then a review would miss the namespace's and
     /// the CRD's annotations, so it is allowed unrecorded.
     pub synced: Arc<AtomicBool>,
-    /// Set when a review failed open because Redis did not answer: resync catches up on what
-    /// it missed as soon as Redis answers again.
-    pub failed_open: Arc<AtomicBool>,
+    /// Told when a review failed open for want of Redis: resync catches up on what an outage
+    /// made it miss as soon as Redis answers again.
+    pub failed_open: Arc<crate::resync::FailedOpen>,
     /// Asks whether a creator may write status; `None` without a Kubernetes API, in which
     /// case only `restore-for: creators` restores.
     pub access: Option<AccessChecker>,
@@ -357,7 +357,9 @@ impl Admission {
                     "restatus could not handle this review; allowed without change"
                 );
                 if !error.is_permanent() {
-                    self.sources.failed_open.store(true, Ordering::SeqCst);
+                    self.sources
+                        .failed_open
+                        .review_failed(error.is_unreachable());
                 }
                 Answer::just(Outcome::Error)
             }

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use jiff::Timestamp;
 use json_patch::PatchOperation;
 use kube::core::admission::Operation;
 use serde_json::Value;
@@ -185,7 +186,8 @@ fn write_of(
         deleting: source == Source::Deleted || obj.metadata.deletion_timestamp.is_some(),
         retention: policy.retention,
         restored_by: None,
-        catch_up: false,
+        catch_up: None,
+        listed_at: None,
     }
 }
 
@@ -253,14 +255,23 @@ fn pending(
 }
 
 /// Whether a write of `stored` may ask for a catch-up instead of replacing a record of another
-/// incarnation: restatus never restored or marked it (it carries none of restatus's
-/// annotations), the writer is not restatus, and policy opens restores to any creator.
-fn may_catch_up(req: &Request<'_>, stored: &Object<'_>, ctx: &Context<'_>) -> bool {
+/// incarnation, and from records written no later than when: restatus never restored or
+/// marked it (it carries none of restatus's annotations), the writer is not restatus, policy
+/// opens restores to any creator, and the object says when it was created (a record written
+/// after that is no earlier incarnation's).
+fn may_catch_up(req: &Request<'_>, stored: &Object<'_>, ctx: &Context<'_>) -> Option<Timestamp> {
     let marked = stored.metadata.annotations.as_ref().is_some_and(|a| {
         PROTECTED_ANNOTATIONS.iter().any(|k| a.contains_key(*k))
             || a.contains_key(ANNOTATION_RESTORED_AT)
     });
-    !marked && !own_request(req, ctx.own_user) && ctx.policy.restore_for == RestoreFor::Creators
+    if marked || own_request(req, ctx.own_user) || ctx.policy.restore_for != RestoreFor::Creators {
+        return None;
+    }
+    stored
+        .metadata
+        .creation_timestamp
+        .as_deref()
+        .and_then(|at| at.parse().ok())
 }
 
 /// Whether restatus itself made the request.
@@ -770,10 +781,19 @@ mod tests {
             policy: &creators,
             ..CTX()
         };
-        let plain = obj(json!({"phase": "Fresh"}), "3");
+        let created: Timestamp = "2026-11-30T10:00:00Z".parse().unwrap();
+        let mut plain = obj(json!({"phase": "Fresh"}), "3");
+        plain["metadata"]["creationTimestamp"] = json!("2026-11-30T10:00:00Z");
         let mut restored = plain.clone();
         restored["metadata"]["annotations"] =
             json!({"restatus.io/restored-at": "2026-12-01T00:00:00Z"});
+        let mut undated = plain.clone();
+        undated["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("creationTimestamp");
+        let mut misdated = plain.clone();
+        misdated["metadata"]["creationTimestamp"] = json!("yesterday");
         let cases = [
             ("status write", Some("status"), &plain, &open, None, true),
             ("main update", None, &plain, &open, None, true),
@@ -801,17 +821,33 @@ mod tests {
                 Some(OWN_USER),
                 false,
             ),
+            (
+                "no creation time",
+                Some("status"),
+                &undated,
+                &open,
+                None,
+                false,
+            ),
+            ("not a time", Some("status"), &misdated, &open, None, false),
         ];
         for (what, sub, stored, ctx, user, want) in cases {
             let mut rv = review("UPDATE", sub, stored.clone(), stored.clone());
             if let Some(user) = user {
                 rv["request"]["userInfo"] = json!({"username": user});
             }
+            let want = want.then_some(created);
             assert_eq!(recorded(rv, ctx).catch_up, want, "{what}");
         }
+        // A status write's object carries what the client sent; the creation time is the
+        // stored object's.
+        let mut forged = plain.clone();
+        forged["metadata"]["creationTimestamp"] = json!("2099-01-01T00:00:00Z");
+        let rv = review("UPDATE", Some("status"), forged, plain.clone());
+        assert_eq!(recorded(rv, &open).catch_up, Some(created));
         let delete = recorded(review("DELETE", None, Value::Null, plain.clone()), &open);
-        assert!(
-            !delete.catch_up,
+        assert_eq!(
+            delete.catch_up, None,
             "a DELETE records the last status as it is"
         );
     }

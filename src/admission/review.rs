@@ -99,6 +99,10 @@ pub struct Meta {
     pub resource_version: Option<String>,
     #[serde(default)]
     pub generation: Option<i64>,
+    /// When the incarnation was created (RFC 3339), kept as text: a value that is not a time
+    /// only means no catch-up.
+    #[serde(default)]
+    pub creation_timestamp: Option<String>,
     /// Only whether it is set matters: the object is being deleted.
     #[serde(default)]
     pub deletion_timestamp: Option<IgnoredAny>,
@@ -325,6 +329,41 @@ fn count(text: &str, limits: StatusLimits) -> Result<usize, StatusError> {
     Ok(values)
 }
 
+/// Checks a status already parsed (one listed from the API server) against the limits,
+/// counting as [`parse_status`] does: every value once, and every object key.
+pub fn check_parsed(status: &Value, limits: StatusLimits) -> Result<(), StatusError> {
+    let too_many = StatusError::TooManyValues {
+        max: limits.max_values,
+    };
+    let mut values = 0usize;
+    let mut stack = vec![(status, 1usize)];
+    while let Some((value, depth)) = stack.pop() {
+        values += 1;
+        let nested = match value {
+            Value::Array(items) => Some(items.len()),
+            Value::Object(map) => {
+                values += map.len();
+                Some(map.len())
+            }
+            _ => None,
+        };
+        if values > limits.max_values {
+            return Err(too_many);
+        }
+        if nested.is_some() && depth > limits.max_depth {
+            return Err(StatusError::TooDeep {
+                max: limits.max_depth,
+            });
+        }
+        match value {
+            Value::Array(items) => stack.extend(items.iter().map(|v| (v, depth + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|v| (v, depth + 1))),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// How many values a raw status holds, `None` when it is beyond `limits` (and will not be
 /// parsed).
 pub fn values(raw: &RawValue, limits: StatusLimits) -> Option<usize> {
@@ -532,6 +571,62 @@ mod tests {
 
     fn raw(text: &str) -> Box<RawValue> {
         RawValue::from_string(text.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn a_parsed_status_is_held_to_the_limits_as_its_text_is() {
+        let samples = [
+            r#"{"a": [1, "x,]", {"b": null}], "c": true}"#,
+            r#""a\"b,c""#,
+            "[]",
+            "{}",
+            "[0,0]",
+            "[[[[]]]]",
+            r#"{"k": {"k": {"k": [1, 2, {"z": "\u005d"}]}}}"#,
+            r#"[{"a": 1}, {"b": [true, false, null]}, "s"]"#,
+        ];
+        for text in samples {
+            let parsed: Value = serde_json::from_str(text).unwrap();
+            for max_values in 0..14 {
+                for max_depth in 0..6 {
+                    let limits = StatusLimits {
+                        max_values,
+                        max_depth,
+                    };
+                    assert_eq!(
+                        check_parsed(&parsed, limits).is_ok(),
+                        check_size(text, limits).is_ok(),
+                        "{text} within {max_values} values, {max_depth} deep"
+                    );
+                }
+            }
+        }
+        let limits = StatusLimits {
+            max_values: 10,
+            max_depth: 3,
+        };
+        let parsed = json!({"a": [1, "x,]", {"b": null}], "c": true});
+        assert_eq!(check_parsed(&parsed, limits), Ok(()));
+        assert_eq!(
+            check_parsed(
+                &parsed,
+                StatusLimits {
+                    max_values: 9,
+                    ..limits
+                }
+            ),
+            Err(StatusError::TooManyValues { max: 9 })
+        );
+        assert_eq!(
+            check_parsed(
+                &parsed,
+                StatusLimits {
+                    max_depth: 2,
+                    ..limits
+                }
+            ),
+            Err(StatusError::TooDeep { max: 2 })
+        );
     }
 
     #[test]

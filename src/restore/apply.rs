@@ -64,6 +64,10 @@ pub enum Finished {
     /// A catch-up restore: the saved status is in an object created while restatus was not
     /// looking.
     CaughtUp,
+    /// A catch-up whose record was written after the object was created: no earlier
+    /// incarnation's status (a forged review's, one planted in Redis, or clocks far apart),
+    /// so nothing is restored.
+    RecordNotEarlier,
     /// The restore failed for good: reported on the object, moved to the dead letters.
     Failed,
     /// Delivered too often, or not decodable: moved to the dead letters.
@@ -84,13 +88,14 @@ impl Finished {
             Finished::Cancelled => "cancelled",
             Finished::Unmarked => "unmarked",
             Finished::CaughtUp => "caught_up",
+            Finished::RecordNotEarlier => "record_not_earlier",
             Finished::Failed => "failed",
             Finished::DeadLettered => "dead_lettered",
         }
     }
 
     /// Every outcome, for the metric's documentation.
-    pub const ALL: [Finished; 13] = [
+    pub const ALL: [Finished; 14] = [
         Finished::Restored,
         Finished::AlreadyRestored,
         Finished::NotOurs,
@@ -102,6 +107,7 @@ impl Finished {
         Finished::Cancelled,
         Finished::Unmarked,
         Finished::CaughtUp,
+        Finished::RecordNotEarlier,
         Finished::Failed,
         Finished::DeadLettered,
     ];
@@ -129,6 +135,8 @@ pub struct Live<'a> {
     pub restored: bool,
     /// It has a deletionTimestamp.
     pub deleting: bool,
+    /// When it was created.
+    pub created: Option<Timestamp>,
     pub status: Option<&'a Value>,
 }
 
@@ -144,13 +152,15 @@ impl<'a> Live<'a> {
                 .is_some_and(|v| v == RESTORE_FAILED),
             restored: annotations.is_some_and(|a| a.contains_key(ANNOTATION_RESTORED_AT)),
             deleting: obj.metadata.deletion_timestamp.is_some(),
+            created: obj.metadata.creation_timestamp.as_ref().map(|t| t.0),
             status: status_of(obj),
         }
     }
 }
 
 /// [`step`] for a catch-up job: bound to the incarnation `uid`, which must still carry none of
-/// restatus's annotations, and whose record must still be the one resync found.
+/// restatus's annotations (but the failed marker of this catch-up, when the job is retried by
+/// hand), and whose record must still be the one found, written before the object was created.
 fn catch_up(
     job: &RestoreJob,
     uid: &str,
@@ -165,7 +175,10 @@ fn catch_up(
         // Only a catch-up sets restored-at without a job id: this one, delivered again.
         return Step::Finish(Finished::AlreadyRestored);
     }
-    if live.job.is_some() || live.pending.is_some() || live.failed || live.restored {
+    if live.failed && live.job.is_none() && live.pending.is_none() && !job.retry {
+        return Step::Finish(Finished::AlreadyFailed);
+    }
+    if live.job.is_some() || live.pending.is_some() || (live.failed && !job.retry) {
         // restatus has marked this object otherwise since: not this job's to touch.
         return Step::Finish(Finished::NotOurs);
     }
@@ -175,6 +188,10 @@ fn catch_up(
     if record.uid != job.record_uid {
         // Adopted by this incarnation's own status write, or by another: nothing to restore.
         return Step::Finish(Finished::RecordReplaced);
+    }
+    if !live.created.is_some_and(|created| record.predates(created)) {
+        // The job may come from a forged review: only the live object says when it was made.
+        return Step::Finish(Finished::RecordNotEarlier);
     }
     match crate::policy::decide_fill(&record.status, live.status, policy) {
         Some(status) => Step::Patch(status),
@@ -898,7 +915,200 @@ mod tests {
             failed: false,
             restored: false,
             deleting: false,
+            created: Some(at(1)),
             status,
+        }
+    }
+
+    #[test]
+    fn a_catch_up_goes_only_into_its_unmarked_incarnation_from_a_record_older_than_it() {
+        let saved = json!({"phase": "Ready", "id": "c-1"});
+        let job = RestoreJob {
+            id: String::new(),
+            action: JobKind::CatchUp {
+                uid: "new-uid".into(),
+            },
+            ..bound()
+        };
+        let retried = RestoreJob {
+            retry: true,
+            ..job.clone()
+        };
+        let earlier = Record {
+            recorded_at: Some(at(10)),
+            ..record("old-uid", saved.clone())
+        };
+        let same_second = Record {
+            recorded_at: Some(at(20)),
+            ..earlier.clone()
+        };
+        // Written after the object was created: planted, or from a forged review.
+        let planted = Record {
+            recorded_at: Some(at(21)),
+            ..earlier.clone()
+        };
+        let undated = Record {
+            recorded_at: None,
+            ..earlier.clone()
+        };
+        let adopted = Record {
+            recorded_at: Some(at(30)),
+            ..record("new-uid", json!({"phase": "Own"}))
+        };
+        let unseen = Live {
+            uid: "new-uid",
+            job: None,
+            pending: None,
+            failed: false,
+            restored: false,
+            deleting: false,
+            created: Some(at(20)),
+            status: None,
+        };
+        let filled = Live {
+            status: Some(&saved),
+            ..unseen
+        };
+        let caught_up = Live {
+            restored: true,
+            ..filled
+        };
+        let failed = Live {
+            failed: true,
+            ..unseen
+        };
+        let restored_by_a_job = Live {
+            job: Some("j-1"),
+            restored: true,
+            ..unseen
+        };
+        let pending = Live {
+            job: Some("j-1"),
+            pending: Some("j-1"),
+            ..unseen
+        };
+        let other = Live {
+            uid: "third-uid",
+            ..unseen
+        };
+        let undated_object = Live {
+            created: None,
+            ..unseen
+        };
+        let patch = Step::Patch(saved.clone());
+        type Case<'a> = (
+            &'a str,
+            &'a RestoreJob,
+            Option<&'a Record>,
+            Option<Live<'a>>,
+            Step,
+        );
+        let cases: [Case<'_>; 14] = [
+            (
+                "created unseen",
+                &job,
+                Some(&earlier),
+                Some(unseen),
+                patch.clone(),
+            ),
+            (
+                "recorded within the second it was created",
+                &job,
+                Some(&same_second),
+                Some(unseen),
+                patch.clone(),
+            ),
+            (
+                "the saved facts are in it",
+                &job,
+                Some(&earlier),
+                Some(filled),
+                Step::Annotate,
+            ),
+            (
+                "a record written after it was created",
+                &job,
+                Some(&planted),
+                Some(unseen),
+                Step::Finish(Finished::RecordNotEarlier),
+            ),
+            (
+                "a record that does not say when it was written",
+                &job,
+                Some(&undated),
+                Some(unseen),
+                Step::Finish(Finished::RecordNotEarlier),
+            ),
+            (
+                "an object that does not say when it was created",
+                &job,
+                Some(&earlier),
+                Some(undated_object),
+                Step::Finish(Finished::RecordNotEarlier),
+            ),
+            (
+                "delivered again",
+                &job,
+                Some(&earlier),
+                Some(caught_up),
+                Step::Finish(Finished::AlreadyRestored),
+            ),
+            (
+                "failed for good",
+                &job,
+                Some(&earlier),
+                Some(failed),
+                Step::Finish(Finished::AlreadyFailed),
+            ),
+            (
+                "failed, retried by hand",
+                &retried,
+                Some(&earlier),
+                Some(failed),
+                patch.clone(),
+            ),
+            (
+                "restored by a restore job since",
+                &job,
+                Some(&earlier),
+                Some(restored_by_a_job),
+                Step::Finish(Finished::NotOurs),
+            ),
+            (
+                "a restore under way",
+                &retried,
+                Some(&earlier),
+                Some(pending),
+                Step::Finish(Finished::NotOurs),
+            ),
+            (
+                "the record adopted by its own status",
+                &job,
+                Some(&adopted),
+                Some(unseen),
+                Step::Finish(Finished::RecordReplaced),
+            ),
+            (
+                "no record",
+                &job,
+                None,
+                Some(unseen),
+                Step::Finish(Finished::NoRecord),
+            ),
+            (
+                "another incarnation",
+                &job,
+                Some(&earlier),
+                Some(other),
+                Step::Finish(Finished::Gone),
+            ),
+        ];
+        for (what, job, record, live, want) in cases {
+            assert_eq!(
+                step(job, record, live.as_ref(), at(40), &fill()),
+                want,
+                "{what}"
+            );
         }
     }
 
@@ -914,6 +1124,7 @@ mod tests {
             failed: false,
             restored: false,
             deleting: false,
+            created: Some(at(1)),
             status: None,
         };
         let forged_marker = Live {

@@ -9,7 +9,7 @@ metric_group! {
     /// Jobs by outcome, create-to-restored latency, queue depth, dead letters.
     #[derive(Clone)]
     pub struct RestoreMetrics {
-        restores: Family<OutcomeLabels, Counter> = family("restores", "Restore jobs finished, by outcome (restored, already_restored, not_ours, expired, gone, no_record, record_replaced, already_failed, cancelled, unmarked, caught_up, failed, dead_lettered)"),
+        restores: Family<OutcomeLabels, Counter> = family("restores", "Restore jobs finished, by outcome (restored, already_restored, not_ours, expired, gone, no_record, record_replaced, already_failed, cancelled, unmarked, caught_up, record_not_earlier, failed, dead_lettered)"),
         latency: Histogram = histogram("restore_latency_seconds", "Time from the CREATE admission to the restored status", slow_histogram),
         queue_depth: IntGauge = gauge("restore_queue_depth", "Restore jobs in the queue (waiting or in progress)"),
         dead_letters: Counter = counter("restore_dead_letters", "Restore jobs moved to the dead-letter stream"),

@@ -4,7 +4,7 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::{
-    policy::{ANNOTATION_RESTORED_AT, Policy, RestoreFor, pending_job, restore_job},
+    policy::{ANNOTATION_RESTORED_AT, PROTECTED_ANNOTATIONS, Policy, RestoreFor, pending_job},
     store::{ObjectIdentity, Record, RecordWrite, Source},
 };
 
@@ -17,6 +17,8 @@ pub struct Live<'a> {
     pub uid: &'a str,
     pub resource_version: &'a str,
     pub generation: Option<i64>,
+    /// When this incarnation was created.
+    pub created: Option<Timestamp>,
     pub annotations: Option<&'a std::collections::BTreeMap<String, String>>,
     pub deleting: bool,
     pub status: Option<&'a Value>,
@@ -81,7 +83,8 @@ pub fn check(
                 deleting: live.deleting,
                 retention: policy.retention,
                 restored_by: None,
-                catch_up: false,
+                catch_up: None,
+                listed_at: Some(listed_at),
             })),
             None => Check::Leave(Leave::NoStatus),
         }
@@ -98,13 +101,19 @@ pub fn check(
     if pending_job(live.annotations).is_some() {
         return Check::Leave(Leave::Pending);
     }
-    let handled = restore_job(live.annotations).is_some()
-        || live
-            .annotations
-            .is_some_and(|a| a.contains_key(ANNOTATION_RESTORED_AT));
+    let handled = live.annotations.is_some_and(|a| {
+        PROTECTED_ANNOTATIONS.iter().any(|k| a.contains_key(*k))
+            || a.contains_key(ANNOTATION_RESTORED_AT)
+    });
     if handled {
-        // restatus restored (or was asked to restore) this object: its status is its own now,
-        // and the record only missed the adoption.
+        // restatus restored (or was asked to restore, or failed to restore) this object: its
+        // status is its own now, and the record only missed the adoption. The webhook records
+        // its writes the same way.
+        return record_status();
+    }
+    if !live.created.is_some_and(|created| record.predates(created)) {
+        // Written while this incarnation already lived: no earlier incarnation's status, but
+        // a forged review's or one planted in Redis. The object's own status replaces it.
         return record_status();
     }
     let record_uid = record.uid.clone();
@@ -173,6 +182,7 @@ mod tests {
             uid: "live-uid",
             resource_version: "9",
             generation: Some(2),
+            created: Some(at(60)),
             annotations,
             deleting: false,
             status,
@@ -216,9 +226,17 @@ mod tests {
                 "hold"
             }
         };
+        let failed = BTreeMap::from([("restatus.io/restore".to_owned(), "failed".to_owned())]);
         let own = record("live-uid", 50);
         let old = record("old-uid", 50);
         let newer = record("old-uid", 150);
+        // Written after the object was created: planted, or from a forged review.
+        let planted = record("old-uid", 61);
+        let same_second = record("old-uid", 60);
+        let undated = Live {
+            created: None,
+            ..live(None, None)
+        };
         let cases = [
             (
                 "never recorded",
@@ -282,6 +300,41 @@ mod tests {
                 Some(&old),
                 &creators,
                 "record",
+            ),
+            (
+                "a catch-up that failed for good",
+                live(Some(&status), Some(&failed)),
+                Some(&old),
+                &creators,
+                "record",
+            ),
+            (
+                "a record written after the object was created",
+                live(Some(&status), None),
+                Some(&planted),
+                &creators,
+                "record",
+            ),
+            (
+                "a record written after the object was created, restores for status writers",
+                live(Some(&status), None),
+                Some(&planted),
+                &writers,
+                "record",
+            ),
+            (
+                "a record written within the second the object was created",
+                live(None, None),
+                Some(&same_second),
+                &creators,
+                "catch up",
+            ),
+            (
+                "an object that does not say when it was created",
+                undated,
+                Some(&old),
+                &creators,
+                "no status",
             ),
             (
                 "a record newer than the list",

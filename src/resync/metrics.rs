@@ -10,11 +10,12 @@ metric_group! {
     pub struct ResyncMetrics {
         duration: Histogram = histogram("resync_duration_seconds", "Time a resync pass over every tracked type took", slow_histogram),
         passes: ReasonCounters = family("resync_passes", "Resync passes finished, by why they ran (start, interval, redis_back) "),
-        last_success: IntGauge = gauge("resync_last_success_timestamp_seconds", "When the last resync pass that reached every tracked type finished (Unix time)"),
+        last_success: IntGauge = gauge("resync_last_success_timestamp_seconds", "When the last resync pass that reached every tracked type finished, or, until one has, when resync started (Unix time)"),
         scanned: Counter = counter("resync_objects_scanned", "Live objects a resync pass looked at"),
         corrected: Counter = counter("resync_records_corrected", "Records a resync pass wrote: missing, or older than the live object"),
         expired: Counter = counter("resync_retention_started", "Records whose object is gone (its DELETE was not seen), whose retention clock a resync pass started"),
         catch_ups: ReasonCounters = family("catchup_restores", "Objects created while restatus was not looking, whose saved status a resync pass found: queued for a catch-up restore, or held because policy keeps restores to status writers"),
+        too_large: Counter = counter("resync_statuses_too_large", "Live statuses a resync pass left unrecorded, as the webhook does: more values or deeper than --max-status-values and its depth limit allow"),
         errors: ReasonCounters = family("resync_errors", "Resync steps that failed, by what (discovery, list, store)"),
     }
 }
@@ -31,8 +32,17 @@ impl ResyncMetrics {
         }
     }
 
+    /// Resync starts: until a pass completes, the time since is the time without one.
+    pub fn started(&self) {
+        self.last_success.set(jiff::Timestamp::now().as_second());
+    }
+
     pub fn scanned(&self, objects: u64) {
         self.scanned.inc_by(objects);
+    }
+
+    pub fn too_large(&self) {
+        self.too_large.inc();
     }
 
     pub fn corrected(&self) {
@@ -64,6 +74,7 @@ mod tests {
         m.pass("start", Duration::from_millis(20), true);
         m.scanned(3);
         m.corrected();
+        m.too_large();
         m.expired(2);
         m.catch_up("queued");
         m.catch_up("held");
@@ -73,6 +84,7 @@ mod tests {
             &[
                 "restatus_resync_duration_seconds_count 1",
                 "restatus_resync_passes_total{reason=\"start\"} 1",
+                "restatus_resync_statuses_too_large_total 1",
                 "restatus_resync_objects_scanned_total 3",
                 "restatus_resync_records_corrected_total 1",
                 "restatus_resync_retention_started_total 2",

@@ -15,7 +15,9 @@
 //! - then starts the retention clock of the type's records whose object it did not find.
 //!
 //! A pass runs at start (once the policy caches have synced), every `--resync-interval`, and as
-//! soon as Redis answers again after a review failed open for want of it.
+//! soon as Redis answers again after an outage that made reviews fail open (Redis refused or
+//! dropped connections, or did not answer a probe either): one slow answer is not an outage,
+//! and what it missed waits for the next periodic pass.
 
 mod check;
 mod metrics;
@@ -25,7 +27,7 @@ use std::{
     hash::{BuildHasher, RandomState},
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU8, Ordering},
     },
     time::Duration,
 };
@@ -44,6 +46,7 @@ pub use check::{Check, Leave, Live, check};
 pub use metrics::ResyncMetrics;
 
 use crate::{
+    admission::review::{StatusLimits, check_parsed},
     error::{api_status_code, error_chain},
     policy::{Caches, GlobalPolicy, RestoreMode, status_of},
     store::{JobKind, ObjectIdentity, RestoreJob, Store},
@@ -102,6 +105,9 @@ pub struct Settings {
     /// Namespaces the webhook is not called for (its namespaceSelector): resync leaves their
     /// objects alone too, as it does those of namespaces labelled [`IGNORE_LABEL`]`=true`.
     pub skip_namespaces: Vec<String>,
+    /// The statuses the webhook records (`--max-status-values`): a larger one is left
+    /// unrecorded here too.
+    pub status_limits: StatusLimits,
 }
 
 /// The label that takes a namespace out of the webhook's namespaceSelector (the chart's), and
@@ -126,12 +132,75 @@ impl Why {
     }
 }
 
+/// What reviews that failed open for want of Redis tell resync: whether Redis may be away.
+#[derive(Debug, Default)]
+pub struct FailedOpen(AtomicU8);
+
+/// What resync knows of Redis from failed reviews and its own probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum RedisState {
+    /// Nothing failed.
+    Fine = 0,
+    /// A review ran out of time: Redis may only have been slow.
+    Suspect = 1,
+    /// Redis could not be reached, by a review or by a probe: reviews fail open meanwhile.
+    Away = 2,
+}
+
+impl FailedOpen {
+    /// A review failed open: `unreachable` when Redis could not be reached at all (a refused,
+    /// reset or dropped connection), rather than being slow to answer.
+    pub fn review_failed(&self, unreachable: bool) {
+        let state = if unreachable {
+            RedisState::Away
+        } else {
+            RedisState::Suspect
+        };
+        self.0.fetch_max(state as u8, Ordering::SeqCst);
+    }
+
+    fn state(&self) -> RedisState {
+        match self.0.load(Ordering::SeqCst) {
+            0 => RedisState::Fine,
+            1 => RedisState::Suspect,
+            _ => RedisState::Away,
+        }
+    }
+
+    /// Sets the state `from` to `to`, unless it changed meanwhile (a worse one stays).
+    fn change(&self, from: RedisState, to: RedisState) {
+        let _ = self
+            .0
+            .compare_exchange(from as u8, to as u8, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
+/// What a probe of Redis, in `state`, that `answered` (or not) leads to: the next state, and
+/// whether to resync now. A pass follows only an outage that is over; a review that ran out
+/// of time while Redis still answers probes was one slow answer, and the periodic pass
+/// covers what it missed.
+fn after_probe(state: RedisState, answered: bool) -> (RedisState, bool) {
+    match (state, answered) {
+        (RedisState::Fine, _) => (RedisState::Fine, false),
+        (_, false) => (RedisState::Away, false),
+        (RedisState::Suspect, true) => (RedisState::Fine, false),
+        (RedisState::Away, true) => (RedisState::Away, true),
+    }
+}
+
 /// How often, while a review failed open for want of Redis, Redis is asked whether it is back.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// How long the replica that runs the pass after Redis is back keeps others from running one.
 const REDIS_BACK_HOLD: Duration = Duration::from_secs(30);
 /// A list continued after its continue token expired starts over at most this often per type.
 const LIST_RESTARTS: u32 = 3;
+/// A type is listed within this, faster than `--resync-rate` when it has too many objects for
+/// it: a continue token lives until etcd compacts (every 5 minutes by default), and a list
+/// that outlives it starts over, and would never finish.
+const LIST_WITHIN: Duration = Duration::from_secs(240);
+/// Pages in a row whose records could not be read before a type's pass stops: Redis is away,
+/// and listing on only loads the API server.
+const STORE_FAILURES: u32 = 3;
 /// Objects whose held catch-up was reported, remembered to report each once.
 const REPORTED: usize = 10_000;
 
@@ -152,8 +221,8 @@ pub struct Resync {
     settings: Settings,
     metrics: ResyncMetrics,
     recorder: Recorder,
-    /// Set by the webhook when a review failed open because Redis did not answer.
-    failed_open: Arc<AtomicBool>,
+    /// Told by the webhook when a review failed open for want of Redis.
+    failed_open: Arc<FailedOpen>,
     /// Incarnations whose held catch-up was reported.
     reported: Reported,
     /// This replica's name, as the holder of the resync lock.
@@ -201,7 +270,7 @@ impl Resync {
         settings: Settings,
         metrics: ResyncMetrics,
         instance: String,
-        failed_open: Arc<AtomicBool>,
+        failed_open: Arc<FailedOpen>,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "restatus".into(),
@@ -228,17 +297,21 @@ impl Resync {
         mut synced: tokio::sync::watch::Receiver<bool>,
         shutdown: CancellationToken,
     ) {
+        self.metrics.started();
         tokio::select! {
             result = synced.wait_for(|synced| *synced) => if result.is_err() { return },
             () = shutdown.cancelled() => return,
         }
         let mut why = Why::Start;
         loop {
-            // A pass started by a failed-open review answers for it.
-            self.failed_open.store(false, Ordering::SeqCst);
+            // A pass answers for every review that failed open before it.
+            self.failed_open
+                .0
+                .store(RedisState::Fine as u8, Ordering::SeqCst);
             if self.take_turn(why).await {
                 tokio::select! {
                     () = self.pass(why) => {},
+                    () = self.keep_turn(why) => {},
                     () = shutdown.cancelled() => return,
                 }
             }
@@ -248,9 +321,14 @@ impl Resync {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep_until(next) => break Why::Interval,
                     () = tokio::time::sleep(PROBE_EVERY) => {
-                        if self.failed_open.load(Ordering::SeqCst)
-                            && self.store.ping(self.settings.redis_timeout).await
-                        {
+                        let state = self.failed_open.state();
+                        if state == RedisState::Fine {
+                            continue;
+                        }
+                        let answered = self.store.ping(self.settings.redis_timeout).await;
+                        let (next, resync) = after_probe(state, answered);
+                        self.failed_open.change(state, next);
+                        if resync {
                             tracing::info!("Redis answers again after reviews failed open; resyncing now");
                             break Why::RedisBack;
                         }
@@ -265,10 +343,8 @@ impl Resync {
     /// cluster runs one per interval, the one that takes the lock; of the passes that catch up
     /// once Redis is back, the first replica to see it. Without Redis, none.
     async fn take_turn(&self, why: Why) -> bool {
-        let (name, hold) = match why {
-            Why::Start => return true,
-            Why::RedisBack => ("resync-redis-back", REDIS_BACK_HOLD),
-            Why::Interval => ("resync", self.settings.interval),
+        let Some((name, hold)) = self.lock_of(why) else {
+            return true;
         };
         match self
             .store
@@ -286,9 +362,43 @@ impl Resync {
             Err(error) => {
                 tracing::warn!(error = %error_chain(&error), "could not take the resync lock; this pass is skipped");
                 if why == Why::RedisBack {
-                    self.failed_open.store(true, Ordering::SeqCst);
+                    self.failed_open.review_failed(true);
                 }
                 false
+            }
+        }
+    }
+
+    /// The lock a pass takes, and for how long: none for a pass at start.
+    fn lock_of(&self, why: Why) -> Option<(&'static str, Duration)> {
+        match why {
+            Why::Start => None,
+            Why::RedisBack => Some(("resync-redis-back", REDIS_BACK_HOLD)),
+            Why::Interval => Some(("resync", self.settings.interval)),
+        }
+    }
+
+    /// Keeps the lock of a running pass, so that a pass longer than its hold does not let
+    /// another replica start one beside it; never returns.
+    async fn keep_turn(&self, why: Why) {
+        let Some((name, hold)) = self.lock_of(why) else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(hold / 2).await;
+            match self
+                .store
+                .try_lock(name, &self.instance, hold, self.settings.redis_timeout)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    reason = why.label(),
+                    "another replica took the resync lock while this pass runs"
+                ),
+                Err(error) => {
+                    tracing::debug!(error = %error_chain(&error), "could not keep the resync lock")
+                }
             }
         }
     }
@@ -336,6 +446,8 @@ impl Resync {
         let mut restarts = 0;
         let mut continue_token: Option<String> = None;
         let started = Instant::now();
+        let mut rate = f64::from(self.settings.rate.max(1));
+        let mut store_failures = 0;
         loop {
             let params = ListParams {
                 limit: Some(self.settings.page_size),
@@ -359,17 +471,36 @@ impl Resync {
                 let identity = identity_of(&ar, obj);
                 seen.insert(hasher.hash_one(self.store.keys().record(&identity)));
             }
-            self.sync_page(&ar, &page.items, listed_at, &mut tally)
-                .await;
+            match self
+                .sync_page(&ar, &page.items, listed_at, &mut tally)
+                .await
+            {
+                Ok(()) => store_failures = 0,
+                Err(error) => {
+                    store_failures += 1;
+                    if store_failures >= STORE_FAILURES {
+                        return Err(error);
+                    }
+                }
+            }
             self.metrics.scanned(page.items.len() as u64);
             continue_token = page.metadata.continue_.filter(|t| !t.is_empty());
             if continue_token.is_none() {
                 break;
             }
+            if let Some(remaining) = page.metadata.remaining_item_count {
+                let needed = pace(tally.scanned, remaining, self.settings.rate);
+                if needed > rate {
+                    tracing::info!(
+                        resource = %tracked.resource,
+                        objects_per_second = needed as u64,
+                        "listing this type faster than --resync-rate, to finish before its continue token expires"
+                    );
+                    rate = needed;
+                }
+            }
             // At most `rate` objects a second.
-            let due = Duration::from_secs_f64(
-                tally.scanned as f64 / f64::from(self.settings.rate.max(1)),
-            );
+            let due = Duration::from_secs_f64(tally.scanned as f64 / rate);
             tokio::time::sleep_until(started + due).await;
         }
         let seen_record = |key: &str| seen.contains(&hasher.hash_one(key));
@@ -407,7 +538,9 @@ impl Resync {
         Ok(tally)
     }
 
-    /// The API resource of a tracked type, at the version the API server prefers.
+    /// The API resource of a tracked type: at the version the API server prefers for its
+    /// group when it is served there, else at its own most stable version (a group's CRDs
+    /// need not share versions).
     async fn resolve(&self, tracked: &TrackedType) -> Result<ApiResource, String> {
         let group = discovery::group(&self.client, &tracked.group)
             .await
@@ -415,19 +548,21 @@ impl Resync {
         group
             .recommended_resources()
             .into_iter()
+            .chain(group.resources_by_stability())
             .map(|(ar, _)| ar)
             .find(|ar| ar.plural == tracked.resource)
             .ok_or_else(|| "the API server serves no such resource".to_owned())
     }
 
-    /// Checks one page of live objects against their records.
+    /// Checks one page of live objects against their records. Fails when the records cannot
+    /// be read: the page is checked at the next pass.
     async fn sync_page(
         &self,
         ar: &ApiResource,
         objects: &[DynamicObject],
         listed_at: Timestamp,
         tally: &mut Tally,
-    ) {
+    ) -> Result<(), String> {
         let budget = self.settings.redis_timeout;
         let identities: Vec<ObjectIdentity> = objects.iter().map(|o| identity_of(ar, o)).collect();
         let records = match self.store.get_many(&identities, budget).await {
@@ -435,7 +570,7 @@ impl Resync {
             Err(error) => {
                 self.metrics.error("store");
                 tracing::warn!(error = %error_chain(&error), "reading records failed; this page is checked at the next pass");
-                return;
+                return Err(format!("reading records failed: {}", error_chain(&error)));
             }
         };
         for ((obj, identity), record) in objects.iter().zip(identities).zip(records) {
@@ -454,6 +589,13 @@ impl Resync {
                     continue;
                 }
             };
+            if let Some(status) = status_of(obj)
+                && let Err(error) = check_parsed(status, self.settings.status_limits)
+            {
+                self.metrics.too_large();
+                tracing::debug!(%identity, %error, "this status is not recorded");
+                continue;
+            }
             let resolved = self.caches.resolve(
                 &self.global,
                 &identity.group,
@@ -469,6 +611,7 @@ impl Resync {
                 uid: obj.metadata.uid.as_deref().unwrap_or(""),
                 resource_version: obj.metadata.resource_version.as_deref().unwrap_or(""),
                 generation: obj.metadata.generation,
+                created: obj.metadata.creation_timestamp.as_ref().map(|t| t.0),
                 annotations: obj.metadata.annotations.as_ref(),
                 deleting: obj.metadata.deletion_timestamp.is_some(),
                 status: status_of(obj),
@@ -529,12 +672,13 @@ impl Resync {
                     tally.held += 1;
                     if self.reported.first(live.uid) {
                         self.metrics.catch_up("held");
-                        tracing::info!(identity = %live.identity, "an object created while restatus was not looking has a saved status, not restored: restores here are for status writers, and its creator is unknown");
+                        tracing::info!(identity = %live.identity, "an object whose creator restatus did not see permitted has a saved status of an earlier incarnation, not restored: restores here are for status writers");
                         self.event_held(ar, obj).await;
                     }
                 }
             }
         }
+        Ok(())
     }
 
     /// Whether the webhook is not called for `namespace`, so resync leaves it alone too.
@@ -557,7 +701,7 @@ impl Resync {
             type_: EventType::Normal,
             reason: "SavedStatusWaiting".into(),
             note: Some(
-                "A saved status of an earlier incarnation was not restored: this object was created while restatus was not looking, so its creator is unknown, and restores here go only to creators who may update its status (restatus.io/restore-for: status-writers). Set restore-for: creators on its namespace or CRD to restore it at the next resync."
+                "A saved status of an earlier incarnation waits: restatus did not see a creator of this object who may update its status (it was created while restatus was not looking, or its creator was not permitted), and restores here go only to such creators (restatus.io/restore-for: status-writers). The object's first status write replaces the saved status, which stays in the record's history. To restore it, an administrator sets restatus.io/restore-for: creators on the namespace or the CRD before then; the next resync pass restores it."
                     .into(),
             ),
             action: "RestoreStatus".into(),
@@ -568,6 +712,13 @@ impl Resync {
             tracing::warn!(object = %obj.name_any(), error = %error_chain(&e), "could not publish the SavedStatusWaiting event");
         }
     }
+}
+
+/// The objects a second a type's list goes through, after `scanned` objects with `remaining`
+/// to go: `rate`, or faster when that would not list them all within [`LIST_WITHIN`].
+fn pace(scanned: u64, remaining: i64, rate: u32) -> f64 {
+    let total = scanned as f64 + remaining.max(0) as f64;
+    f64::from(rate.max(1)).max(total / LIST_WITHIN.as_secs_f64())
 }
 
 /// The identity of a listed object of `ar`.
@@ -596,6 +747,41 @@ mod tests {
         for bad in ["", "Services", "services.", "a b", "x.Y"] {
             assert!(bad.parse::<TrackedType>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_type_is_listed_at_the_rate_unless_its_list_would_outlive_its_continue_token() {
+        assert_eq!(pace(100, 9_900, 500), 500.0);
+        assert_eq!(pace(0, 0, 0), 1.0);
+        // 120,000 objects at 500/s take exactly 240 s.
+        assert_eq!(pace(100, 119_900, 500), 500.0);
+        assert_eq!(pace(100, 239_900, 500), 1_000.0);
+        assert_eq!(pace(100, -5, 500), 500.0);
+    }
+
+    #[test]
+    fn only_an_outage_that_is_over_starts_a_pass() {
+        use RedisState::*;
+        // One review ran out of time, and Redis answers the probe: no outage.
+        assert_eq!(after_probe(Suspect, true), (Fine, false));
+        // It does not answer the probe either: away; a pass once it answers.
+        assert_eq!(after_probe(Suspect, false), (Away, false));
+        assert_eq!(after_probe(Away, false), (Away, false));
+        assert_eq!(after_probe(Away, true), (Away, true));
+        assert_eq!(after_probe(Fine, true), (Fine, false));
+        assert_eq!(after_probe(Fine, false), (Fine, false));
+
+        let failed = FailedOpen::default();
+        failed.review_failed(false);
+        assert_eq!(failed.state(), Suspect);
+        failed.review_failed(true);
+        failed.review_failed(false);
+        assert_eq!(failed.state(), Away, "a worse state stays");
+        // A probe's answer does not undo what a review told meanwhile.
+        failed.change(Suspect, Fine);
+        assert_eq!(failed.state(), Away);
+        failed.change(Away, Fine);
+        assert_eq!(failed.state(), Fine);
     }
 
     #[test]

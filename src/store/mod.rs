@@ -78,6 +78,21 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether the error is in what is stored, not in reaching Redis: retrying will not help.
+    /// Whether Redis could not be reached at all (no connection, or it was refused, reset or
+    /// dropped), rather than answering slowly or with an error.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Connect(_) => true,
+            StoreError::Redis { source, .. } => {
+                source.is_io_error()
+                    || source.is_connection_refusal()
+                    || source.is_connection_dropped()
+                    || source.is_unrecoverable_error()
+            }
+            _ => false,
+        }
+    }
+
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
@@ -133,14 +148,17 @@ pub struct Resealed {
 /// KEYS[1] record, KEYS[2] its history; ARGV: status, digest, apiVersion, kind, uid,
 /// resourceVersion, generation, source rank, now, deleting (1/0), retention in ms, the history
 /// entry of this status, how many entries the history keeps (0: none), the restore job this
-/// is restatus's own write for ("" for none), whether a record of another incarnation is
-/// caught up rather than replaced (1/0; answered `other:<its uid>`).
+/// is restatus's own write for ("" for none), and the writer's creation time when a record of
+/// an earlier incarnation is caught up rather than replaced ("" for never): a record of
+/// another uid written (to the second) no later than that is answered `other:<its uid>`; and,
+/// for resync's observations, when its list was taken ("" for none).
 ///
 /// The retention clock: a DELETE (rank 2) starts it, again if it already runs, so it counts
 /// from the last DELETE even when an earlier one never landed (a later webhook or a
 /// precondition refused it). An update of an object that has a `deletionTimestamp` starts it
 /// only when it does not run. Any other write of the incarnation stops it, even with an
-/// unchanged status. The history follows the record's clock, and gains an entry whenever the
+/// unchanged status; of the DELETE's own resourceVersion, only resync's observation from a
+/// list taken after the DELETE was recorded (the object outlived it). The history follows the record's clock, and gains an entry whenever the
 /// status changes.
 const RECORD_SCRIPT: &str = r#"
 local key, hist = KEYS[1], KEYS[2]
@@ -151,26 +169,33 @@ local function follow()
   local ttl = redis.call('PTTL', key)
   if ttl > 0 then redis.call('PEXPIRE', hist, ttl) else redis.call('PERSIST', hist) end
 end
-local cur = redis.call('HMGET', key, 'uid', 'digest', 'resourceVersion', 'rank', 'deletedAt')
+local cur = redis.call('HMGET', key, 'uid', 'digest', 'resourceVersion', 'rank', 'deletedAt',
+  'recordedAt')
 local cur_uid, cur_digest, cur_rv, cur_rank, cur_deleted = cur[1], cur[2], cur[3], cur[4], cur[5]
+local cur_at = cur[6]
 local same_deletion = false
 if cur_uid then
   if cur_uid == uid then
     local a, b = tonumber(rv), tonumber(cur_rv)
     if a and b and (a < b or (a == b and rank < (tonumber(cur_rank) or 0))) then
-      return 'stale'
+      -- Unless resync lists the object after its DELETE was recorded: it did not land.
+      local refused = a == b and cur_deleted and not deleting and ARGV[16] ~= '' and cur_at
+        and string.sub(cur_at, 1, 19) < string.sub(ARGV[16], 1, 19)
+      if not refused then return 'stale' end
     end
     local deleted = cur_deleted and true or false
     if cur_digest == ARGV[2] and deleting == deleted then
       if rank == 2 then
-        redis.call('HSET', key, 'deletedAt', now)
+        redis.call('HSET', key, 'deletedAt', now, 'recordedAt', now)
         redis.call('PEXPIRE', key, retention)
         follow()
       end
       return 'unchanged'
     end
     same_deletion = deleting and deleted and rank ~= 2
-  elseif ARGV[15] == '1' then
+  elseif ARGV[15] ~= '' and cur_uid ~= '' and cur_at
+      and string.sub(cur_at, 1, 19) <= string.sub(ARGV[15], 1, 19) then
+    -- RFC 3339 times compared to the second, as Record::predates does.
     return 'other:' .. cur_uid
   elseif cur_deleted and rank == 0 then
     return 'stale'
@@ -232,8 +257,8 @@ fn millis(duration: Duration) -> u64 {
         .max(1)
 }
 
-/// Marks a record as belonging to the restored incarnation: it no longer expires (nor does
-/// its history); and ends the job, which is no longer one of the object's live jobs.
+/// Marks a record as belonging to the restored incarnation, recorded now: it no longer
+/// expires (nor does its history); and ends the job, which is no longer one of the object's live jobs.
 /// KEYS[1] record, KEYS[2] live job, KEYS[3] history; ARGV: the uid the restore started from,
 /// the new uid, now, the job id.
 const MARK_RESTORED_SCRIPT: &str = r#"
@@ -242,10 +267,23 @@ local key = KEYS[1]
 local cur_uid = redis.call('HGET', key, 'uid')
 if not cur_uid then return 0 end
 if cur_uid ~= ARGV[1] and cur_uid ~= ARGV[2] then return 0 end
-redis.call('HSET', key, 'uid', ARGV[2], 'restoredAt', ARGV[3])
+redis.call('HSET', key, 'uid', ARGV[2], 'restoredAt', ARGV[3], 'recordedAt', ARGV[3])
 redis.call('HDEL', key, 'deletedAt')
 redis.call('PERSIST', key)
 redis.call('PERSIST', KEYS[3])
+return 1
+"#;
+
+/// Takes a lock, or keeps it for its holder. KEYS[1] lock; ARGV: holder, hold in ms. Returns 1
+/// when the holder holds it.
+const LOCK_SCRIPT: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+  return 1
+end
+if cur then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
 return 1
 "#;
 
@@ -296,6 +334,7 @@ pub struct Store {
     record_script: Arc<Script>,
     expire_script: Arc<Script>,
     mark_restored_script: Arc<Script>,
+    lock_script: Arc<Script>,
 }
 
 impl Store {
@@ -336,6 +375,16 @@ impl Store {
             record_script: Arc::new(Script::new(RECORD_SCRIPT)),
             expire_script: Arc::new(Script::new(EXPIRE_SCRIPT)),
             mark_restored_script: Arc::new(Script::new(MARK_RESTORED_SCRIPT)),
+            lock_script: Arc::new(Script::new(LOCK_SCRIPT)),
+        })
+    }
+
+    /// The same store on a connection of its own (made the same way, with `options`), for
+    /// bulk work that must not delay the calls on the shared one.
+    pub fn with_own_connection(&self, options: &RedisOptions) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: Arc::new(conn::Connection::new(options)?),
+            ..self.clone()
         })
     }
 
@@ -467,7 +516,8 @@ impl Store {
             .arg(entry)
             .arg(self.history)
             .arg(write.restored_by.as_deref().unwrap_or(""))
-            .arg(if write.catch_up { "1" } else { "0" });
+            .arg(write.catch_up.map(|at| at.to_string()).unwrap_or_default())
+            .arg(write.listed_at.map(|at| at.to_string()).unwrap_or_default());
         let answer: String = self.send("record", &key, budget, &invocation).await?;
         let outcome = match answer.as_str() {
             "written" => WriteOutcome::Written,
@@ -715,8 +765,9 @@ impl Store {
             .collect())
     }
 
-    /// Takes the lock `name` for `hold` unless another holder has it: true when `holder` got
-    /// it. One replica of a cluster does what the lock is for; the lock ends on its own.
+    /// Takes the lock `name` for `hold` unless another holder has it, or keeps it for `hold`
+    /// from now when `holder` has it already: true when `holder` holds it. One replica of a
+    /// cluster does what the lock is for; the lock ends on its own.
     pub async fn try_lock(
         &self,
         name: &str,
@@ -725,20 +776,10 @@ impl Store {
         budget: Duration,
     ) -> Result<bool, StoreError> {
         let key = self.keys.lock(name);
-        let set: Option<String> = self
-            .send(
-                "set",
-                &key,
-                budget,
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(holder)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(hold)),
-            )
-            .await?;
-        Ok(set.is_some())
+        let mut invocation = self.lock_script.prepare_invoke();
+        invocation.key(&key).arg(holder).arg(millis(hold));
+        let held: i64 = self.send("lock", &key, budget, &invocation).await?;
+        Ok(held == 1)
     }
 
     /// Answers whether Redis answers within `budget`.
@@ -775,7 +816,17 @@ impl Store {
         if set.is_none() {
             return Ok(false);
         }
-        self.enqueue(job, budget).await.map(|_| true)
+        match self.enqueue(job, budget).await {
+            Ok(_) => Ok(true),
+            Err(error) => {
+                // No job behind the hold: let the next write or pass queue one at once.
+                let release = redis::cmd("DEL").arg(&key).clone();
+                if let Err(e) = self.send::<i64>("del", &key, budget, &release).await {
+                    tracing::debug!(error = %crate::error::error_chain(&e), "could not release a catch-up hold");
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Starts the retention clock of every record of the type `group`/`resource` that `seen`

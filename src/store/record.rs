@@ -40,11 +40,17 @@ pub struct RecordWrite {
     /// record, that the record was adopted by that restore and not replaced by the new
     /// incarnation's own status.
     pub restored_by: Option<String>,
-    /// The writer is an incarnation restatus never restored (it carries none of restatus's
-    /// annotations) and its policy opens restores to any creator: a record of another
-    /// incarnation is not replaced but answered with [`WriteOutcome::OtherIncarnation`], for a
-    /// catch-up restore.
-    pub catch_up: bool,
+    /// `Some(creation time)` when the writer is an incarnation restatus never restored (it
+    /// carries none of restatus's annotations) and its policy opens restores to any creator:
+    /// a record of another incarnation written before that time (see [`Record::predates`]) is
+    /// not replaced but answered with [`WriteOutcome::OtherIncarnation`], for a catch-up
+    /// restore. A record written after it is no earlier incarnation's, and is replaced.
+    pub catch_up: Option<Timestamp>,
+    /// Resync's observation: when the list that saw the object was taken. A deletion
+    /// recorded (to the second) before then, of the same resourceVersion, did not land (a
+    /// later webhook or a precondition refused it): the object lives, and its record's
+    /// retention clock stops.
+    pub listed_at: Option<Timestamp>,
 }
 
 /// What the store did with a [`RecordWrite`].
@@ -89,6 +95,16 @@ pub enum DecodeRecordError {
 }
 
 impl Record {
+    /// Whether the record was written before an incarnation created at `created` existed, so
+    /// that it may be an earlier incarnation's status: only such a record is caught up. A
+    /// record of another uid written while the object already lived came from a forged
+    /// review or was planted in Redis. Compared to the second (creation times have no
+    /// fraction), which allows a record written within the second the object was created.
+    pub fn predates(&self, created: Timestamp) -> bool {
+        self.recorded_at
+            .is_some_and(|at| at.as_second() <= created.as_second())
+    }
+
     /// Decodes the fields of a record hash (as returned by HGETALL).
     pub fn from_fields(mut fields: HashMap<String, String>) -> Result<Self, DecodeRecordError> {
         let status_text = fields

@@ -414,6 +414,8 @@ pub struct Env {
     pub redis: RedisServer,
     pub webhook: String,
     pub keys: KeySchema,
+    /// The key prefix of this environment's restatus.
+    pub prefix: String,
     /// What restatus runs as: the chart's ServiceAccount and RBAC for this test's resources.
     pub identity: Identity,
     /// The keyring restatus seals records with, if any (and its file).
@@ -577,6 +579,7 @@ impl Env {
         let cluster_objects = Mutex::new(identity.cluster_objects.clone());
         let env = Env {
             keys: KeySchema::new(&prefix, "default"),
+            prefix,
             client,
             ns,
             redis,
@@ -748,6 +751,23 @@ impl Env {
     /// The identity of a KubernetesCluster in this namespace.
     pub fn kc_id(&self, name: &str) -> ObjectIdentity {
         self.identity("infra.example.com", "kubernetesclusters", name)
+    }
+
+    /// A store on this environment's Redis and keys, as anyone who can write Redis has (it
+    /// seals with the environment's keyring, if any).
+    pub fn store(&self) -> restatus::store::Store {
+        restatus::store::Store::connect(
+            &self.redis.url(),
+            &self.prefix,
+            "default",
+            restatus::store::StoreMetrics::register(&mut restatus::telemetry::registry()),
+            self.keyring.as_ref().map(|(_, dir)| {
+                std::sync::Arc::new(
+                    restatus::store::Keyring::load(&dir.path().join("keyring")).expect("keyring"),
+                )
+            }),
+        )
+        .expect("store")
     }
 
     /// The record hash of an object (empty when there is none).
