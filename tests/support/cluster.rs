@@ -81,8 +81,8 @@ impl ControlPlane {
         let mut child = Command::new(repo().join("target/cluster/kube-cluster"))
             .arg("--kubeconfig")
             .arg(&kubeconfig)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            // No --data-dir: kube-cluster makes its own and removes it when it exits (the shared
+            // control plane is a static, whose temporary directory is never dropped).
             .arg("--log-file")
             .arg(&log)
             // Namespace deletion and garbage collection as in a real cluster: tests delete
