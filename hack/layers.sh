@@ -3,7 +3,7 @@
 # ARCHITECTURE.md:
 #
 #   main → app → config → {admission, restore, resync, certs, server, cli} → store → policy
-#        → {telemetry, patch} → {error, text, duration}
+#        → {telemetry, patch, limits} → {error, text, duration}
 #
 # Every `crate::<module>` path (in `use` lines and inline), every `super::` path that leaves
 # its module, and every `restatus::<module>` path in main.rs counts as an import. An import
@@ -25,6 +25,7 @@ LAYERS = {
     "text": 0,
     "telemetry": 1,
     "patch": 1,
+    "limits": 1,
     "policy": 2,
     "store": 3,
     "admission": 4,

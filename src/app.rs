@@ -378,7 +378,7 @@ impl App {
         };
         // Without a Kubernetes API there are no caches to wait for.
         let synced = Arc::new(AtomicBool::new(caches.watches.is_none()));
-        let failed_open = Arc::new(resync::FailedOpen::default());
+        let failed_open = Arc::new(crate::store::FailedOpen::default());
         let resync = client
             .as_ref()
             .filter(|_| !args.resync.resync_resources.is_empty())

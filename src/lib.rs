@@ -10,7 +10,8 @@
 //! - [`cli`] holds the commands that run once over the store (`reseal`);
 //! - [`store`] (Redis) and, below it, [`policy`] (decisions and the watch caches) serve the
 //!   parts;
-//! - [`telemetry`], [`patch`], [`error`], [`text`] and [`duration`] are the leaves.
+//! - [`telemetry`], [`patch`], [`limits`], [`error`], [`text`] and [`duration`] are the
+//!   leaves.
 
 pub mod admission;
 pub mod app;
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod limits;
 pub mod patch;
 pub mod policy;
 pub mod restore;

@@ -81,7 +81,7 @@ pub struct Sources {
     pub synced: Arc<AtomicBool>,
     /// Told when a review failed open for want of Redis: resync catches up on what an outage
     /// made it miss as soon as Redis answers again.
-    pub failed_open: Arc<crate::resync::FailedOpen>,
+    pub failed_open: Arc<crate::store::FailedOpen>,
     /// Asks whether a creator may write status; `None` without a Kubernetes API, in which
     /// case only `restore-for: creators` restores.
     pub access: Option<AccessChecker>,

@@ -7,6 +7,7 @@
 mod conn;
 mod keys;
 mod metrics;
+mod outage;
 mod queue;
 mod record;
 mod seal;
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 pub use conn::{ConnectError, RedisOptions};
 pub use keys::{KeySchema, ObjectIdentity};
 pub use metrics::StoreMetrics;
+pub use outage::{FailedOpen, RedisState, after_probe};
 pub use queue::{Delivery, JobError, JobKind, QueueReader, Reclaimed, RestoreJob, new_job_id};
 pub use record::{DecodeRecordError, Record, RecordWrite, Source, WriteOutcome, canonical, digest};
 pub use seal::{Keyring, KeyringError, OpenError, SealError, sealed_with};
