@@ -732,9 +732,15 @@ fn the_bundled_valkey_is_pinned_by_digest_persistent_and_locked_down_like_restat
         );
     }
     assert!(valkey["resources"]["limits"]["memory"].is_string());
-    // One pod: its budget lets no voluntary eviction take it down, but a pod that is not
-    // ready may go.
-    let pdbs = helm::of_kind(&objects, "PodDisruptionBudget");
+    // One pod: by default no budget of its own, so that drains never stall on it.
+    assert!(
+        helm::of_kind(&objects, "PodDisruptionBudget")
+            .iter()
+            .all(|p| p["metadata"]["name"] != "r-restatus-redis")
+    );
+    // With one, no voluntary eviction takes it down, but a pod that is not ready may go.
+    let with = render(&["--set", "redis.bundled.podDisruptionBudget.enabled=true"]);
+    let pdbs = helm::of_kind(&with, "PodDisruptionBudget");
     let pdb = pdbs
         .iter()
         .find(|p| p["metadata"]["name"] == "r-restatus-redis")
@@ -745,8 +751,7 @@ fn the_bundled_valkey_is_pinned_by_digest_persistent_and_locked_down_like_restat
         pdb["spec"]["selector"]["matchLabels"],
         statefulset["spec"]["selector"]["matchLabels"]
     );
-    let without = render(&["--set", "redis.bundled.podDisruptionBudget.enabled=false"]);
-    assert_eq!(helm::of_kind(&without, "PodDisruptionBudget").len(), 1);
+    assert_eq!(helm::of_kind(&with, "PodDisruptionBudget").len(), 2);
 
     // Scheduling values reach the pod.
     let values = helm::chart().join("ci/bundled-redis-values.yaml");
@@ -1398,7 +1403,12 @@ async fn the_sentinel_cluster_and_bundled_values_install_on_the_api_server() {
     let release = Release::install(
         &client,
         helm::helm(),
-        &["--set", "redis.bundled.password=installed"],
+        &[
+            "--set",
+            "redis.bundled.password=installed",
+            "--set",
+            "redis.bundled.podDisruptionBudget.enabled=true",
+        ],
     )
     .await;
     let budget = Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(
