@@ -44,7 +44,10 @@ use crate::{
     restore::{self, RestoreMetrics, Worker},
     resync::{self, Resync, ResyncMetrics},
     server::{self, BindError, Readiness},
-    store::{Keyring, KeyringError, Store, StoreError, StoreMetrics},
+    store::{
+        Breaker, BreakerMetrics, BreakerSettings, Keyring, KeyringError, Store, StoreError,
+        StoreMetrics,
+    },
     telemetry,
 };
 
@@ -116,6 +119,8 @@ pub struct App {
     caches: Caches,
     worker: Option<Arc<Worker>>,
     resync: Option<Arc<Resync>>,
+    /// The admission path's circuit breaker, and the store its probe asks Redis through.
+    breaker: (Arc<Breaker>, Store),
     grace: Duration,
 }
 
@@ -341,6 +346,14 @@ impl App {
         .require_sealed(args.store.require_sealed)
         .keep_history(usize::try_from(args.record.history).unwrap_or(usize::MAX));
         store.warm_up(WARM_UP_BUDGET).await;
+        let breaker = Arc::new(Breaker::new(
+            BreakerSettings {
+                failures: args.store.redis_breaker_failures,
+                probe_every: args.store.redis_breaker_probe_interval,
+                probe_budget: args.store.redis_timeout,
+            },
+            BreakerMetrics::register(&mut registry),
+        ));
 
         let global = global_policy(&args);
         // Jobs queued by versions that did not carry their policy restore with the global one.
@@ -425,7 +438,7 @@ impl App {
         });
 
         let admission = Arc::new(Admission::new(
-            store.clone(),
+            store.guarded_by(breaker.clone()),
             admission::Sources {
                 caches: policy::Caches {
                     crds: caches.crds.clone(),
@@ -450,6 +463,7 @@ impl App {
             },
         ));
 
+        let store_for_probe = store.unguarded();
         let worker = client
             .filter(|_| args.restore.restore_worker)
             .map(|client| {
@@ -503,6 +517,7 @@ impl App {
             caches,
             worker,
             resync,
+            breaker: (breaker, store_for_probe),
             grace: args.server.shutdown_grace,
         })
     }
@@ -528,6 +543,13 @@ impl App {
         if let Some(worker) = self.worker {
             tasks.spawn_until_shutdown("the restore worker", |stop| worker.run(stop, grace));
         }
+        let (breaker, store) = self.breaker;
+        tasks.spawn_until_shutdown("the Redis breaker probe", |stop| async move {
+            tokio::select! {
+                () = breaker.probe(&store) => {},
+                () = stop.cancelled() => {},
+            }
+        });
         if let Some(resync) = self.resync {
             let synced = self.synced_tx.subscribe();
             tasks.spawn_until_shutdown("resync", |stop| resync.run(synced, stop));

@@ -455,6 +455,17 @@ pub struct StoreArgs {
     #[arg(long, env = "RESTATUS_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
+    /// Redis calls of the admission path that fail in a row (out of --redis-timeout, refused,
+    /// reset) before the circuit breaker opens: reviews then stop calling Redis and are
+    /// allowed unrecorded at once, until Redis answers a probe. 0 turns the breaker off.
+    #[arg(long, env = "RESTATUS_REDIS_BREAKER_FAILURES", default_value_t = crate::store::DEFAULT_FAILURES)]
+    pub redis_breaker_failures: u32,
+
+    /// Time between probes of Redis (PING, within --redis-timeout) while the circuit breaker
+    /// is open; the first answer closes it.
+    #[arg(long, env = "RESTATUS_REDIS_BREAKER_PROBE_INTERVAL", default_value = "250ms", value_parser = parse_interval)]
+    pub redis_breaker_probe_interval: Duration,
+
     /// A keyring file that turns on encryption at rest of saved statuses (AES-256-GCM): one
     /// key per line, `<id>:<base64 of 32 bytes>`; the first key seals, every key opens. Put
     /// a new key first to rotate; keep old keys until no record needs them.

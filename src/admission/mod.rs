@@ -114,6 +114,9 @@ enum Outcome {
     /// recorded, a catch-up restore queued (or already queued).
     CatchUpQueued,
     RetentionStarted,
+    /// Redis has not been answering (the circuit breaker is open): allowed unrecorded at
+    /// once, without calling it.
+    RedisAway,
     Error,
 }
 
@@ -135,6 +138,7 @@ impl Outcome {
             Outcome::NotReady => "not_ready",
             Outcome::CatchUpQueued => "catch_up_queued",
             Outcome::RetentionStarted => "retention_started",
+            Outcome::RedisAway => "redis_away",
             Outcome::Error => "error",
         }
     }
@@ -352,15 +356,20 @@ impl Admission {
         match self.execute(reviewed, plan).await {
             Ok(answer) => answer,
             Err(error) => {
-                tracing::warn!(
-                    error = %error_chain(&error),
-                    "restatus could not handle this review; allowed without change"
-                );
                 if !error.is_permanent() {
                     self.sources
                         .failed_open
                         .review_failed(error.is_unreachable());
                 }
+                if matches!(error, StoreError::CircuitOpen { .. }) {
+                    // Counted by outcome; the breaker logged once when it opened.
+                    tracing::debug!(error = %error_chain(&error), "allowed without change");
+                    return Answer::just(Outcome::RedisAway);
+                }
+                tracing::warn!(
+                    error = %error_chain(&error),
+                    "restatus could not handle this review; allowed without change"
+                );
                 Answer::just(Outcome::Error)
             }
         }
@@ -379,7 +388,11 @@ impl Admission {
             .expire(&identity, policy.retention, self.settings.redis_timeout)
             .await
         {
-            tracing::warn!(%identity, error = %error_chain(&error), "could not start the retention clock of a deleted object's record");
+            if matches!(error, StoreError::CircuitOpen { .. }) {
+                tracing::debug!(%identity, error = %error_chain(&error), "the retention clock of a deleted object's record is left to resync");
+            } else {
+                tracing::warn!(%identity, error = %error_chain(&error), "could not start the retention clock of a deleted object's record");
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 //! a slow or absent Redis never holds up the API server. The key schema is in [`KeySchema`]
 //! and written down in `docs/store.md`.
 
+mod breaker;
 mod conn;
 mod keys;
 mod metrics;
@@ -19,6 +20,9 @@ use redis::{FromRedisValue, RedisError, Script, ScriptInvocation, aio::Multiplex
 use serde_json::Value;
 use tokio::time::Instant;
 
+pub use breaker::{
+    Breaker, BreakerMetrics, BreakerSettings, Circuit, DEFAULT_FAILURES, DEFAULT_PROBE_EVERY,
+};
 pub use conn::{ConnectError, RedisOptions};
 pub use keys::{KeySchema, ObjectIdentity};
 pub use metrics::StoreMetrics;
@@ -39,6 +43,10 @@ pub enum StoreError {
         key: String,
         budget: Duration,
     },
+    #[error(
+        "Redis {command} on {key} not tried: Redis has not been answering (the circuit breaker is open)"
+    )]
+    CircuitOpen { command: &'static str, key: String },
     #[error("Redis {command} on {key} failed")]
     Redis {
         command: &'static str,
@@ -84,7 +92,7 @@ impl StoreError {
     /// dropped), rather than answering slowly or with an error.
     pub fn is_unreachable(&self) -> bool {
         match self {
-            StoreError::Connect(_) => true,
+            StoreError::Connect(_) | StoreError::CircuitOpen { .. } => true,
             StoreError::Redis { source, .. } => {
                 source.is_io_error()
                     || source.is_connection_refusal()
@@ -372,6 +380,9 @@ pub struct Store {
     mark_restored_script: Arc<Script>,
     lock_script: Arc<Script>,
     catch_up_hold_script: Arc<Script>,
+    /// Calls fail at once while it is open, and tell it what they found (the admission
+    /// path's store only).
+    breaker: Option<Arc<Breaker>>,
 }
 
 impl Store {
@@ -414,6 +425,7 @@ impl Store {
             mark_restored_script: Arc::new(Script::new(MARK_RESTORED_SCRIPT)),
             lock_script: Arc::new(Script::new(LOCK_SCRIPT)),
             catch_up_hold_script: Arc::new(Script::new(CATCH_UP_HOLD_SCRIPT)),
+            breaker: None,
         })
     }
 
@@ -432,6 +444,24 @@ impl Store {
     pub fn require_sealed(mut self, required: bool) -> Self {
         self.require_sealed = required && self.keyring.is_some();
         self
+    }
+
+    /// The same store with its calls going through `breaker`: refused at once while it is
+    /// open, and each call's answer or failure told to it. For the admission path, whose
+    /// every call would otherwise wait its whole budget while Redis is away.
+    pub fn guarded_by(&self, breaker: Arc<Breaker>) -> Self {
+        Self {
+            breaker: Some(breaker),
+            ..self.clone()
+        }
+    }
+
+    /// The same store with no breaker: what the breaker's probe asks Redis through.
+    pub fn unguarded(&self) -> Self {
+        Self {
+            breaker: None,
+            ..self.clone()
+        }
     }
 
     /// Keeps the last `entries` statuses of each object beside its record (0: none).
@@ -481,6 +511,14 @@ impl Store {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
+        if let Some(breaker) = &self.breaker
+            && breaker.refuses()
+        {
+            return Err(StoreError::CircuitOpen {
+                command,
+                key: key.to_owned(),
+            });
+        }
         let mut used = None;
         let run = async {
             let (id, conn) = self.conn.get().await?;
@@ -498,6 +536,15 @@ impl Store {
             && let Some(id) = used
         {
             self.conn.forget(id).await;
+        }
+        if let Some(breaker) = &self.breaker {
+            breaker.observe(match &result {
+                Err(StoreError::Timeout { .. }) => breaker::Event::Failed,
+                Err(StoreError::Redis { source, .. }) if conn::broken(source) => {
+                    breaker::Event::Failed
+                }
+                _ => breaker::Event::Answered,
+            });
         }
         result
     }
