@@ -350,7 +350,7 @@ impl App {
             BreakerSettings {
                 failures: args.store.redis_breaker_failures,
                 probe_every: args.store.redis_breaker_probe_interval,
-                probe_budget: args.store.redis_timeout,
+                probe_budget: args.store.redis_worker_timeout,
             },
             BreakerMetrics::register(&mut registry),
         ));

@@ -461,7 +461,7 @@ pub struct StoreArgs {
     #[arg(long, env = "RESTATUS_REDIS_BREAKER_FAILURES", default_value_t = crate::store::DEFAULT_FAILURES)]
     pub redis_breaker_failures: u32,
 
-    /// Time between probes of Redis (PING, within --redis-timeout) while the circuit breaker
+    /// Time between probes of Redis (PING, within --redis-worker-timeout) while the circuit breaker
     /// is open; the first answer closes it.
     #[arg(long, env = "RESTATUS_REDIS_BREAKER_PROBE_INTERVAL", default_value = "250ms", value_parser = parse_interval)]
     pub redis_breaker_probe_interval: Duration,

@@ -97,8 +97,9 @@ pub struct BreakerSettings {
     pub failures: u32,
     /// Time between probes while it is open.
     pub probe_every: Duration,
-    /// Budget of each probe: the admission path's budget, so that it closes once Redis
-    /// answers as fast as a review needs.
+    /// Budget of each probe. Longer than a review's: a probe waits in the background, and a
+    /// busy replica whose own scheduling delays answers must still see that Redis is there
+    /// (if Redis answers too slowly for reviews, their failures open the breaker again).
     pub probe_budget: Duration,
 }
 
@@ -107,7 +108,7 @@ impl Default for BreakerSettings {
         Self {
             failures: DEFAULT_FAILURES,
             probe_every: DEFAULT_PROBE_EVERY,
-            probe_budget: Duration::from_millis(100),
+            probe_budget: Duration::from_secs(2),
         }
     }
 }
