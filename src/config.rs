@@ -455,8 +455,8 @@ pub struct StoreArgs {
     #[arg(long, env = "RESTATUS_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
-    /// Redis calls of the admission path that fail in a row (out of --redis-timeout, refused,
-    /// reset) before the circuit breaker opens: reviews then stop calling Redis and are
+    /// Redis calls of the admission path that run out of --redis-timeout in a row before the
+    /// circuit breaker opens (a refused connection fails at once and does not count): reviews then stop calling Redis and are
     /// allowed unrecorded at once, until Redis answers a probe. 0 turns the breaker off.
     #[arg(long, env = "RESTATUS_REDIS_BREAKER_FAILURES", default_value_t = crate::store::DEFAULT_FAILURES)]
     pub redis_breaker_failures: u32,

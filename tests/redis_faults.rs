@@ -41,9 +41,11 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// restatus's budget for each Redis call while answering (the default).
 const BUDGET: Duration = Duration::from_millis(100);
 
-/// What an answer may take at most: ten budgets, far below the webhook's `timeoutSeconds`
-/// (5 s in the chart), on a loaded 2-core machine.
-const ANSWER_BOUND: Duration = Duration::from_secs(1);
+/// What an answer may take at most: the webhook's `timeoutSeconds` in the chart, beyond
+/// which the API server stops waiting. On a loaded 2-core machine a debug build's answers
+/// queue for hundreds of milliseconds whatever Redis does; that the breaker makes answers
+/// fast is checked on restatus's own latency, against its own before the fault.
+const ANSWER_BOUND: Duration = Duration::from_secs(5);
 
 fn identity(object: usize) -> ObjectIdentity {
     ObjectIdentity {

@@ -123,6 +123,11 @@ async fn redis_down_answers_allowed_within_the_budget_and_recording_resumes() {
             .await
             >= 5.0
     );
+    assert_eq!(
+        r.metric("restatus_redis_breaker_open").await,
+        0.0,
+        "a refused connection fails at once: it does not open the circuit breaker"
+    );
 
     redis.restart().await;
     rv["request"]["object"]["status"]["phase"] = json!("Recovered");

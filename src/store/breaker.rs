@@ -1,8 +1,12 @@
-//! The admission path's circuit breaker: after a run of Redis calls that failed for want of
-//! Redis (ran out of their budget, refused, reset), the store stops calling Redis for
+//! The admission path's circuit breaker: after a run of Redis calls that ran out of their
+//! budget (a frozen Redis, a network that drops packets), the store stops calling Redis for
 //! admission and fails at once, so that every review is answered at once (allowed, not
 //! recorded, counted) instead of after the whole budget. A probe in the background asks
 //! Redis every `probe_every`; the first answer closes the breaker.
+//!
+//! A refused or reset connection neither opens it nor keeps it open: such a call fails at
+//! once, so refusing it buys nothing, and the next call after Redis accepts connections again
+//! must succeed (a review right after a restart gets its record or restore).
 //!
 //! The decision is [`step`], pure; [`Breaker`] holds the state, the metrics and the probe.
 //! What reviews did not record meanwhile is told to resync through
@@ -16,7 +20,7 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::Store;
+use super::{Store, StoreError, conn};
 use crate::telemetry::group::*;
 
 /// Failed calls in a row that open the breaker, unless configured otherwise.
@@ -39,8 +43,20 @@ pub enum Circuit {
 pub enum Event {
     /// Redis answered (an error answer too: it is there).
     Answered,
-    /// Redis did not answer within the budget, refused the connection, or broke it.
+    /// Redis did not answer within the budget.
     Failed,
+}
+
+/// What a call's result tells the breaker: a call that ran out of time failed; one that
+/// failed at once (refused, reset) tells nothing; any other result is an answer.
+pub(super) fn event_of<T>(result: &Result<T, StoreError>) -> Option<Event> {
+    match result {
+        Err(StoreError::Timeout { .. }) => Some(Event::Failed),
+        Err(StoreError::Redis { source, .. }) if source.is_timeout() => Some(Event::Failed),
+        Err(StoreError::Redis { source, .. }) if conn::broken(source) => None,
+        Err(StoreError::Connect(_) | StoreError::CircuitOpen { .. }) => None,
+        _ => Some(Event::Answered),
+    }
 }
 
 /// How a step changed the breaker, for logs and metrics.
@@ -118,7 +134,7 @@ metric_group! {
     #[derive(Clone, Debug)]
     pub struct BreakerMetrics {
         open: IntGauge = gauge("redis_breaker_open", "1 while the admission path's circuit breaker is open: reviews do not call Redis and are allowed unrecorded"),
-        opens: Counter = counter("redis_breaker_opens", "Times the admission path's circuit breaker opened after Redis calls failed in a row"),
+        opens: Counter = counter("redis_breaker_opens", "Times the admission path's circuit breaker opened after Redis calls ran out of their budget in a row"),
         short_circuited: Counter = counter("redis_breaker_short_circuited", "Redis calls of the admission path not made because the breaker was open; each left a review allowed without recording or restoring"),
         probes: Family<ProbeLabels, Counter> = family("redis_breaker_probes", "Probes of Redis while the breaker was open, by result (answered, failed)"),
     }
@@ -182,7 +198,7 @@ impl Breaker {
                 self.open.send_replace(true);
                 tracing::warn!(
                     failures = threshold,
-                    "Redis calls failed {threshold} times in a row: reviews no longer call Redis, and are allowed unrecorded until it answers a probe"
+                    "{threshold} Redis calls in a row ran out of their budget: reviews no longer call Redis, and are allowed unrecorded until it answers a probe"
                 );
             }
             Change::Closed => {
@@ -256,6 +272,44 @@ mod tests {
         );
         assert_eq!(step(Open, Failed, 3), (Open, Change::None));
         assert_eq!(step(Open, Failed, 0), (Open, Change::None));
+    }
+
+    #[test]
+    fn only_a_call_that_ran_out_of_time_counts_as_a_failure() {
+        use std::io::{Error, ErrorKind};
+        let redis = |kind: ErrorKind| {
+            Err::<(), _>(StoreError::Redis {
+                command: "record",
+                key: "k".into(),
+                source: Error::from(kind).into(),
+            })
+        };
+        let timeout = Err::<(), _>(StoreError::Timeout {
+            command: "record",
+            key: "k".into(),
+            budget: Duration::from_millis(100),
+        });
+        assert_eq!(event_of(&timeout), Some(Failed));
+        assert_eq!(event_of(&redis(ErrorKind::TimedOut)), Some(Failed));
+        assert_eq!(event_of(&redis(ErrorKind::ConnectionRefused)), None);
+        assert_eq!(event_of(&redis(ErrorKind::ConnectionReset)), None);
+        assert_eq!(event_of(&Ok(())), Some(Answered));
+        // An error answer is an answer: Redis is there.
+        let answered_with_an_error = Err::<(), _>(StoreError::Redis {
+            command: "record",
+            key: "k".into(),
+            source: (
+                redis::ErrorKind::UnexpectedReturnType,
+                "an unexpected answer",
+            )
+                .into(),
+        });
+        assert_eq!(event_of(&answered_with_an_error), Some(Answered));
+        let refused = Err::<(), _>(StoreError::CircuitOpen {
+            command: "record",
+            key: "k".into(),
+        });
+        assert_eq!(event_of(&refused), None);
     }
 
     #[test]

@@ -537,14 +537,10 @@ impl Store {
         {
             self.conn.forget(id).await;
         }
-        if let Some(breaker) = &self.breaker {
-            breaker.observe(match &result {
-                Err(StoreError::Timeout { .. }) => breaker::Event::Failed,
-                Err(StoreError::Redis { source, .. }) if conn::broken(source) => {
-                    breaker::Event::Failed
-                }
-                _ => breaker::Event::Answered,
-            });
+        if let Some(breaker) = &self.breaker
+            && let Some(event) = breaker::event_of(&result)
+        {
+            breaker.observe(event);
         }
         result
     }
