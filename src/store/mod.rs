@@ -23,7 +23,10 @@ pub use conn::{ConnectError, RedisOptions};
 pub use keys::{KeySchema, ObjectIdentity};
 pub use metrics::StoreMetrics;
 pub use outage::{FailedOpen, RedisState, after_probe};
-pub use queue::{Delivery, JobError, JobKind, QueueReader, Reclaimed, RestoreJob, new_job_id};
+pub use queue::{
+    DEFAULT_QUEUE_CAP, Delivery, JobError, JobKind, QueueReader, QueueStats, Reclaimed, RestoreJob,
+    new_job_id,
+};
 pub use record::{DecodeRecordError, Record, RecordWrite, Source, WriteOutcome, canonical, digest};
 pub use seal::{Keyring, KeyringError, OpenError, SealError, sealed_with};
 
@@ -76,6 +79,10 @@ pub enum StoreError {
     UnexpectedAnswer { key: String, answer: String },
     #[error("resealing needs an encryption keyring (--encryption-key-file)")]
     NoKeyring,
+    /// The restore queue holds its maximum of jobs (`--restore-queue-max-length`): Redis
+    /// answered, and the job was not queued.
+    #[error("the restore queue {key} is full ({cap} jobs); the job was not queued")]
+    QueueFull { key: String, cap: u64 },
 }
 
 impl StoreError {
@@ -337,6 +344,9 @@ pub struct Store {
     expire_script: Arc<Script>,
     mark_restored_script: Arc<Script>,
     lock_script: Arc<Script>,
+    remove_idle_script: Arc<Script>,
+    /// How many jobs the restore queue holds at most (0: no cap).
+    queue_cap: u64,
 }
 
 impl Store {
@@ -378,6 +388,8 @@ impl Store {
             expire_script: Arc::new(Script::new(EXPIRE_SCRIPT)),
             mark_restored_script: Arc::new(Script::new(MARK_RESTORED_SCRIPT)),
             lock_script: Arc::new(Script::new(LOCK_SCRIPT)),
+            remove_idle_script: Arc::new(Script::new(queue::REMOVE_IDLE_SCRIPT)),
+            queue_cap: DEFAULT_QUEUE_CAP,
         })
     }
 
@@ -395,6 +407,13 @@ impl Store {
     /// Without a keyring it changes nothing.
     pub fn require_sealed(mut self, required: bool) -> Self {
         self.require_sealed = required && self.keyring.is_some();
+        self
+    }
+
+    /// Queues at most `jobs` restore jobs (0: no cap); a job beyond is refused
+    /// ([`StoreError::QueueFull`]) and counted.
+    pub fn cap_queue(mut self, jobs: u64) -> Self {
+        self.queue_cap = jobs;
         self
     }
 
