@@ -15,7 +15,7 @@ metric_group! {
         queue_depth: IntGauge = gauge("restore_queue_depth", "Restore jobs in the queue (waiting or in progress)"),
         oldest_age: IntGauge = gauge("restore_queue_oldest_job_age_seconds", "Age of the oldest job in the queue (waiting or in progress), 0 when it is empty"),
         dead_letters: Counter = counter("restore_dead_letters", "Restore jobs moved to the dead-letter stream"),
-        reclaimed: Counter = counter("restore_jobs_reclaimed", "Restore jobs taken over from a consumer that left them idle (a replica that died or stalled)"),
+        reclaimed: Counter = counter("restore_jobs_reclaimed", "Restore jobs taken over after they sat idle with a consumer: a replica that died or stalled, or an attempt that failed and is retried"),
         parked: IntGauge = gauge("restore_jobs_parked", "Restore jobs of this replica waiting for their object without holding a worker slot"),
         consumers_removed: Counter = counter("restore_consumers_removed", "Idle consumers without jobs removed from the queue's group (replicas that were killed)"),
     }
