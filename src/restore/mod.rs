@@ -42,6 +42,9 @@ const READ_BLOCK: Duration = Duration::from_secs(2);
 const PATIENCE: Duration = Duration::from_millis(500);
 const PARK_FIRST: Duration = Duration::from_millis(500);
 const PARK_MAX: Duration = Duration::from_secs(5);
+/// Parked jobs a replica holds at most per worker slot (each about a kilobyte); beyond, a job
+/// waits in its slot.
+const PARKED_PER_SLOT: usize = 64;
 /// How much of the shutdown grace is kept for leaving the consumer group.
 const LEAVE_SHARE: u32 = 4;
 
@@ -67,6 +70,8 @@ pub struct Settings {
 #[derive(Clone)]
 struct Pool {
     permits: Arc<Semaphore>,
+    /// Places for parked jobs ([`PARKED_PER_SLOT`] per slot).
+    parking: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -127,6 +132,9 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
         let pool = Pool {
             permits: Arc::new(Semaphore::new(self.settings.concurrency)),
+            parking: Arc::new(Semaphore::new(
+                self.settings.concurrency.saturating_mul(PARKED_PER_SLOT),
+            )),
             tracker: TaskTracker::new(),
             shutdown: shutdown.clone(),
         };
@@ -259,21 +267,32 @@ impl Worker {
         });
         pool.tracker.spawn(async move {
             let processed = worker.process(&delivery, patience).await;
-            drop(permit);
             if processed == Processed::Parked {
+                // With every parking place taken, the job waits in its slot, as the reader
+                // must not take the whole queue into this replica's memory.
+                let (place, slot) = match pool_.parking.clone().try_acquire_owned() {
+                    Ok(place) => {
+                        drop(permit);
+                        (Some(place), None)
+                    }
+                    Err(_) => (None, Some(permit)),
+                };
                 worker.metrics.parked(true);
-                worker.park(&delivery, &pool_).await;
+                worker.park(&delivery, &pool_, slot).await;
                 worker.metrics.parked(false);
+                drop(place);
+            } else {
+                drop(permit);
             }
             worker.set_inflight(std::slice::from_ref(&delivery), false);
         });
     }
 
     /// A job whose object has not appeared: looks again with a growing pause, taking a slot
-    /// only for each look, until it is finished (its object came, its deadline passed, or a
-    /// later CREATE of the same name superseded it). At shutdown it is left, still claimed
-    /// by this consumer, for another replica to reclaim.
-    async fn park(&self, delivery: &Delivery, pool: &Pool) {
+    /// only for each look (unless it keeps `slot`), until it is finished (its object came,
+    /// its deadline passed, or a later CREATE of the same name superseded it). At shutdown it
+    /// is left, still claimed by this consumer, for another replica to reclaim.
+    async fn park(&self, delivery: &Delivery, pool: &Pool, slot: Option<OwnedSemaphorePermit>) {
         let mut pause = PARK_FIRST;
         loop {
             tokio::select! {
@@ -291,11 +310,14 @@ impl Worker {
                 self.finish(delivery, Finished::Superseded).await;
                 return;
             }
-            let permit = tokio::select! {
-                () = pool.shutdown.cancelled() => return,
-                permit = pool.permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return,
+            let permit = match &slot {
+                Some(_) => None,
+                None => tokio::select! {
+                    () = pool.shutdown.cancelled() => return,
+                    permit = pool.permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => Some(permit),
+                        Err(_) => return,
+                    },
                 },
             };
             let processed = self.process(delivery, Duration::ZERO).await;
