@@ -1,6 +1,7 @@
-//! The queue's bounds: creates that never land give their worker slot back and give way to a
-//! later create of the same name, consumers of killed replicas are removed, and shutdown
-//! ends within its grace with a full queue and Redis frozen.
+//! The queue's bounds: a full queue refuses jobs and says so, creates that never land give
+//! their worker slot back and give way to a later create of the same name, consumers of
+//! killed replicas are removed, and shutdown ends within its grace with a full queue and
+//! Redis frozen.
 
 use std::time::{Duration, Instant};
 
@@ -262,4 +263,45 @@ async fn consumers_of_killed_replicas_are_removed_once_idle() {
         .unwrap();
     wait_restored(&api, name).await;
     assert!(consumers(&env).await.iter().all(|c| c == &survivor));
+}
+
+#[tokio::test]
+async fn a_create_whose_job_the_full_queue_refuses_is_allowed_unmarked_and_counted() {
+    // A webhook-only replica: nothing takes jobs, so the queue stays at its cap of one.
+    let env = Env::start(EnvOptions::with_args(&[
+        "--restore-worker=false",
+        "--restore-queue-max-length=1",
+    ]))
+    .await;
+    super::recreate_pending(&env, "first", &super::saved_status()).await;
+    assert_eq!(super::queue_len(&env).await, 1);
+
+    env.create_record_delete("second", &super::saved_status())
+        .await;
+    let created = env
+        .clusters()
+        .create(&PostParams::default(), &kubernetes_cluster("second"))
+        .await
+        .expect("the create is allowed");
+    assert!(
+        !created
+            .annotations()
+            .keys()
+            .any(|k| k.starts_with("restatus.io/")),
+        "no marker for a job that was not queued: {:?}",
+        created.annotations()
+    );
+    let r = &env.restatus[0];
+    assert_eq!(r.metric("restatus_restore_jobs_refused_total").await, 1.0);
+    assert_eq!(
+        r.metric("restatus_admission_requests_total{operation=\"CREATE\",outcome=\"error\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(super::queue_len(&env).await, 1);
+    // The saved status stays for resync (or a later create) to restore.
+    assert_eq!(
+        env.recorded_status(&env.kc_id("second")).await,
+        Some(super::saved_status())
+    );
 }
