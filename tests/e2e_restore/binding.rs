@@ -249,7 +249,9 @@ async fn with_one_of_two_replicas_killed_during_a_storm_every_object_is_restored
             let env = &env;
             async move { env.create_record_delete(name, &status_for(i)).await }
         })
-        .buffer_unordered(32)
+        // Recording is not what is tested: at 16 at a time the test's own Redis polls keep
+        // within their client's timeouts on a loaded machine.
+        .buffer_unordered(16)
         .collect::<Vec<()>>()
         .await;
     let recorded = started.elapsed();
@@ -298,9 +300,27 @@ async fn with_one_of_two_replicas_killed_during_a_storm_every_object_is_restored
         "the second replica was killed"
     );
 
+    // One deadline for the whole storm: on a loaded 2-core machine the survivor works through
+    // a thousand jobs, the killed replica's among them, for a minute or more.
+    let restored = eventually(
+        std::time::Duration::from_secs(600),
+        "every object to be restored",
+        || async {
+            let all = api.list(&ListParams::default()).await.ok()?.items;
+            let done: BTreeMap<String, kube::api::DynamicObject> = all
+                .into_iter()
+                .filter(|o| {
+                    let a = o.annotations();
+                    a.contains_key(ANNOTATION_RESTORED_AT) && !a.contains_key(ANNOTATION_RESTORE)
+                })
+                .map(|o| (o.name_any(), o))
+                .collect();
+            names.iter().all(|n| done.contains_key(n)).then_some(done)
+        },
+    )
+    .await;
     for (i, name) in names.iter().enumerate() {
-        let restored = wait_restored(&api, name).await;
-        assert_eq!(status_of(&restored), Some(&status_for(i)), "{name}");
+        assert_eq!(status_of(&restored[name]), Some(&status_for(i)), "{name}");
     }
     wait_queue_empty(&env).await;
     let restored_in = storm_started.elapsed();
