@@ -344,7 +344,8 @@ impl App {
             keyring,
         )?
         .require_sealed(args.store.require_sealed)
-        .keep_history(usize::try_from(args.record.history).unwrap_or(usize::MAX));
+        .keep_history(usize::try_from(args.record.history).unwrap_or(usize::MAX))
+        .cap_queue(args.restore.restore_queue_max_length);
         store.warm_up(WARM_UP_BUDGET).await;
         let breaker = Arc::new(Breaker::new(
             BreakerSettings {
@@ -480,6 +481,7 @@ impl App {
                         redis_timeout: args.store.redis_worker_timeout,
                         policy,
                         field_manager: args.kube.field_manager.clone(),
+                        consumer_idle_timeout: args.restore.restore_consumer_idle_timeout,
                     },
                 )
             });

@@ -574,6 +574,18 @@ pub struct RestoreArgs {
     #[arg(long, env = "RESTATUS_RESTORE_CLAIM_MIN_IDLE", default_value = "30s", value_parser = parse_duration)]
     pub restore_claim_min_idle: Duration,
 
+    /// Restore jobs the queue holds at most (waiting or in progress; 0: no cap). A CREATE
+    /// whose job the full queue refuses is allowed unmarked and counted
+    /// (`restatus_restore_jobs_refused_total`); resync catches its object up where policy
+    /// allows restores to an unknown creator.
+    #[arg(long, env = "RESTATUS_RESTORE_QUEUE_MAX_LENGTH", default_value_t = crate::store::DEFAULT_QUEUE_CAP)]
+    pub restore_queue_max_length: u64,
+
+    /// Consumers of the restore queue's group idle this long, and without jobs, are removed:
+    /// those of replicas that were killed and never left (their jobs are reclaimed first).
+    #[arg(long, env = "RESTATUS_RESTORE_CONSUMER_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub restore_consumer_idle_timeout: Duration,
+
     /// Restore jobs processed at once by this replica.
     #[arg(long, env = "RESTATUS_RESTORE_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub restore_concurrency: u32,
@@ -723,6 +735,11 @@ mod tests {
         assert_eq!(args.server.max_request_bytes, 4 * 1024 * 1024);
         assert_eq!(args.record.retention, Duration::from_secs(30 * 86_400));
         assert_eq!(args.restore.restore_deadline, Duration::from_secs(60));
+        assert_eq!(args.restore.restore_queue_max_length, 100_000);
+        assert_eq!(
+            args.restore.restore_consumer_idle_timeout,
+            Duration::from_secs(600)
+        );
         assert_eq!(args.restore.restore_mode, RestoreMode::Fill);
         assert_eq!(args.restore.restore_exclude_fields.0.len(), 2);
         assert!(args.restore.restore_fields.0.is_empty());

@@ -1,5 +1,5 @@
-//! The store against a real `redis-server`: the history kept beside each record, and what
-//! resync reads and expires.
+//! The store against a real `redis-server`: the history kept beside each record, what resync
+//! reads and expires, and the restore queue's bounds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -7,7 +7,8 @@ mod support;
 use std::{sync::Arc, time::Duration};
 
 use restatus::store::{
-    Keyring, ObjectIdentity, RecordWrite, Source, Store, StoreMetrics, WriteOutcome,
+    JobKind, Keyring, ObjectIdentity, RecordWrite, RestoreJob, Source, Store, StoreError,
+    StoreMetrics, WriteOutcome,
 };
 use serde_json::{Value, json};
 use support::redis::RedisServer;
@@ -318,7 +319,7 @@ async fn a_catch_up_is_held_per_incarnation() {
             .unwrap(),
         "a newer incarnation is not held up by an earlier one's hold"
     );
-    assert_eq!(s.queue_depth(BUDGET).await.unwrap(), 2);
+    assert_eq!(s.queue_stats(BUDGET).await.unwrap().length, 2);
 }
 
 #[tokio::test]
@@ -457,4 +458,208 @@ async fn resync_records_an_objects_own_status_over_a_deleted_record() {
     let record = s.get(&id("x"), BUDGET).await.unwrap().unwrap();
     assert_eq!((record.uid.as_str(), record.status), ("new", own));
     assert_eq!(redis.pttl(&s.keys().record(&id("x"))).await, -1);
+}
+
+/// A restore job for the object `name`, bound to the CREATE that carries `id`.
+fn job(name: &str, id: &str) -> RestoreJob {
+    let now = jiff::Timestamp::now();
+    RestoreJob {
+        id: id.into(),
+        action: JobKind::Restore,
+        identity: self::id(name),
+        api_version: "infra.example.com/v1alpha1".into(),
+        kind: "KubernetesCluster".into(),
+        record_uid: "u1".into(),
+        created_at: now,
+        deadline: now + jiff::SignedDuration::from_secs(60),
+        retry: false,
+        inline: false,
+        request_uid: String::new(),
+        policy: None,
+    }
+}
+
+async fn xlen(redis: &RedisServer, s: &Store) -> u64 {
+    let mut conn = redis.conn().await;
+    redis::cmd("XLEN")
+        .arg(s.keys().queue())
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_jobs_counts_them_and_leaves_no_live_entry() {
+    let redis = RedisServer::start().await;
+    let mut registry = restatus::telemetry::registry();
+    let metrics = StoreMetrics::register(&mut registry);
+    let s = Store::connect(
+        &redis.url(),
+        &support::unique("cap"),
+        "default",
+        metrics,
+        None,
+    )
+    .unwrap()
+    .cap_queue(3);
+    let ttl = Duration::from_secs(600);
+    for i in 0..3 {
+        s.enqueue_pending(&job(&format!("o-{i}"), &format!("j-{i}")), ttl, BUDGET)
+            .await
+            .unwrap();
+    }
+    let refused = s
+        .enqueue_pending(&job("o-3", "j-3"), ttl, BUDGET)
+        .await
+        .expect_err("the queue holds 3 jobs");
+    assert!(
+        matches!(refused, StoreError::QueueFull { cap: 3, .. }),
+        "{refused:?}"
+    );
+    assert!(
+        !s.job_is_live(&id("o-3"), "j-3", BUDGET).await.unwrap(),
+        "a refused job is not one of its object's live jobs"
+    );
+    assert!(s.job_is_live(&id("o-2"), "j-2", BUDGET).await.unwrap());
+    // The other ways in are capped too.
+    assert!(matches!(
+        s.enqueue(&job("o-4", "j-4"), BUDGET).await,
+        Err(StoreError::QueueFull { .. })
+    ));
+    assert_eq!(xlen(&redis, &s).await, 3);
+    let text = restatus::telemetry::encode(&registry);
+    assert!(
+        text.contains("restatus_restore_jobs_refused_total 2"),
+        "{text}"
+    );
+
+    // What the queue holds, and since when.
+    let stats = s.queue_stats(BUDGET).await.unwrap();
+    assert_eq!(stats.length, 3);
+    let age = jiff::Timestamp::now().duration_since(stats.oldest.expect("an oldest job"));
+    assert!(age.as_secs() < 60, "{age:?}");
+
+    // Once a job is done, there is room again.
+    s.ensure_queue_group(BUDGET).await.unwrap();
+    let mut reader = s.reader(BUDGET).await.unwrap();
+    let read = reader
+        .read("me", 1, Duration::from_millis(10))
+        .await
+        .unwrap();
+    s.ack(&read[0].id, BUDGET).await.unwrap();
+    s.enqueue(&job("o-4", "j-4"), BUDGET).await.unwrap();
+    assert_eq!(xlen(&redis, &s).await, 3);
+}
+
+#[tokio::test]
+async fn a_later_create_of_the_same_name_supersedes_an_earlier_job() {
+    let redis = RedisServer::start().await;
+    let s = store(&redis, &support::unique("newer"), false, 0);
+    let ttl = Duration::from_secs(600);
+    s.enqueue_pending(&job("x", "first"), ttl, BUDGET)
+        .await
+        .unwrap();
+    s.enqueue_pending(&job("other", "elsewhere"), ttl, BUDGET)
+        .await
+        .unwrap();
+    assert!(!s.has_newer_job(&id("x"), "first", BUDGET).await.unwrap());
+    // Entries are ordered by the end of their lifetime, in milliseconds.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    s.enqueue_pending(&job("x", "second"), ttl, BUDGET)
+        .await
+        .unwrap();
+    assert!(s.has_newer_job(&id("x"), "first", BUDGET).await.unwrap());
+    assert!(!s.has_newer_job(&id("x"), "second", BUDGET).await.unwrap());
+    // Only a live job supersedes: once the later one ended, the earlier one is alone again.
+    s.release_job(&id("x"), "second", BUDGET).await.unwrap();
+    assert!(!s.has_newer_job(&id("x"), "first", BUDGET).await.unwrap());
+}
+
+#[tokio::test]
+async fn idle_consumers_without_jobs_are_removed_and_those_with_jobs_stay() {
+    let redis = RedisServer::start().await;
+    let s = store(&redis, &support::unique("consumers"), false, 0);
+    s.ensure_queue_group(BUDGET).await.unwrap();
+    s.enqueue(&job("x", "j-1"), BUDGET).await.unwrap();
+    let mut reader = s.reader(BUDGET).await.unwrap();
+    // A replica killed while it held a job, one killed while idle, and this one.
+    let held = reader
+        .read("killed-busy", 1, Duration::from_millis(10))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    // Reading nothing need not make a consumer: make the idle ones as XGROUP would.
+    for consumer in ["killed-idle", "me"] {
+        let mut conn = redis.conn().await;
+        let _: i64 = redis::cmd("XGROUP")
+            .arg("CREATECONSUMER")
+            .arg(s.keys().queue())
+            .arg("restatus")
+            .arg(consumer)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let consumers = || async {
+        let mut conn = redis.conn().await;
+        let info: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(s.keys().queue())
+            .arg("restatus")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut names: Vec<String> = info
+            .iter()
+            .map(|c| redis::from_redis_value(c["name"].clone()).unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(consumers().await, ["killed-busy", "killed-idle", "me"]);
+
+    // Not idle long enough yet.
+    let long = Duration::from_secs(600);
+    assert!(
+        s.remove_idle_consumers("me", long, BUDGET)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let min_idle = Duration::from_millis(200);
+    support::eventually(
+        Duration::from_secs(10),
+        "the idle consumer to be removed",
+        || async {
+            let removed = s
+                .remove_idle_consumers("me", min_idle, BUDGET)
+                .await
+                .unwrap();
+            (!removed.is_empty()).then_some(removed)
+        },
+    )
+    .await;
+    assert_eq!(
+        consumers().await,
+        ["killed-busy", "me"],
+        "its job keeps a consumer"
+    );
+
+    // Once its job is reclaimed, the killed replica's consumer goes too; the caller stays.
+    let reclaimed = s.reclaim("me", min_idle, "0-0", 10, BUDGET).await.unwrap();
+    assert_eq!(reclaimed.deliveries.len(), 1);
+    let removed = support::eventually(
+        Duration::from_secs(10),
+        "the reclaimed consumer to be removed",
+        || async {
+            let removed = s
+                .remove_idle_consumers("me", min_idle, BUDGET)
+                .await
+                .unwrap();
+            (!removed.is_empty()).then_some(removed)
+        },
+    )
+    .await;
+    assert_eq!(removed, ["killed-busy"]);
+    assert_eq!(consumers().await, ["me"]);
 }

@@ -25,7 +25,9 @@ use crate::{
 /// A foreign object that is not being deleted is looked at again for this long after the
 /// job's CREATE was admitted, in case it goes away before the CREATE is stored; after that the
 /// job ends as `not_ours`. An object being deleted is waited for until the job's deadline.
-const SETTLE: Duration = Duration::from_secs(2);
+/// A CREATE that has not landed this long after its admission gives way to a later CREATE of
+/// the same name (`superseded`).
+pub const SETTLE: Duration = Duration::from_secs(2);
 /// A CREATE usually lands a few milliseconds after its admission: poll every 5 ms for the
 /// first 100 ms, then back off to 500 ms.
 const FAST_POLL: Duration = Duration::from_millis(5);
@@ -48,6 +50,9 @@ pub enum Finished {
     NotOurs,
     /// The object never appeared before the deadline: the CREATE never landed.
     Expired,
+    /// The object had not appeared, and a later CREATE of the same name queued a job of its
+    /// own: that one is the object's live job now.
+    Superseded,
     /// The object was deleted again before its status could be written.
     Gone,
     /// The record was forgotten meanwhile; the object is only unmarked.
@@ -81,6 +86,7 @@ impl Finished {
             Finished::AlreadyRestored => "already_restored",
             Finished::NotOurs => "not_ours",
             Finished::Expired => "expired",
+            Finished::Superseded => "superseded",
             Finished::Gone => "gone",
             Finished::NoRecord => "no_record",
             Finished::RecordReplaced => "record_replaced",
@@ -95,11 +101,12 @@ impl Finished {
     }
 
     /// Every outcome, for the metric's documentation.
-    pub const ALL: [Finished; 14] = [
+    pub const ALL: [Finished; 15] = [
         Finished::Restored,
         Finished::AlreadyRestored,
         Finished::NotOurs,
         Finished::Expired,
+        Finished::Superseded,
         Finished::Gone,
         Finished::NoRecord,
         Finished::RecordReplaced,
@@ -411,6 +418,16 @@ fn api_resource(job: &RestoreJob) -> ApiResource {
     )
 }
 
+/// How one run of a job ended.
+#[derive(Debug)]
+pub enum Ran {
+    /// The job is over, with the object as last seen.
+    Finished(Finished, Option<Box<DynamicObject>>),
+    /// Its object has not appeared (or a foreign one is still being deleted) after the
+    /// patience it was given: it waits without a worker slot and runs again later.
+    Parked,
+}
+
 /// How a status patch ended.
 enum Written {
     Done(Box<DynamicObject>),
@@ -441,12 +458,27 @@ impl Applier<'_> {
 
     /// Performs one job with the record it refers to (`None` when the record was forgotten
     /// meanwhile): reads the object, asks [`step`] what to do, does it, and again, until the
-    /// job is finished. Returns how, with the object as last seen.
+    /// job is finished. Returns how, with the object as last seen; or that it is parked, when
+    /// [`step`] still says wait after `patience` (a CREATE that never lands must not hold a
+    /// worker slot until its deadline).
     pub async fn restore(
         &self,
         job: &RestoreJob,
         record: Option<&Record>,
-    ) -> Result<(Finished, Option<DynamicObject>), ApplyError> {
+        patience: Duration,
+    ) -> Result<Ran, ApplyError> {
+        match self.run(job, record, patience).await? {
+            Some((finished, live)) => Ok(Ran::Finished(finished, live.map(Box::new))),
+            None => Ok(Ran::Parked),
+        }
+    }
+
+    async fn run(
+        &self,
+        job: &RestoreJob,
+        record: Option<&Record>,
+        patience: Duration,
+    ) -> Result<Option<(Finished, Option<DynamicObject>)>, ApplyError> {
         let ar = api_resource(job);
         let api = self.api(job, &ar);
         let identity = job.identity.to_string();
@@ -469,6 +501,9 @@ impl Applier<'_> {
             tracing::trace!(since_create_ms = since(job), ?step, "restore step");
             match step {
                 Step::Wait => {
+                    if started.elapsed() >= patience {
+                        return Ok(None);
+                    }
                     tokio::time::sleep(delay).await;
                     if started.elapsed() >= FAST_POLL_FOR {
                         delay = (delay * 2).min(MAX_POLL);
@@ -476,33 +511,33 @@ impl Applier<'_> {
                     live = self.read(&api, job, &identity).await?;
                     continue;
                 }
-                Step::Finish(finished) => return Ok((finished, live)),
+                Step::Finish(finished) => return Ok(Some((finished, live))),
                 Step::Unmark(finished) => {
                     let Some(obj) = live else {
-                        return Ok((Finished::Gone, None));
+                        return Ok(Some((Finished::Gone, None)));
                     };
                     let unmark = json!({ANNOTATION_RESTORE: null});
                     if !self
                         .patch_annotations(&api, &obj, unmark, "unmarking", &identity)
                         .await?
                     {
-                        return Ok((Finished::Gone, None));
+                        return Ok(Some((Finished::Gone, None)));
                     }
-                    return Ok((finished, Some(obj)));
+                    return Ok(Some((finished, Some(obj))));
                 }
                 Step::ConfirmInline => {
                     let Some(obj) = live else {
-                        return Ok((Finished::Gone, None));
+                        return Ok(Some((Finished::Gone, None)));
                     };
                     if let Some(record) = record {
                         self.event_restored(&obj, &ar, record, "in the create ")
                             .await;
                     }
-                    return Ok((Finished::Restored, Some(obj)));
+                    return Ok(Some((Finished::Restored, Some(obj))));
                 }
                 Step::Annotate => {
                     let Some(obj) = live else {
-                        return Ok((Finished::Gone, None));
+                        return Ok(Some((Finished::Gone, None)));
                     };
                     let restored_at = Timestamp::now()
                         .round(Unit::Second)
@@ -515,7 +550,7 @@ impl Applier<'_> {
                         .patch_annotations(&api, &obj, swap, "annotating", &identity)
                         .await?
                     {
-                        return Ok((Finished::Gone, None));
+                        return Ok(Some((Finished::Gone, None)));
                     }
                     let caught_up = matches!(job.action, JobKind::CatchUp { .. });
                     if let Some(record) = record {
@@ -531,11 +566,11 @@ impl Applier<'_> {
                     } else {
                         Finished::Restored
                     };
-                    return Ok((finished, Some(obj)));
+                    return Ok(Some((finished, Some(obj))));
                 }
                 Step::Patch(status) => {
                     let Some(obj) = live.take() else {
-                        return Ok((Finished::Gone, None));
+                        return Ok(Some((Finished::Gone, None)));
                     };
                     live = match self.patch_status(&api, &obj, status, &identity).await? {
                         Written::Done(patched) => Some(*patched),
@@ -549,16 +584,16 @@ impl Applier<'_> {
                             }
                             self.read(&api, job, &identity).await?
                         }
-                        Written::Gone => return Ok((Finished::Gone, None)),
+                        Written::Gone => return Ok(Some((Finished::Gone, None))),
                     };
                     tracing::debug!(since_create_ms = since(job), "status patched");
                 }
                 Step::StripMarker => {
                     let Some(obj) = live.take() else {
-                        return Ok((Finished::Gone, None));
+                        return Ok(Some((Finished::Gone, None)));
                     };
                     if self.strip_marker(&api, &obj, job, &identity).await? {
-                        return Ok((Finished::Unmarked, Some(obj)));
+                        return Ok(Some((Finished::Unmarked, Some(obj))));
                     }
                     // The object changed under the patch's tests: decide again on what it is.
                     live = self.read(&api, job, &identity).await?;

@@ -14,6 +14,7 @@ metric_group! {
         records_written: Counter = counter("records_written", "Status records written to the store"),
         records_skipped: ReasonCounters = family("records_skipped", "Status records not written, by reason (unchanged, stale, other_incarnation)"),
         unsealed_refused: Counter = counter("unsealed_records_refused", "Stored statuses refused because they are not sealed while --require-sealed is on"),
+        jobs_refused: Counter = counter("restore_jobs_refused", "Restore jobs not queued because the queue held --restore-queue-max-length jobs"),
     }
 }
 
@@ -32,6 +33,11 @@ impl StoreMetrics {
     /// A stored status that is not sealed was refused.
     pub fn unsealed_refused(&self) {
         self.unsealed_refused.inc();
+    }
+
+    /// A restore job was not queued: the queue was full.
+    pub fn job_refused(&self) {
+        self.jobs_refused.inc();
     }
 
     /// What one record write did.
@@ -69,6 +75,7 @@ mod tests {
         m.record_written(&WriteOutcome::Stale);
         m.record_written(&WriteOutcome::Stale);
         m.unsealed_refused();
+        m.job_refused();
         assert_samples(
             &registry,
             &[
@@ -78,6 +85,7 @@ mod tests {
                 "restatus_records_skipped_total{reason=\"unchanged\"} 1",
                 "restatus_records_skipped_total{reason=\"stale\"} 2",
                 "restatus_unsealed_records_refused_total 1",
+                "restatus_restore_jobs_refused_total 1",
             ],
         );
     }

@@ -27,7 +27,10 @@ pub use conn::{ConnectError, RedisOptions};
 pub use keys::{KeySchema, ObjectIdentity};
 pub use metrics::StoreMetrics;
 pub use outage::{FailedOpen, RedisState, after_probe};
-pub use queue::{Delivery, JobError, JobKind, QueueReader, Reclaimed, RestoreJob, new_job_id};
+pub use queue::{
+    DEFAULT_QUEUE_CAP, Delivery, JobError, JobKind, QueueReader, QueueStats, Reclaimed, RestoreJob,
+    new_job_id,
+};
 pub use record::{DecodeRecordError, Record, RecordWrite, Source, WriteOutcome, canonical, digest};
 pub use seal::{Keyring, KeyringError, OpenError, SealError, sealed_with};
 
@@ -84,6 +87,10 @@ pub enum StoreError {
     UnexpectedAnswer { key: String, answer: String },
     #[error("resealing needs an encryption keyring (--encryption-key-file)")]
     NoKeyring,
+    /// The restore queue holds its maximum of jobs (`--restore-queue-max-length`): Redis
+    /// answered, and the job was not queued.
+    #[error("the restore queue {key} is full ({cap} jobs); the job was not queued")]
+    QueueFull { key: String, cap: u64 },
 }
 
 impl StoreError {
@@ -383,6 +390,9 @@ pub struct Store {
     /// Calls fail at once while it is open, and tell it what they found (the admission
     /// path's store only).
     breaker: Option<Arc<Breaker>>,
+    remove_idle_script: Arc<Script>,
+    /// How many jobs the restore queue holds at most (0: no cap).
+    queue_cap: u64,
 }
 
 impl Store {
@@ -426,6 +436,8 @@ impl Store {
             lock_script: Arc::new(Script::new(LOCK_SCRIPT)),
             catch_up_hold_script: Arc::new(Script::new(CATCH_UP_HOLD_SCRIPT)),
             breaker: None,
+            remove_idle_script: Arc::new(Script::new(queue::REMOVE_IDLE_SCRIPT)),
+            queue_cap: DEFAULT_QUEUE_CAP,
         })
     }
 
@@ -462,6 +474,13 @@ impl Store {
             breaker: None,
             ..self.clone()
         }
+    }
+
+    /// Queues at most `jobs` restore jobs (0: no cap); a job beyond is refused
+    /// ([`StoreError::QueueFull`]) and counted.
+    pub fn cap_queue(mut self, jobs: u64) -> Self {
+        self.queue_cap = jobs;
+        self
     }
 
     /// Keeps the last `entries` statuses of each object beside its record (0: none).

@@ -21,7 +21,39 @@ use crate::policy::RestorePolicy;
 pub const GROUP: &str = "restatus";
 /// About how many dead letters are kept (older ones are trimmed).
 pub const DEAD_LETTERS_KEPT: u64 = 10_000;
+/// How many jobs the queue holds at most unless configured otherwise
+/// (`--restore-queue-max-length`).
+pub const DEFAULT_QUEUE_CAP: u64 = 100_000;
 const JOB_FIELD: &str = "job";
+
+/// Adds a job unless the queue already holds `cap` jobs (0: no cap). KEYS[1] the queue; ARGV:
+/// cap, field, job. Returns the new entry's id, or nil when the queue is full.
+const CAPPED_ADD_SCRIPT: &str = r#"
+local cap = tonumber(ARGV[1])
+if cap > 0 and redis.call('XLEN', KEYS[1]) >= cap then return false end
+return redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
+"#;
+
+/// Deletes every consumer of the group, but `ARGV[3]`, that has been idle for `ARGV[2]` ms and
+/// holds no pending jobs: replicas that were killed and never left. The check and the removal
+/// are one script, so no job is lost in between. KEYS[1] the queue; ARGV: group, min idle ms,
+/// the caller's own consumer. Returns the names removed.
+pub(super) const REMOVE_IDLE_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return {} end
+local removed = {}
+for _, c in ipairs(consumers) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] ~= ARGV[3] and tonumber(f['pending']) == 0
+      and tonumber(f['idle']) >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    removed[#removed + 1] = f['name']
+  end
+end
+return removed
+"#;
 
 /// Deletes a consumer from the group unless it has pending entries (which DELCONSUMER would
 /// discard). KEYS[1] the queue; ARGV: group, consumer. Returns 1 when it was removed.
@@ -117,6 +149,15 @@ pub struct Reclaimed {
     pub cursor: String,
 }
 
+/// The queue as last read: how many jobs it holds and when the oldest was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Jobs in the queue, waiting or in progress.
+    pub length: u64,
+    /// When the oldest of them was queued (its stream id's time), `None` when it is empty.
+    pub oldest: Option<Timestamp>,
+}
+
 /// A job as read from the stream.
 #[derive(Debug)]
 pub struct Delivery {
@@ -183,24 +224,43 @@ impl Store {
         Ok(removed == 1)
     }
 
-    /// Adds a job; returns its stream id.
+    /// The capped add of `payload` to the queue, as one command of a request.
+    fn capped_add(&self, key: &str, payload: String) -> redis::Cmd {
+        redis::cmd("EVAL")
+            .arg(CAPPED_ADD_SCRIPT)
+            .arg(1)
+            .arg(key)
+            .arg(self.queue_cap)
+            .arg(JOB_FIELD)
+            .arg(payload)
+            .clone()
+    }
+
+    /// A job the full queue refused: counted, and the error that says so.
+    fn refused(&self, key: String) -> StoreError {
+        self.metrics.job_refused();
+        StoreError::QueueFull {
+            key,
+            cap: self.queue_cap,
+        }
+    }
+
+    /// Adds a job unless the queue is full ([`StoreError::QueueFull`], counted); returns its
+    /// stream id.
     pub async fn enqueue(&self, job: &RestoreJob, budget: Duration) -> Result<String, StoreError> {
         let key = self.keys.queue();
         let payload = serde_json::to_string(job).map_err(StoreError::EncodeJob)?;
-        let add = redis::cmd("XADD")
-            .arg(&key)
-            .arg("*")
-            .arg(JOB_FIELD)
-            .arg(payload)
-            .clone();
-        self.send("xadd", &key, budget, &add).await
+        let add = self.capped_add(&key, payload);
+        let id: Option<String> = self.send("xadd", &key, budget, &add).await?;
+        id.ok_or_else(|| self.refused(key))
     }
 
     /// Adds a restore job whose object will carry the pending marker, and makes its id one of
     /// the object's live jobs for `ttl` (or until the worker finishes it): while it is, status
     /// writes to the marked object are merged with the saved status. Each job has an entry of
     /// its own, so a later CREATE of the same name (refused or not) never takes the place of
-    /// the one whose object exists. One round trip.
+    /// the one whose object exists. One round trip; a second one when the queue is full
+    /// ([`StoreError::QueueFull`]), to end the job's live entry.
     pub async fn enqueue_pending(
         &self,
         job: &RestoreJob,
@@ -225,13 +285,39 @@ impl Store {
             .arg(&live)
             .arg(ttl_ms)
             .ignore()
-            .cmd("XADD")
-            .arg(&key)
-            .arg("*")
-            .arg(JOB_FIELD)
-            .arg(payload);
-        let (id,): (String,) = self.send("xadd", &key, budget, &pipe).await?;
-        Ok(id)
+            .add_command(self.capped_add(&key, payload));
+        let (id,): (Option<String>,) = self.send("xadd", &key, budget, &pipe).await?;
+        if let Some(id) = id {
+            return Ok(id);
+        }
+        // No job behind the entry: a marker naming it must not be believed. Should this fail,
+        // the entry ends with its TTL; no object carries its id meanwhile.
+        if let Err(error) = self.release_job(&job.identity, &job.id, budget).await {
+            tracing::debug!(error = %crate::error::error_chain(&error), "could not end the live entry of a job the full queue refused");
+        }
+        Err(self.refused(key))
+    }
+
+    /// Whether `job`, one of the object's jobs, has a newer live job beside it: a later CREATE
+    /// of the same name was admitted (jobs are ordered by the end of their lifetime, which
+    /// each gets as its admission time plus the same TTL).
+    pub async fn has_newer_job(
+        &self,
+        identity: &ObjectIdentity,
+        job: &str,
+        budget: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys.job(identity);
+        let live: std::collections::HashMap<String, i64> = self
+            .send("hgetall", &key, budget, redis::cmd("HGETALL").arg(&key))
+            .await?;
+        let Some(mine) = live.get(job).copied() else {
+            return Ok(false);
+        };
+        let now = Timestamp::now().as_millisecond();
+        Ok(live
+            .iter()
+            .any(|(id, until)| id != job && *until > mine && *until > now))
     }
 
     /// Acknowledges and deletes a finished job, atomically.
@@ -380,10 +466,48 @@ impl Store {
         Ok(())
     }
 
-    /// Jobs in the queue, waiting or in progress.
-    pub async fn queue_depth(&self, budget: Duration) -> Result<u64, StoreError> {
+    /// Jobs in the queue, waiting or in progress, and when the oldest was queued.
+    pub async fn queue_stats(&self, budget: Duration) -> Result<QueueStats, StoreError> {
         let key = self.keys.queue();
-        self.send("xlen", &key, budget, redis::cmd("XLEN").arg(&key))
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN")
+            .arg(&key)
+            .cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+        let (length, first): (u64, Vec<(String, redis::Value)>) =
+            self.send("xlen", &key, budget, &pipe).await?;
+        // A stream id is `<ms since the epoch>-<sequence>`.
+        let oldest = first
+            .first()
+            .and_then(|(id, _)| id.split_once('-'))
+            .and_then(|(ms, _)| ms.parse::<i64>().ok())
+            .and_then(|ms| Timestamp::from_millisecond(ms).ok());
+        Ok(QueueStats { length, oldest })
+    }
+
+    /// Removes the consumers of the group, other than `consumer`, that have been idle for
+    /// `min_idle` and hold no jobs: those of replicas that were killed and never left. A
+    /// consumer that still holds jobs stays until they are reclaimed from it. Removing a live
+    /// but idle consumer loses nothing (it holds no jobs; its next read makes it again).
+    /// Returns the names removed.
+    pub async fn remove_idle_consumers(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        budget: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let key = self.keys.queue();
+        let mut invocation = self.remove_idle_script.prepare_invoke();
+        invocation
+            .key(&key)
+            .arg(GROUP)
+            .arg(super::millis(min_idle))
+            .arg(consumer);
+        self.send("remove_idle_consumers", &key, budget, &invocation)
             .await
     }
 

@@ -6,6 +6,7 @@
 //! - `inline`: CRDs without the status subresource, restored in the create itself;
 //! - `races`: the owning controller, creates that fail or never land, dry runs;
 //! - `reclaim`: jobs of dead consumers, several replicas, dead letters, leaving the group;
+//! - `queue`: creates that never land, consumers of killed replicas, shutdown within its grace;
 //! - `binding`: a job restores only the object its CREATE made, a marker is believed only
 //!   while its job is live, a replica killed mid-storm loses no restore;
 //! - `logs`: no status value ever reaches the logs.
@@ -18,6 +19,7 @@ mod binding;
 mod inline;
 mod logs;
 mod modes;
+mod queue;
 mod races;
 mod reclaim;
 

@@ -117,49 +117,10 @@ async fn a_dry_run_create_of_a_known_object_queues_nothing() {
 #[tokio::test]
 async fn a_create_rejected_after_restatus_expires_its_job_quietly() {
     let env = Env::start(EnvOptions::with_args(&["--restore-deadline", "2s"])).await;
-    // A policy that rejects creates labelled reject=yes in this namespace, evaluated after
-    // mutating admission.
-    let policy_name = format!("{}-reject", env.ns);
-    let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
-        "metadata": {"name": policy_name},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [{
-                "apiGroups": ["infra.example.com"], "apiVersions": ["*"],
-                "operations": ["CREATE"], "resources": ["kubernetesclusters"]
-            }]},
-            "validations": [{
-                "expression": "!has(object.metadata.labels) || !('reject' in object.metadata.labels)",
-                "message": "rejected by the test policy"
-            }]
-        }
-    }))
-    .unwrap();
-    env.create_cluster_scoped(&policy).await;
-    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
-        "metadata": {"name": policy_name},
-        "spec": {
-            "policyName": policy_name,
-            "validationActions": ["Deny"],
-            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": env.ns}}}
-        }
-    }))
-    .unwrap();
-    env.create_cluster_scoped(&binding).await;
-
+    reject_labelled_creates(&env).await;
     let api = env.clusters();
     let mut rejected = kubernetes_cluster("rejected");
     rejected.labels_mut().insert("reject".into(), "yes".into());
-    // Wait until the policy is in force (a dry-run is evaluated the same way).
-    let probe = rejected.clone();
-    eventually(WAIT, "the admission policy to reject creates", || async {
-        let dry = PostParams {
-            dry_run: true,
-            ..Default::default()
-        };
-        api.create(&dry, &probe).await.is_err().then_some(())
-    })
-    .await;
 
     env.create_record_delete("rejected", &saved_status()).await;
     let err = api
@@ -261,4 +222,52 @@ async fn an_annotation_patch_for_an_earlier_incarnation_is_refused() {
     )
     .await
     .unwrap();
+}
+
+/// Makes the API server reject, after mutating admission, every CREATE of a KubernetesCluster
+/// labelled `reject` in the environment's namespace (a ValidatingAdmissionPolicy), and waits
+/// until it does: such a CREATE is reviewed by restatus but never lands.
+pub(crate) async fn reject_labelled_creates(env: &Env) {
+    // A policy that rejects creates labelled reject=yes in this namespace, evaluated after
+    // mutating admission.
+    let policy_name = format!("{}-reject", env.ns);
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
+        "metadata": {"name": policy_name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": ["infra.example.com"], "apiVersions": ["*"],
+                "operations": ["CREATE"], "resources": ["kubernetesclusters"]
+            }]},
+            "validations": [{
+                "expression": "!has(object.metadata.labels) || !('reject' in object.metadata.labels)",
+                "message": "rejected by the test policy"
+            }]
+        }
+    }))
+    .unwrap();
+    env.create_cluster_scoped(&policy).await;
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
+        "metadata": {"name": policy_name},
+        "spec": {
+            "policyName": policy_name,
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": env.ns}}}
+        }
+    }))
+    .unwrap();
+    env.create_cluster_scoped(&binding).await;
+
+    let api = env.clusters();
+    let mut probe = kubernetes_cluster("probe");
+    probe.labels_mut().insert("reject".into(), "yes".into());
+    // Wait until the policy is in force (a dry-run is evaluated the same way).
+    eventually(WAIT, "the admission policy to reject creates", || async {
+        let dry = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        api.create(&dry, &probe).await.is_err().then_some(())
+    })
+    .await;
 }
