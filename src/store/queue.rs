@@ -9,12 +9,11 @@ use std::time::Duration;
 use jiff::Timestamp;
 use redis::{
     Script,
-    aio::MultiplexedConnection,
     streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply},
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ObjectIdentity, Store, StoreError};
+use super::{ObjectIdentity, Store, StoreError, conn::Conn};
 use crate::policy::RestorePolicy;
 
 /// The consumer group every replica reads the queue through.
@@ -224,12 +223,20 @@ impl Store {
             .cmd("PEXPIRE")
             .arg(&live)
             .arg(ttl_ms)
-            .ignore()
-            .cmd("XADD")
+            .ignore();
+        let add = redis::cmd("XADD")
             .arg(&key)
             .arg("*")
             .arg(JOB_FIELD)
-            .arg(payload);
+            .arg(payload)
+            .clone();
+        if self.conn.is_cluster() {
+            // The live job is in the object's slot, the queue in the cluster's: a pipeline
+            // keeps to one slot, so the live job goes first, then the job.
+            let () = self.send("hset", &live, budget, &pipe).await?;
+            return self.send("xadd", &key, budget, &add).await;
+        }
+        pipe.add_command(add);
         let (id,): (String,) = self.send("xadd", &key, budget, &pipe).await?;
         Ok(id)
     }
@@ -391,18 +398,8 @@ impl Store {
     /// shared connection.
     pub async fn reader(&self, budget: Duration) -> Result<QueueReader, StoreError> {
         let key = self.keys.queue();
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(budget))
-            .set_response_timeout(None);
         let conn = self
-            .call(
-                "connect",
-                &key,
-                budget,
-                self.conn
-                    .client()
-                    .get_multiplexed_async_connection_with_config(&config),
-            )
+            .call("connect", &key, budget, self.conn.dedicated(budget))
             .await?;
         Ok(QueueReader {
             store: self.clone(),
@@ -414,7 +411,7 @@ impl Store {
 /// Reads new jobs with XREADGROUP on a dedicated connection.
 pub struct QueueReader {
     store: Store,
-    conn: MultiplexedConnection,
+    conn: Conn,
 }
 
 impl QueueReader {
