@@ -344,8 +344,13 @@ impl Storm {
                             *seen = (*seen).max(rv);
                         }
                         Ok(other) => panic!("unexpected outcome {other:?}"),
-                        Err(_) => {
-                            failures.fetch_add(1, Ordering::SeqCst);
+                        Err(error) => {
+                            if failures.fetch_add(1, Ordering::SeqCst) == 0 {
+                                eprintln!(
+                                    "first failed write: {}",
+                                    restatus::error::error_chain(&error)
+                                );
+                            }
                         }
                     }
                 }
