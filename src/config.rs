@@ -785,6 +785,40 @@ mod tests {
     }
 
     #[test]
+    fn topology_flags_reach_the_redis_options() {
+        let args = serve(&[]).unwrap();
+        assert_eq!(
+            args.store.redis_topology,
+            crate::store::Topology::Standalone
+        );
+        let args = serve(&[
+            "--redis-topology",
+            "sentinel",
+            "--redis-sentinels",
+            "10.0.0.1:26379,10.0.0.2:26379",
+            "--redis-sentinel-master",
+            "mymaster",
+        ])
+        .unwrap();
+        let options = args.store.redis_options().unwrap();
+        assert_eq!(options.topology, crate::store::Topology::Sentinel);
+        assert_eq!(options.sentinels, ["10.0.0.1:26379", "10.0.0.2:26379"]);
+        assert_eq!(options.sentinel_master.as_deref(), Some("mymaster"));
+        let args = serve(&[
+            "--redis-topology=cluster",
+            "--redis-cluster-nodes=redis://a:7000,redis://b:7001",
+        ])
+        .unwrap();
+        let options = args.store.redis_options().unwrap();
+        assert_eq!(options.cluster_nodes, ["redis://a:7000", "redis://b:7001"]);
+        let refused = serve(&["--redis-topology", "ring"]).unwrap_err();
+        assert!(
+            refused.contains("standalone, sentinel or cluster"),
+            "{refused}"
+        );
+    }
+
+    #[test]
     fn sizes_and_names_are_validated() {
         assert_eq!(parse_size("8Mi"), Ok(8 * 1024 * 1024));
         assert_eq!(parse_size("512Ki"), Ok(512 * 1024));
