@@ -17,7 +17,7 @@ use k8s_openapi::api::{
     admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingAdmissionPolicy},
     apps::v1::Deployment,
     authorization::v1::SubjectAccessReview,
-    core::v1::{Secret, Service},
+    core::v1::{ConfigMap, Secret, Service},
     events::v1::Event,
     rbac::v1::ClusterRole,
 };
@@ -40,6 +40,9 @@ use support::{
     restatus::{Launch, Restatus},
     unique,
 };
+
+/// What a render without the cluster and without a lasting Valkey password fails with.
+const NO_CLUSTER: &str = "this render has no access to the cluster";
 
 fn ci_values() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(helm::chart().join("ci"))
@@ -71,10 +74,14 @@ fn the_chart_lints_and_renders_in_every_mode_with_helm_3_and_4() {
             helm::run(&bin, &["lint", "--strict", chart]),
             &format!("{name} lint"),
         );
-        must(
-            helm::run(&bin, &["template", "r", chart, "-n", "restatus"]),
-            &format!("{name} template"),
-        );
+        // Offline, the defaults need the Valkey password from somewhere that lasts; the
+        // refusal says so.
+        let bare = helm::run(&bin, &["template", "r", chart, "-n", "restatus"]);
+        assert!(!bare.success, "{name} rendered the bare defaults offline");
+        assert!(bare.stderr.contains(NO_CLUSTER), "{name}: {}", bare.stderr);
+        let mut template = vec!["template", "r", chart, "-n", "restatus"];
+        template.extend_from_slice(&OFFLINE);
+        must(helm::run(&bin, &template), &format!("{name} template"));
         for values in ci_values() {
             let values = values.to_str().unwrap();
             let what = format!("{name} with {values}");
@@ -97,8 +104,29 @@ fn the_chart_lints_and_renders_in_every_mode_with_helm_3_and_4() {
     }
 }
 
-/// `helm template` with `args`, expected to fail; its error output.
+/// What every offline render needs besides the defaults: the bundled Valkey's password from
+/// a Secret, since a render without the cluster cannot keep a generated one.
+const OFFLINE: [&str; 2] = ["--set", "redis.bundled.existingSecret=restatus-valkey"];
+
+/// `args` after [`OFFLINE`].
+fn offline<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = OFFLINE.to_vec();
+    all.extend_from_slice(args);
+    all
+}
+
+/// `helm template r charts/restatus -n restatus` with [`OFFLINE`] and `args`.
+fn render(args: &[&str]) -> Vec<Value> {
+    helm::template("r", "restatus", &offline(args))
+}
+
+/// `helm template` with [`OFFLINE`] and `args`, expected to fail; its error output.
 fn refused(args: &[&str]) -> String {
+    refused_raw(&offline(args))
+}
+
+/// `helm template` with `args` alone, expected to fail with Helm 3 and 4; their error output.
+fn refused_raw(args: &[&str]) -> String {
     let chart = helm::chart();
     let mut all = vec!["template", "r", chart.to_str().unwrap(), "-n", "restatus"];
     all.extend_from_slice(args);
@@ -119,14 +147,13 @@ fn typos_wrong_types_and_forbidden_resources_are_refused_with_a_clear_message() 
     assert!(unknown.contains("replicas"), "{unknown}");
     let wrong_type = refused(&["--set", "replicaCount=two"]);
     assert!(wrong_type.contains("replicaCount"), "{wrong_type}");
-    // restatus refuses TLS URLs at start: the chart says so at install instead.
-    let tls = refused(&[
+    let scheme = refused(&[
         "--set",
         "redis.mode=external",
         "--set",
-        "redis.external.url=rediss://r:6380",
+        "redis.external.url=http://r:6380",
     ]);
-    assert!(tls.contains("/redis/external/url"), "{tls}");
+    assert!(scheme.contains("/redis/external/url"), "{scheme}");
     let sealed = refused(&["--set", "encryption.requireSealed=true"]);
     assert!(
         sealed.contains("encryption.requireSealed needs encryption.existingSecret"),
@@ -156,9 +183,9 @@ fn typos_wrong_types_and_forbidden_resources_are_refused_with_a_clear_message() 
     refused(&["--set", "trackedResources[0].group=*"]);
 }
 
-/// The defaults, rendered.
+/// The defaults, rendered offline (the Valkey password from a Secret).
 fn defaults() -> Vec<Value> {
-    helm::template("r", "restatus", &[])
+    render(&[])
 }
 
 fn one<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
@@ -221,7 +248,10 @@ fn the_deployment_runs_two_locked_down_replicas_spread_across_nodes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let pdb = one(&objects, "PodDisruptionBudget");
+    let pdb = helm::of_kind(&objects, "PodDisruptionBudget")
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == "r-restatus")
+        .expect("restatus's PodDisruptionBudget");
     assert_eq!(pdb["spec"]["minAvailable"], 1);
 }
 
@@ -262,11 +292,7 @@ fn the_webhook_configuration_never_blocks_and_skips_system_namespaces() {
 
 #[test]
 fn encryption_at_rest_mounts_the_keyring_and_passes_the_flag() {
-    let objects = helm::template(
-        "r",
-        "restatus",
-        &["--set", "encryption.existingSecret=restatus-keyring"],
-    );
+    let objects = render(&["--set", "encryption.existingSecret=restatus-keyring"]);
     let deployment = one(&objects, "Deployment");
     let spec = &deployment["spec"]["template"]["spec"];
     let args = spec["containers"][0]["args"].to_string();
@@ -301,7 +327,7 @@ fn encryption_at_rest_mounts_the_keyring_and_passes_the_flag() {
 
 /// The args of the restatus container rendered with `args`.
 fn container_args(args: &[&str]) -> Vec<String> {
-    let objects = helm::template("r", "restatus", args);
+    let objects = render(args);
     let deployment = one(&objects, "Deployment");
     deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
@@ -367,7 +393,7 @@ fn install_notes(args: &[&str]) -> String {
         "restatus",
         "--dry-run=client",
     ];
-    all.extend_from_slice(args);
+    all.extend_from_slice(&offline(args));
     let out = must(
         helm::run(&helm::helm(), &all),
         "helm install --dry-run=client",
@@ -445,11 +471,7 @@ fn rbac_grants_exactly_the_tracked_resources_with_no_wildcard() {
         {"group": "", "resources": ["services"]},
         {"group": "infra.example.com", "resources": ["kubernetesclusters"]}
     ]);
-    let objects = helm::template(
-        "r",
-        "restatus",
-        &["--set-json", &format!("trackedResources={tracked}")],
-    );
+    let objects = render(&["--set-json", &format!("trackedResources={tracked}")]);
     for kind in ["ClusterRole", "Role"] {
         for role in helm::of_kind(&objects, kind) {
             let mut all = Vec::new();
@@ -495,7 +517,7 @@ fn the_admission_policy_covers_the_tracked_resources_and_the_webhook_configurati
         {"group": "infra.example.com", "resources": ["kubernetesclusters"], "scope": "Namespaced"}
     ]);
     let tracked = format!("trackedResources={tracked}");
-    let objects = helm::template("r", "restatus", &["--set-json", &tracked]);
+    let objects = render(&["--set-json", &tracked]);
     let policy = one(&objects, "ValidatingAdmissionPolicy");
     let binding = one(&objects, "ValidatingAdmissionPolicyBinding");
     assert_eq!(policy["apiVersion"], "admissionregistration.k8s.io/v1");
@@ -518,7 +540,7 @@ fn the_admission_policy_covers_the_tracked_resources_and_the_webhook_configurati
         ]),
         "the main resources only: restatus writes statuses through /status"
     );
-    let off = helm::template("r", "restatus", &["--set", "ownWritesPolicy.enabled=false"]);
+    let off = render(&["--set", "ownWritesPolicy.enabled=false"]);
     assert!(helm::of_kind(&off, "ValidatingAdmissionPolicy").is_empty());
     assert!(helm::of_kind(&off, "ValidatingAdmissionPolicyBinding").is_empty());
 }
@@ -571,7 +593,7 @@ fn the_alerts_of_the_docs_ship_as_a_prometheus_rule_for_the_charts_job() {
         helm::of_kind(&defaults(), "PrometheusRule").is_empty(),
         "off by default"
     );
-    let objects = helm::template("r", "restatus", &["--set", "prometheusRule.enabled=true"]);
+    let objects = render(&["--set", "prometheusRule.enabled=true"]);
     let rule = one(&objects, "PrometheusRule");
     let alerts = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
     assert_eq!(alerts.len(), block.matches("- alert:").count());
@@ -584,16 +606,12 @@ fn the_alerts_of_the_docs_ship_as_a_prometheus_rule_for_the_charts_job() {
         exprs.iter().all(|e| e.contains("job=\"r-restatus\"")),
         "the ServiceMonitor's job: {exprs:?}"
     );
-    let objects = helm::template(
-        "r",
-        "restatus",
-        &[
-            "--set",
-            "prometheusRule.enabled=true",
-            "--set",
-            "prometheusRule.job=webhooks",
-        ],
-    );
+    let objects = render(&[
+        "--set",
+        "prometheusRule.enabled=true",
+        "--set",
+        "prometheusRule.job=webhooks",
+    ]);
     let exprs = one(&objects, "PrometheusRule")["spec"]["groups"][0]["rules"].to_string();
     assert!(
         exprs.contains("job=\\\"webhooks\\\"") && !exprs.contains("r-restatus"),
@@ -624,6 +642,602 @@ fn the_values_reference_lists_every_value() {
         missing.is_empty() && stale.is_empty(),
         "docs/chart-values.md is out of step with values.yaml: missing {missing:?}, stale {stale:?}"
     );
+}
+
+/// The env var `name` of a container, as rendered.
+fn env_var<'a>(container: &'a Value, name: &str) -> &'a Value {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no env {name} in {}", container["name"]))
+}
+
+/// The restatus container and the bundled Valkey container of a rendering.
+fn restatus_and_valkey(objects: &[Value]) -> (&Value, &Value) {
+    let restatus = &one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let valkey = &one(objects, "StatefulSet")["spec"]["template"]["spec"]["containers"][0];
+    (restatus, valkey)
+}
+
+/// The secretKeyRef (name and key) an env var reads.
+fn secret_ref(container: &Value, name: &str) -> (String, String) {
+    let r = &env_var(container, name)["valueFrom"]["secretKeyRef"];
+    (
+        r["name"].as_str().unwrap().to_owned(),
+        r["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn the_bundled_valkey_is_pinned_by_digest_persistent_and_locked_down_like_restatus() {
+    let objects = defaults();
+    let (restatus, valkey) = restatus_and_valkey(&objects);
+    let image = valkey["image"].as_str().unwrap();
+    let (repository, digest) = image.split_once('@').expect("pulled by digest");
+    assert!(
+        repository.starts_with("docker.io/valkey/valkey:"),
+        "{image}"
+    );
+    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+    assert!(
+        hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()),
+        "{digest}"
+    );
+    assert_eq!(valkey["command"], json!(["valkey-server"]));
+    let args: Vec<&str> = valkey["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for pair in [
+        ["--appendonly", "yes"],
+        ["--appendfsync", "everysec"],
+        ["--maxmemory-policy", "noeviction"],
+        ["--dir", "/data"],
+        // The AOF a Redis 7.4 pod of earlier chart versions left behind still loads.
+        ["--rdb-version-check", "relaxed"],
+    ] {
+        assert!(args.windows(2).any(|w| w == pair), "{pair:?} in {args:?}");
+    }
+    // The password is read from the environment, never written into the args.
+    assert!(args.contains(&"$(REDIS_PASSWORD)"), "{args:?}");
+    let statefulset = one(&objects, "StatefulSet");
+    let claim = &statefulset["spec"]["volumeClaimTemplates"][0];
+    assert_eq!(claim["metadata"]["name"], "data");
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "5Gi");
+    assert_eq!(valkey["volumeMounts"][0]["mountPath"], "/data");
+    // As hardened as restatus's own pod.
+    let pod = &statefulset["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let restatus_pod = &one(&objects, "Deployment")["spec"]["template"]["spec"];
+    for key in ["runAsNonRoot", "seccompProfile"] {
+        assert_eq!(
+            pod["securityContext"][key], restatus_pod["securityContext"][key],
+            "pod {key}"
+        );
+    }
+    for key in [
+        "allowPrivilegeEscalation",
+        "readOnlyRootFilesystem",
+        "runAsNonRoot",
+        "capabilities",
+        "seccompProfile",
+    ] {
+        assert_eq!(
+            valkey["securityContext"][key], restatus["securityContext"][key],
+            "container {key}"
+        );
+    }
+    assert!(valkey["resources"]["limits"]["memory"].is_string());
+    // One pod: by default no budget of its own, so that drains never stall on it.
+    assert!(
+        helm::of_kind(&objects, "PodDisruptionBudget")
+            .iter()
+            .all(|p| p["metadata"]["name"] != "r-restatus-redis")
+    );
+    // With one, no voluntary eviction takes it down, but a pod that is not ready may go.
+    let with = render(&["--set", "redis.bundled.podDisruptionBudget.enabled=true"]);
+    let pdbs = helm::of_kind(&with, "PodDisruptionBudget");
+    let pdb = pdbs
+        .iter()
+        .find(|p| p["metadata"]["name"] == "r-restatus-redis")
+        .expect("the Valkey PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 0);
+    assert_eq!(pdb["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        statefulset["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(helm::of_kind(&with, "PodDisruptionBudget").len(), 2);
+
+    // Scheduling values reach the pod.
+    let values = helm::chart().join("ci/bundled-redis-values.yaml");
+    let scheduled = helm::template("r", "restatus", &["-f", values.to_str().unwrap()]);
+    let pod = &one(&scheduled, "StatefulSet")["spec"]["template"]["spec"];
+    assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+    assert_eq!(
+        pod["nodeSelector"]["node-role.example.com/stateful"],
+        "true"
+    );
+    assert_eq!(
+        pod["tolerations"][0]["key"],
+        "node-role.example.com/stateful"
+    );
+    assert!(pod["affinity"]["podAntiAffinity"].is_object());
+    assert!(defaults().iter().all(|o| {
+        o["spec"]["template"]["spec"]
+            .get("priorityClassName")
+            .is_none()
+    }));
+
+    // Only restatus may reach it, and it reaches nothing.
+    let fenced = render(&["--set", "networkPolicy.enabled=true"]);
+    let policy = helm::of_kind(&fenced, "NetworkPolicy")
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == "r-restatus-redis")
+        .expect("the Valkey NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
+        one(&objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(policy["spec"]["egress"], json!([]));
+
+    // The chart README states the image's licence.
+    let readme = std::fs::read_to_string(helm::chart().join("README.md")).unwrap();
+    assert!(
+        readme.contains("Valkey") && readme.contains("BSD 3-Clause"),
+        "{readme}"
+    );
+}
+
+#[test]
+fn the_bundled_password_survives_offline_renders_and_both_sides_read_the_same_secret() {
+    let sha = |objects: &[Value]| {
+        let (r, v) = (one(objects, "Deployment"), one(objects, "StatefulSet"));
+        let annotation =
+            |o: &Value| o["spec"]["template"]["metadata"]["annotations"]["checksum/redis"].clone();
+        assert_eq!(annotation(r), annotation(v), "both roll together");
+        annotation(r)
+    };
+    for bin in [helm::helm(), helm::helm3()] {
+        let name = bin.display().to_string();
+        let chart = helm::chart();
+        let render_with = |args: &[&str]| {
+            let mut all = vec!["template", "r", chart.to_str().unwrap(), "-n", "restatus"];
+            all.extend_from_slice(args);
+            helm::documents(&must(helm::run(&bin, &all), &name).stdout)
+        };
+        // A password as a value: the chart's Secret holds exactly it, on every render.
+        let set = ["--set", "redis.bundled.password=s3cr3t-valkey"];
+        let (first, second) = (render_with(&set), render_with(&set));
+        for objects in [&first, &second] {
+            let (restatus, valkey) = restatus_and_valkey(objects);
+            let secret = helm::of_kind(objects, "Secret")
+                .into_iter()
+                .find(|s| s["metadata"]["name"] == "r-restatus-redis")
+                .expect("the chart's Valkey Secret");
+            let stored = secret["data"]["password"].as_str().unwrap();
+            use base64::Engine as _;
+            let stored = base64::engine::general_purpose::STANDARD
+                .decode(stored)
+                .unwrap();
+            assert_eq!(stored, b"s3cr3t-valkey", "{name}");
+            let reference = ("r-restatus-redis".to_owned(), "password".to_owned());
+            assert_eq!(secret_ref(restatus, "RESTATUS_REDIS_PASSWORD"), reference);
+            assert_eq!(secret_ref(valkey, "REDIS_PASSWORD"), reference);
+            // restatus reaches Valkey through its Service; the URL holds no password.
+            assert!(
+                helm::of_kind(objects, "Service")
+                    .iter()
+                    .any(|s| s["metadata"]["name"] == "r-restatus-redis")
+            );
+            assert_eq!(
+                env_var(restatus, "RESTATUS_REDIS_URL")["value"],
+                "redis://r-restatus-redis.restatus.svc:6379"
+            );
+        }
+        assert_eq!(first, second, "{name}: two renders are the same");
+        assert_eq!(sha(&first), sha(&second));
+        let other = render_with(&["--set", "redis.bundled.password=an0ther"]);
+        assert_ne!(sha(&first), sha(&other), "a new password rolls both");
+
+        // An existing Secret: no Secret of the chart, both sides read that one.
+        let set = ["--set", "redis.bundled.existingSecret=valkey-auth"];
+        let (first, second) = (render_with(&set), render_with(&set));
+        assert_eq!(first, second, "{name}: two renders are the same");
+        assert!(
+            helm::of_kind(&first, "Secret")
+                .iter()
+                .all(|s| s["metadata"]["name"] != "r-restatus-redis"),
+            "no chart Secret"
+        );
+        let (restatus, valkey) = restatus_and_valkey(&first);
+        let reference = ("valkey-auth".to_owned(), "password".to_owned());
+        assert_eq!(secret_ref(restatus, "RESTATUS_REDIS_PASSWORD"), reference);
+        assert_eq!(secret_ref(valkey, "REDIS_PASSWORD"), reference);
+    }
+    // Neither: a render without the cluster would make up a new password each time; it is
+    // refused, with what to set.
+    let refusal = refused_raw(&[]);
+    assert!(refusal.contains(NO_CLUSTER), "{refusal}");
+    assert!(
+        refusal.contains("redis.bundled.existingSecret")
+            && refusal.contains("redis.bundled.password"),
+        "{refusal}"
+    );
+    let both = refused_raw(&[
+        "--set",
+        "redis.bundled.password=a",
+        "--set",
+        "redis.bundled.existingSecret=b",
+    ]);
+    assert!(both.contains("/redis/bundled"), "{both}");
+}
+
+/// The `-f ci/NAME` rendering's restatus container.
+fn ci_container(name: &str) -> (Vec<Value>, Value) {
+    let values = helm::chart().join("ci").join(name);
+    let objects = render(&["-f", values.to_str().unwrap()]);
+    let container =
+        one(&objects, "Deployment")["spec"]["template"]["spec"]["containers"][0].clone();
+    (objects, container)
+}
+
+fn args_of(container: &Value) -> Vec<String> {
+    container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn an_external_redis_over_tls_with_an_acl_user_gets_its_files_mounted_read_only() {
+    let (objects, container) = ci_container("external-redis-tls-values.yaml");
+    let args = args_of(&container);
+    for flag in [
+        "--redis-username=restatus",
+        "--redis-ca-file=/etc/restatus/redis-ca/ca.crt",
+        "--redis-client-cert-file=/etc/restatus/redis-client/tls.crt",
+        "--redis-client-key-file=/etc/restatus/redis-client/tls.key",
+    ] {
+        assert!(args.iter().any(|a| a == flag), "{flag} in {args:?}");
+    }
+    assert!(
+        !args.iter().any(|a| a.contains("--redis-topology")),
+        "standalone is the binary's default: {args:?}"
+    );
+    // The password only through the environment, from the Secret.
+    assert!(!args.iter().any(|a| a.contains("password")), "{args:?}");
+    assert_eq!(
+        secret_ref(&container, "RESTATUS_REDIS_PASSWORD"),
+        ("restatus-redis-acl".to_owned(), "password".to_owned())
+    );
+    let url = helm::of_kind(&objects, "Secret")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == "r-restatus-redis")
+        .expect("the URL Secret")["data"]["url"]
+        .clone();
+    use base64::Engine as _;
+    let url = base64::engine::general_purpose::STANDARD
+        .decode(url.as_str().unwrap())
+        .unwrap();
+    assert!(url.starts_with(b"rediss://"));
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    for (name, path) in [
+        ("redis-ca", "/etc/restatus/redis-ca"),
+        ("redis-client", "/etc/restatus/redis-client"),
+    ] {
+        let mount = mounts.iter().find(|m| m["name"] == name).expect(name);
+        assert_eq!(mount["mountPath"], path);
+        assert_eq!(mount["readOnly"], true);
+    }
+    let volumes = &one(&objects, "Deployment")["spec"]["template"]["spec"]["volumes"];
+    let volume = |name: &str| {
+        volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(volume("redis-ca")["configMap"]["name"], "redis-ca");
+    let client = volume("redis-client");
+    assert_eq!(client["secret"]["secretName"], "restatus-redis-client");
+    assert_eq!(
+        client["secret"]["items"],
+        json!([{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}])
+    );
+    // The egress rule follows the TLS port.
+    let policy = one(&objects, "NetworkPolicy");
+    assert!(
+        policy["spec"]["egress"].to_string().contains("6380"),
+        "{}",
+        policy["spec"]["egress"]
+    );
+    // restatus knows every flag the chart passes for TLS.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_restatus"))
+        .args(&args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A CA from a Secret instead of a ConfigMap.
+    let values = helm::chart().join("ci/external-redis-sentinel-values.yaml");
+    let objects = render(&["-f", values.to_str().unwrap()]);
+    let volumes = one(&objects, "Deployment")["spec"]["template"]["spec"]["volumes"].clone();
+    assert!(
+        volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "redis-ca" && v["secret"]["secretName"] == "redis-ca"),
+        "{volumes}"
+    );
+}
+
+#[test]
+fn sentinel_and_cluster_values_become_the_topology_flags() {
+    let (objects, container) = ci_container("external-redis-sentinel-values.yaml");
+    let args = args_of(&container);
+    for flag in [
+        "--redis-topology=sentinel",
+        "--redis-sentinel-master=mymaster",
+        "--redis-sentinels=redis-sentinel-0.redis-sentinel.redis.svc:26379,redis-sentinel-1.redis-sentinel.redis.svc:26379,redis-sentinel-2.redis-sentinel.redis.svc:26379",
+        "--redis-sentinel-password-file=/etc/restatus/redis-sentinel/password",
+    ] {
+        assert!(args.iter().any(|a| a == flag), "{flag} in {args:?}");
+    }
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "redis-sentinel")
+        .expect("the sentinel password mount")
+        .clone();
+    assert_eq!(mount["mountPath"], "/etc/restatus/redis-sentinel");
+    assert_eq!(mount["readOnly"], true);
+    let volume = one(&objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "redis-sentinel")
+        .unwrap()
+        .clone();
+    assert_eq!(volume["secret"]["secretName"], "restatus-redis-sentinel");
+    assert_eq!(
+        volume["secret"]["items"],
+        json!([{"key": "sentinel-password", "path": "password"}])
+    );
+    assert_eq!(
+        secret_ref(&container, "RESTATUS_REDIS_PASSWORD"),
+        ("restatus-redis-auth".to_owned(), "password".to_owned())
+    );
+    assert_eq!(
+        secret_ref(&container, "RESTATUS_REDIS_URL"),
+        ("restatus-redis-url".to_owned(), "url".to_owned())
+    );
+    // The NetworkPolicy lets restatus reach the sentinels too.
+    let egress = one(&objects, "NetworkPolicy")["spec"]["egress"].to_string();
+    assert!(
+        egress.contains("26379") && egress.contains("6379"),
+        "{egress}"
+    );
+
+    let (_, container) = ci_container("external-redis-cluster-values.yaml");
+    let args = args_of(&container);
+    assert!(
+        args.iter().any(|a| a == "--redis-topology=cluster"),
+        "{args:?}"
+    );
+    assert!(
+        args.iter().any(|a| a == "--redis-username=restatus"),
+        "{args:?}"
+    );
+    assert!(
+        args.iter().any(|a| a
+            == "--redis-cluster-nodes=redis://redis-cluster-0.redis-cluster-headless.redis.svc:6379,redis://redis-cluster-1.redis-cluster-headless.redis.svc:6379,redis://redis-cluster-2.redis-cluster-headless.redis.svc:6379"),
+        "{args:?}"
+    );
+    assert!(!args.iter().any(|a| a.contains("sentinel")), "{args:?}");
+    // Without seed nodes the URL is the only seed: no flag.
+    let args = container_args(&[
+        "--set",
+        "redis.mode=external",
+        "--set",
+        "redis.external.url=redis://c:6379",
+        "--set",
+        "redis.external.topology=cluster",
+    ]);
+    assert!(
+        args.iter().any(|a| a == "--redis-topology=cluster"),
+        "{args:?}"
+    );
+    assert!(
+        !args.iter().any(|a| a.contains("--redis-cluster-nodes")),
+        "{args:?}"
+    );
+}
+
+#[test]
+fn the_schema_refuses_redis_settings_restatus_cannot_use() {
+    let external = |more: &[&str]| {
+        let mut args = vec!["--set", "redis.mode=external"];
+        args.extend_from_slice(more);
+        refused(&args)
+    };
+    let cases: [(&str, Vec<&str>, &str); 11] = [
+        (
+            "sentinel without a master name",
+            vec![
+                "--set",
+                "redis.external.url=redis://r",
+                "--set",
+                "redis.external.topology=sentinel",
+                "--set",
+                "redis.external.sentinel.sentinels[0]=s:26379",
+            ],
+            "/redis/external/sentinel/masterName",
+        ),
+        (
+            "sentinel without sentinels",
+            vec![
+                "--set",
+                "redis.external.url=redis://r",
+                "--set",
+                "redis.external.topology=sentinel",
+                "--set",
+                "redis.external.sentinel.masterName=mymaster",
+            ],
+            "/redis/external/sentinel/sentinels",
+        ),
+        (
+            "a sentinel without its port",
+            vec![
+                "--set",
+                "redis.external.url=redis://r",
+                "--set",
+                "redis.external.topology=sentinel",
+                "--set",
+                "redis.external.sentinel.masterName=mymaster",
+                "--set",
+                "redis.external.sentinel.sentinels[0]=s",
+            ],
+            "/redis/external/sentinel/sentinels/0",
+        ),
+        (
+            "sentinel values with topology cluster (both at once)",
+            vec![
+                "--set",
+                "redis.external.url=redis://r",
+                "--set",
+                "redis.external.topology=cluster",
+                "--set",
+                "redis.external.sentinel.masterName=mymaster",
+            ],
+            "/redis/external/sentinel/masterName",
+        ),
+        (
+            "cluster nodes with topology sentinel (both at once)",
+            vec![
+                "--set",
+                "redis.external.url=redis://r",
+                "--set",
+                "redis.external.topology=sentinel",
+                "--set",
+                "redis.external.sentinel.masterName=mymaster",
+                "--set",
+                "redis.external.sentinel.sentinels[0]=s:26379",
+                "--set",
+                "redis.external.cluster.nodes[0]=redis://n:6379",
+            ],
+            "/redis/external/cluster/nodes",
+        ),
+        (
+            "a client certificate without its key",
+            vec![
+                "--set",
+                "redis.external.url=rediss://r",
+                "--set",
+                "redis.external.tls.clientCertificate.secretName=client",
+                "--set",
+                "redis.external.tls.clientCertificate.keyKey=",
+            ],
+            "/redis/external/tls/clientCertificate/keyKey",
+        ),
+        (
+            "a CA with a redis:// URL",
+            vec![
+                "--set",
+                "redis.external.url=redis://r",
+                "--set",
+                "redis.external.tls.ca.secretName=ca",
+            ],
+            "/redis/external/url",
+        ),
+        (
+            "a client certificate with a redis:// URL",
+            vec![
+                "--set",
+                "redis.external.url=redis://r",
+                "--set",
+                "redis.external.tls.clientCertificate.secretName=client",
+            ],
+            "/redis/external/url",
+        ),
+        (
+            "a CA from a Secret and a ConfigMap",
+            vec![
+                "--set",
+                "redis.external.url=rediss://r",
+                "--set",
+                "redis.external.tls.ca.secretName=ca",
+                "--set",
+                "redis.external.tls.ca.configMapName=ca",
+            ],
+            "/redis/external/tls/ca",
+        ),
+        (
+            "plain seed nodes with a rediss:// URL",
+            vec![
+                "--set",
+                "redis.external.url=rediss://r",
+                "--set",
+                "redis.external.topology=cluster",
+                "--set",
+                "redis.external.cluster.nodes[0]=redis://n:6379",
+            ],
+            "/redis/external/cluster/nodes/0",
+        ),
+        (
+            "an unknown topology",
+            vec![
+                "--set",
+                "redis.external.url=redis://r",
+                "--set",
+                "redis.external.topology=replicas",
+            ],
+            "/redis/external/topology",
+        ),
+    ];
+    for (what, args, path) in cases {
+        let message = external(&args);
+        assert!(message.contains(path), "{what}: {message}");
+    }
+    // What restatus can use is accepted: rediss:// with a CA and a client certificate, and
+    // each topology.
+    for args in [
+        vec!["--set", "redis.external.url=rediss://r:6380"],
+        vec![
+            "--set",
+            "redis.external.url=rediss://r:6380",
+            "--set",
+            "redis.external.tls.ca.configMapName=ca",
+            "--set",
+            "redis.external.tls.clientCertificate.secretName=client",
+        ],
+        vec![
+            "--set",
+            "redis.external.url=rediss://r:6380",
+            "--set",
+            "redis.external.topology=cluster",
+            "--set",
+            "redis.external.cluster.nodes[0]=rediss://n:6380",
+        ],
+    ] {
+        let mut all = vec!["--set", "redis.mode=external"];
+        all.extend_from_slice(&args);
+        render(&all);
+    }
 }
 
 /// Chart tests that install into the shared control plane run one at a time: each install's
@@ -759,6 +1373,57 @@ async fn helm_install_upgrade_and_uninstall_on_the_api_server_with_helm_3_and_4(
     }
 }
 
+#[tokio::test]
+async fn the_sentinel_cluster_and_bundled_values_install_on_the_api_server() {
+    let _serial = INSTALLING.lock().await;
+    let client = cluster::client().await;
+    for (values, expect) in [
+        (
+            "external-redis-sentinel-values.yaml",
+            "--redis-topology=sentinel",
+        ),
+        (
+            "external-redis-cluster-values.yaml",
+            "--redis-topology=cluster",
+        ),
+        ("bundled-redis-values.yaml", "RESTATUS_REDIS_PASSWORD"),
+    ] {
+        let values = helm::chart().join("ci").join(values);
+        // Every object passes the API server's validation.
+        let release =
+            Release::install(&client, helm::helm(), &["-f", values.to_str().unwrap()]).await;
+        let deployment = Api::<Deployment>::namespaced(client.clone(), &release.namespace)
+            .get(&release.fullname())
+            .await
+            .unwrap();
+        let spec = serde_json::to_string(&deployment.spec).unwrap();
+        assert!(spec.contains(expect), "{}: {spec}", values.display());
+    }
+    // The bundled Valkey's budget is in place.
+    let release = Release::install(
+        &client,
+        helm::helm(),
+        &[
+            "--set",
+            "redis.bundled.password=installed",
+            "--set",
+            "redis.bundled.podDisruptionBudget.enabled=true",
+        ],
+    )
+    .await;
+    let budget = Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(
+        client.clone(),
+        &release.namespace,
+    )
+    .get(&format!("{}-redis", release.fullname()))
+    .await
+    .unwrap();
+    assert_eq!(
+        budget.spec.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
+    );
+}
+
 /// restatus running as the chart runs it, for one release.
 struct ChartEnv {
     // Fields drop in order: restatus stops before its Redis and its release go away.
@@ -770,6 +1435,8 @@ struct ChartEnv {
     redis: RedisServer,
     keys: KeySchema,
     _identity: (PathBuf, tempfile::TempDir),
+    /// The pod's mounted Secrets and ConfigMaps, written out where its args find them.
+    _mounts: tempfile::TempDir,
 }
 
 impl ChartEnv {
@@ -808,9 +1475,13 @@ impl Installed {
     /// Installs the chart for KubernetesClusters with a development webhook URL and
     /// external Redis; `extra` are more helm arguments.
     async fn new(extra: &[&str]) -> Installed {
+        Installed::with_redis(RedisServer::start().await, extra).await
+    }
+
+    /// [`Installed::new`] with this Redis (its plain URL is set; `extra` may set another).
+    async fn with_redis(redis: RedisServer, extra: &[&str]) -> Installed {
         let client = cluster::client().await;
         cluster::apply_crd(&client, cluster::example_crd()).await;
-        let redis = RedisServer::start().await;
         let (port, admin_port) = (free_port(), free_port());
         let prefix = unique("chart");
         let tracked = json!([{"group": "infra.example.com", "resources": ["kubernetesclusters"]}]);
@@ -878,7 +1549,16 @@ impl Installed {
             .get(&release.fullname())
             .await
             .unwrap();
-        let container = deployment.spec.template.spec.unwrap().containers[0].clone();
+        let pod = deployment.spec.template.spec.unwrap();
+        let container = pod.containers[0].clone();
+        let mounts = tempfile::tempdir().unwrap();
+        let mut args = container.args.clone().unwrap_or_default();
+        for mount in container.volume_mounts.clone().unwrap_or_default() {
+            let dir = mount_volume(&client, &release.namespace, &pod, &mount, mounts.path()).await;
+            for arg in &mut args {
+                *arg = arg.replace(&format!("{}/", mount.mount_path), &format!("{dir}/"));
+            }
+        }
         let mut env = vec![("KUBECONFIG".to_owned(), identity.0.display().to_string())];
         for var in container.env.unwrap_or_default() {
             let value = match (&var.value, &var.value_from) {
@@ -902,7 +1582,7 @@ impl Installed {
             env.push((var.name, value));
         }
         let launch = Launch {
-            args: container.args.unwrap_or_default(),
+            args,
             env,
             port,
             admin_port,
@@ -919,8 +1599,63 @@ impl Installed {
             restatus,
             keys: KeySchema::new(&prefix, "default"),
             _identity: identity,
+            _mounts: mounts,
         }
     }
+}
+
+/// Writes what the pod mounts at `mount` (the items of a Secret or ConfigMap volume, read from
+/// the API server) into a directory under `root`, as the kubelet would; that directory.
+async fn mount_volume(
+    client: &Client,
+    ns: &str,
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+    mount: &k8s_openapi::api::core::v1::VolumeMount,
+    root: &std::path::Path,
+) -> String {
+    assert_eq!(
+        mount.read_only,
+        Some(true),
+        "{} is mounted read-only",
+        mount.name
+    );
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap_or_else(|| panic!("no volume {}", mount.name));
+    let (data, items): (BTreeMap<String, Vec<u8>>, _) = if let Some(secret) = &volume.secret {
+        let name = secret.secret_name.clone().unwrap();
+        (secret_data(client, ns, &name).await, secret.items.clone())
+    } else if let Some(config) = &volume.config_map {
+        let map = Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get(&config.name)
+            .await
+            .unwrap();
+        let data = map
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect();
+        (data, config.items.clone())
+    } else {
+        panic!("volume {} is neither a Secret nor a ConfigMap", mount.name)
+    };
+    let dir = root.join(&mount.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let items: Vec<(String, String)> = match items {
+        Some(items) => items.into_iter().map(|i| (i.key, i.path)).collect(),
+        None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+    };
+    for (key, path) in items {
+        let bytes = data
+            .get(&key)
+            .unwrap_or_else(|| panic!("volume {} has no key {key}", mount.name));
+        std::fs::write(dir.join(path), bytes).unwrap();
+    }
+    dir.display().to_string()
 }
 
 impl ChartEnv {
@@ -1025,6 +1760,93 @@ async fn the_chart_runs_restatus_under_its_service_account_with_self_managed_cer
         !log.contains("Forbidden"),
         "a permission was missing:\n{log}"
     );
+    drop(env);
+}
+
+#[tokio::test]
+async fn restatus_run_as_the_chart_runs_it_reaches_redis_over_tls_as_an_acl_user_with_a_client_certificate()
+ {
+    let _serial = INSTALLING.lock().await;
+    let (redis, tls) = RedisServer::start_tls(true).await;
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "restatus",
+            "on",
+            ">chart-acl-pw",
+            "~*",
+            "&*",
+            "+@all",
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let url = format!("redis.external.url={}", redis.tls_url());
+    let installed = Installed::with_redis(
+        redis,
+        &[
+            "--set",
+            &url,
+            "--set",
+            "redis.external.username=restatus",
+            "--set",
+            "redis.external.password.existingSecret=redis-acl",
+            "--set",
+            "redis.external.tls.ca.configMapName=redis-ca",
+            "--set",
+            "redis.external.tls.clientCertificate.secretName=redis-client",
+        ],
+    )
+    .await;
+    // What the cluster's operator creates beside the release: the ACL password, the CA, and
+    // restatus's client certificate.
+    let client_cert =
+        restatus::certs::issue_client(&tls.ca, "restatus", Duration::from_secs(3600)).unwrap();
+    let secret = |name: &str, type_: &str, data: Value| {
+        serde_json::from_value::<Secret>(json!({
+            "metadata": {"name": name}, "type": type_, "stringData": data,
+        }))
+        .unwrap()
+    };
+    let pp = PostParams::default();
+    let secrets = installed.secrets();
+    secrets
+        .create(
+            &pp,
+            &secret("redis-acl", "Opaque", json!({"password": "chart-acl-pw"})),
+        )
+        .await
+        .unwrap();
+    secrets
+        .create(
+            &pp,
+            &secret(
+                "redis-client",
+                "kubernetes.io/tls",
+                json!({"tls.crt": client_cert.cert_pem, "tls.key": client_cert.key_pem}),
+            ),
+        )
+        .await
+        .unwrap();
+    let ca: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "redis-ca"}, "data": {"ca.crt": tls.ca.cert_pem},
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(installed.client.clone(), &installed.release.namespace)
+        .create(&pp, &ca)
+        .await
+        .unwrap();
+    let env = installed.launch().await;
+    status_writes_are_recorded(&env, "over-tls").await;
+    // The records came over TLS, from restatus's ACL user.
+    let mut conn = env.redis.conn().await;
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(clients.contains("user=restatus"), "{clients}");
     drop(env);
 }
 

@@ -249,6 +249,76 @@ async fn one_holder_takes_a_lock_until_it_ends_on_its_own() {
             .then_some(())
     })
     .await;
+    // Only its holder releases it.
+    s.unlock("resync", "replica-a", BUDGET).await.unwrap();
+    assert!(redis.pttl(&key).await > 0, "replica-b holds it");
+    s.unlock("resync", "replica-b", BUDGET).await.unwrap();
+    assert_eq!(redis.pttl(&key).await, -2, "released");
+    // A lock without an expiry was not set by restatus: it stops no pass for good.
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("planted")
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    assert!(
+        s.try_lock("resync", "replica-a", hold, BUDGET)
+            .await
+            .unwrap()
+    );
+    assert!(redis.pttl(&key).await > 0);
+}
+
+/// A catch-up is held for one incarnation: the same incarnation is not queued twice while it
+/// is held, and nothing renews its hold, but a newer incarnation is queued at once.
+#[tokio::test]
+async fn a_catch_up_is_held_per_incarnation() {
+    let redis = RedisServer::start().await;
+    let s = store(&redis, &support::unique("hold"), false, 0);
+    s.ensure_queue_group(BUDGET).await.unwrap();
+    let job = |uid: &str| restatus::store::RestoreJob {
+        id: String::new(),
+        action: restatus::store::JobKind::CatchUp { uid: uid.into() },
+        identity: id("x"),
+        api_version: "infra.example.com/v1alpha1".into(),
+        kind: "KubernetesCluster".into(),
+        record_uid: "old".into(),
+        created_at: jiff::Timestamp::now(),
+        deadline: jiff::Timestamp::now(),
+        retry: false,
+        inline: false,
+        request_uid: String::new(),
+        policy: None,
+    };
+    let hold = Duration::from_secs(60);
+    let key = s.keys().catch_up(&id("x"));
+    assert!(
+        s.enqueue_catch_up(&job("b"), "b", hold, BUDGET)
+            .await
+            .unwrap()
+    );
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(20_000)
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    assert!(
+        !s.enqueue_catch_up(&job("b"), "b", hold, BUDGET)
+            .await
+            .unwrap()
+    );
+    assert!(
+        redis.pttl(&key).await <= 20_000,
+        "a second try does not renew the hold"
+    );
+    assert!(
+        s.enqueue_catch_up(&job("c"), "c", hold, BUDGET)
+            .await
+            .unwrap(),
+        "a newer incarnation is not held up by an earlier one's hold"
+    );
+    assert_eq!(s.queue_depth(BUDGET).await.unwrap(), 2);
 }
 
 #[tokio::test]
@@ -282,12 +352,109 @@ async fn resync_stops_the_clock_of_a_delete_the_object_outlived() {
         );
         assert!(redis.pttl(&key).await > 0, "{listed_at:?}");
     }
-    // Listed a second later, still there without a deletionTimestamp: the DELETE was refused.
-    let later = deleted_at + jiff::SignedDuration::from_secs(1);
+    // Nor does a list taken within the time a write may take to land.
+    let soon = deleted_at + jiff::SignedDuration::from_secs(60);
+    assert_eq!(
+        s.record(&observed(Some(soon)), BUDGET).await.unwrap(),
+        WriteOutcome::Stale
+    );
+    // Listed well after, still there without a deletionTimestamp: the DELETE was refused.
+    let later = deleted_at + jiff::SignedDuration::from_secs(121);
     assert_eq!(
         s.record(&observed(Some(later)), BUDGET).await.unwrap(),
         WriteOutcome::Written
     );
     assert_eq!(redis.pttl(&key).await, -1);
     assert!(!redis.hgetall(&key).await.contains_key("deletedAt"));
+}
+
+/// A status write recorded at the object's resourceVersion that never landed (refused after
+/// the mutating webhook by the schema or a validating policy), and a record of a made-up
+/// later resourceVersion: resync's observation of the live object overrules both once the
+/// list is taken well after they were written, and never sooner.
+#[tokio::test]
+async fn resync_overrules_a_record_of_a_write_that_never_landed() {
+    let redis = RedisServer::start().await;
+    let s = store(&redis, &support::unique("overrule"), false, 0);
+    let live = json!({"phase": "live"});
+    for (name, rv) in [("same", 5), ("ahead", 9_999_999)] {
+        let key = s.keys().record(&id(name));
+        s.record(&write(name, "u1", 3, live.clone(), false), BUDGET)
+            .await
+            .unwrap();
+        // A status write (rank 1) of the live resourceVersion, or of one far ahead.
+        let refused = write(name, "u1", rv, json!({"phase": "refused"}), false);
+        assert_eq!(
+            s.record(&refused, BUDGET).await.unwrap(),
+            WriteOutcome::Written
+        );
+        let at: jiff::Timestamp = redis.hgetall(&key).await["recordedAt"].parse().unwrap();
+        let observed = |listed_at| RecordWrite {
+            source: Source::Observed,
+            listed_at: Some(listed_at),
+            ..write(name, "u1", 5, live.clone(), false)
+        };
+        assert_eq!(
+            s.record(&observed(at + jiff::SignedDuration::from_secs(60)), BUDGET)
+                .await
+                .unwrap(),
+            WriteOutcome::Stale,
+            "{name}: a list this soon may predate the write"
+        );
+        assert_eq!(
+            s.record(&observed(at + jiff::SignedDuration::from_secs(121)), BUDGET)
+                .await
+                .unwrap(),
+            WriteOutcome::Written,
+            "{name}"
+        );
+        let fields = redis.hgetall(&key).await;
+        assert_eq!(fields["resourceVersion"], "5");
+        assert_eq!(
+            s.get(&id(name), BUDGET).await.unwrap().unwrap().status,
+            live
+        );
+        // The webhook's own observations still never go back.
+        let webhook_old = RecordWrite {
+            source: Source::Observed,
+            ..write(name, "u1", 4, json!({"phase": "old"}), false)
+        };
+        assert_eq!(
+            s.record(&webhook_old, BUDGET).await.unwrap(),
+            WriteOutcome::Stale
+        );
+    }
+}
+
+/// An object of another uid that restatus restored (or failed to restore), or whose record
+/// came from a forged DELETE: resync records its status as its own even though the record
+/// says its object was deleted, and the webhook's oldObject of a new incarnation still does not.
+#[tokio::test]
+async fn resync_records_an_objects_own_status_over_a_deleted_record() {
+    let redis = RedisServer::start().await;
+    let s = store(&redis, &support::unique("own"), false, 0);
+    let saved = json!({"phase": "saved"});
+    s.record(&write("x", "old", 5, saved.clone(), true), BUDGET)
+        .await
+        .unwrap();
+    let own = json!({"phase": "own"});
+    let webhook = RecordWrite {
+        source: Source::Observed,
+        ..write("x", "new", 7, own.clone(), false)
+    };
+    assert_eq!(
+        s.record(&webhook, BUDGET).await.unwrap(),
+        WriteOutcome::Stale
+    );
+    let resync = RecordWrite {
+        listed_at: Some(jiff::Timestamp::now()),
+        ..webhook
+    };
+    assert_eq!(
+        s.record(&resync, BUDGET).await.unwrap(),
+        WriteOutcome::Written
+    );
+    let record = s.get(&id("x"), BUDGET).await.unwrap().unwrap();
+    assert_eq!((record.uid.as_str(), record.status), ("new", own));
+    assert_eq!(redis.pttl(&s.keys().record(&id("x"))).await, -1);
 }

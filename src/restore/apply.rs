@@ -168,7 +168,9 @@ fn catch_up(
     live: Option<&Live<'_>>,
     policy: &RestorePolicy,
 ) -> Step {
-    let Some(live) = live.filter(|l| l.uid == uid) else {
+    // An incarnation on its way out is as good as gone: a restore would only take its
+    // record's retention clock away.
+    let Some(live) = live.filter(|l| l.uid == uid && !l.deleting) else {
         return Step::Finish(Finished::Gone);
     };
     if live.restored && live.pending.is_none() && live.job.is_none() {
@@ -396,14 +398,15 @@ pub struct Applier<'a> {
     pub conflict_retries: u32,
 }
 
-/// The API resource of a job's object.
+/// The API resource of a job's object: the group and resource of the identity whose record the
+/// job restores (never a group the job's apiVersion claims besides), at the job's version.
 fn api_resource(job: &RestoreJob) -> ApiResource {
-    let (group, version) = match job.api_version.rsplit_once('/') {
-        Some((g, v)) => (g, v),
-        None => ("", job.api_version.as_str()),
+    let version = match job.api_version.rsplit_once('/') {
+        Some((_, v)) => v,
+        None => job.api_version.as_str(),
     };
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(group, version, &job.kind),
+        &GroupVersionKind::gvk(&job.identity.group, version, &job.kind),
         &job.identity.resource,
     )
 }
@@ -995,6 +998,10 @@ mod tests {
             created: None,
             ..unseen
         };
+        let deleting = Live {
+            deleting: true,
+            ..unseen
+        };
         let patch = Step::Patch(saved.clone());
         type Case<'a> = (
             &'a str,
@@ -1003,7 +1010,14 @@ mod tests {
             Option<Live<'a>>,
             Step,
         );
-        let cases: [Case<'_>; 14] = [
+        let cases: [Case<'_>; 15] = [
+            (
+                "being deleted",
+                &job,
+                Some(&earlier),
+                Some(deleting),
+                Step::Finish(Finished::Gone),
+            ),
             (
                 "created unseen",
                 &job,
@@ -1428,15 +1442,23 @@ mod tests {
             ("", "v1", "services")
         );
         assert_eq!(ar.api_version, "v1");
-        let ar = api_resource(&job(
+        let mut grouped = job(
             "infra.example.com/v1alpha1",
             "KubernetesCluster",
             "kubernetesclusters",
-        ));
+        );
+        grouped.identity.group = "infra.example.com".into();
+        let ar = api_resource(&grouped);
         assert_eq!(ar.group, "infra.example.com");
         assert_eq!(ar.version, "v1alpha1");
         assert_eq!(ar.api_version, "infra.example.com/v1alpha1");
         assert_eq!(ar.plural, "kubernetesclusters");
+        // A job whose apiVersion names another group than its record (a forged review's)
+        // still targets the object whose record it restores.
+        grouped.api_version = "other.example.com/v1".into();
+        let ar = api_resource(&grouped);
+        assert_eq!(ar.group, "infra.example.com");
+        assert_eq!(ar.api_version, "infra.example.com/v1");
     }
 
     #[test]

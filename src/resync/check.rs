@@ -35,6 +35,8 @@ pub enum Leave {
     Pending,
     /// Its record was written after the list was taken: it knows more than the list.
     NewerRecord,
+    /// It is being deleted, and its record is another incarnation's: nothing to catch up.
+    Deleting,
 }
 
 /// What resync does for one live object.
@@ -115,6 +117,9 @@ pub fn check(
         // Written while this incarnation already lived: no earlier incarnation's status, but
         // a forged review's or one planted in Redis. The object's own status replaces it.
         return record_status();
+    }
+    if live.deleting {
+        return Check::Leave(Leave::Deleting);
     }
     let record_uid = record.uid.clone();
     match policy.restore_for {
@@ -217,6 +222,7 @@ mod tests {
             Check::Leave(Leave::Disabled) => "disabled",
             Check::Leave(Leave::Pending) => "pending",
             Check::Leave(Leave::NewerRecord) => "newer record",
+            Check::Leave(Leave::Deleting) => "deleting",
             Check::CatchUp { record_uid } => {
                 assert_eq!(record_uid, "old-uid");
                 "catch up"
@@ -237,7 +243,25 @@ mod tests {
             created: None,
             ..live(None, None)
         };
+        let deleting = Live {
+            deleting: true,
+            ..live(None, None)
+        };
         let cases = [
+            (
+                "created unseen, being deleted",
+                deleting.clone(),
+                Some(&old),
+                &creators,
+                "deleting",
+            ),
+            (
+                "created unseen, being deleted, restores for status writers",
+                deleting,
+                Some(&old),
+                &writers,
+                "deleting",
+            ),
             (
                 "never recorded",
                 live(Some(&status), None),

@@ -21,6 +21,7 @@
 
 mod check;
 mod metrics;
+mod page;
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -31,8 +32,8 @@ use std::{
 
 use jiff::{SignedDuration, Timestamp};
 use kube::{
-    Api, Client, Resource, ResourceExt,
-    api::{ApiResource, DynamicObject, ListParams},
+    Client,
+    api::{ApiResource, ListParams},
     discovery,
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
@@ -44,8 +45,8 @@ pub use metrics::ResyncMetrics;
 
 use crate::{
     error::{api_status_code, error_chain},
-    limits::{StatusLimits, check_parsed},
-    policy::{Caches, GlobalPolicy, RestoreMode, status_of},
+    limits::{StatusLimits, parse_status},
+    policy::{Caches, GlobalPolicy, RestoreMode},
     store::{FailedOpen, JobKind, ObjectIdentity, RedisState, RestoreJob, Store, after_probe},
 };
 
@@ -111,6 +112,17 @@ pub struct Settings {
 /// so out of resync.
 pub const IGNORE_LABEL: &str = "restatus.io/ignore";
 
+/// Whose turn a pass is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// This replica runs it.
+    Mine,
+    /// Another replica holds its lock.
+    Theirs,
+    /// The lock could not be asked for: Redis did not answer.
+    NoRedis,
+}
+
 /// Why a pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Why {
@@ -133,6 +145,8 @@ impl Why {
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// How long the replica that runs the pass after Redis is back keeps others from running one.
 const REDIS_BACK_HOLD: Duration = Duration::from_secs(30);
+/// `SavedStatusWaiting` Events a pass publishes per type at most.
+const HELD_EVENTS_PER_TYPE: u32 = 100;
 /// A list continued after its continue token expired starts over at most this often per type.
 const LIST_RESTARTS: u32 = 3;
 /// A type is listed within this, faster than `--resync-rate` when it has too many objects for
@@ -152,6 +166,8 @@ struct Tally {
     corrected: u64,
     queued: u64,
     held: u64,
+    /// `SavedStatusWaiting` Events published.
+    held_events: u32,
 }
 
 pub struct Resync {
@@ -245,14 +261,22 @@ impl Resync {
         }
         let mut why = Why::Start;
         loop {
-            // A pass answers for every review that failed open before it.
-            self.failed_open.clear();
-            if self.take_turn(why).await {
-                tokio::select! {
-                    () = self.pass(why) => {},
-                    () = self.keep_turn(why) => {},
-                    () = shutdown.cancelled() => return,
+            match self.take_turn(why).await {
+                Turn::Mine => {
+                    // This pass answers for every review that failed open before it.
+                    self.failed_open.clear();
+                    tokio::select! {
+                        () = self.pass(why) => {},
+                        () = self.keep_turn(why) => {},
+                        () = shutdown.cancelled() => return,
+                    }
+                    self.end_turn(why).await;
                 }
+                // Another replica runs the pass after the outage: it answers for this
+                // replica's failed reviews too. A periodic pass elsewhere does not, if this
+                // replica saw an outage since: that one still runs once Redis answers.
+                Turn::Theirs if why == Why::RedisBack => self.failed_open.clear(),
+                Turn::Theirs | Turn::NoRedis => {}
             }
             let next = Instant::now() + self.settings.interval;
             why = loop {
@@ -281,30 +305,47 @@ impl Resync {
     /// know what was missed while it was away). Of the periodic passes, one replica of the
     /// cluster runs one per interval, the one that takes the lock; of the passes that catch up
     /// once Redis is back, the first replica to see it. Without Redis, none.
-    async fn take_turn(&self, why: Why) -> bool {
+    async fn take_turn(&self, why: Why) -> Turn {
         let Some((name, hold)) = self.lock_of(why) else {
-            return true;
+            return Turn::Mine;
         };
         match self
             .store
             .try_lock(name, &self.instance, hold, self.settings.redis_timeout)
             .await
         {
-            Ok(true) => true,
+            Ok(true) => Turn::Mine,
             Ok(false) => {
                 tracing::debug!(
                     reason = why.label(),
                     "another replica runs this resync pass"
                 );
-                false
+                Turn::Theirs
             }
             Err(error) => {
                 tracing::warn!(error = %error_chain(&error), "could not take the resync lock; this pass is skipped");
                 if why == Why::RedisBack {
                     self.failed_open.review_failed(true);
                 }
-                false
+                Turn::NoRedis
             }
+        }
+    }
+
+    /// Releases the lock of the pass after an outage, so that a replica whose reviews fail
+    /// open after it runs one of its own at once. The periodic lock is kept for its interval:
+    /// it is what keeps the other replicas from a periodic pass of their own.
+    async fn end_turn(&self, why: Why) {
+        if why != Why::RedisBack {
+            return;
+        }
+        if let Some((name, _)) = self.lock_of(why)
+            && let Err(error) = self
+                .store
+                .unlock(name, &self.instance, self.settings.redis_timeout)
+                .await
+        {
+            tracing::debug!(error = %error_chain(&error), "could not release the resync lock; it expires on its own");
         }
     }
 
@@ -377,7 +418,6 @@ impl Resync {
         let ar = self.resolve(tracked).await.inspect_err(|_| {
             self.metrics.error("discovery");
         })?;
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
         let hasher = RandomState::new();
         let mut seen: HashSet<u64> = HashSet::new();
         let mut tally = Tally::default();
@@ -387,14 +427,32 @@ impl Resync {
         let started = Instant::now();
         let mut rate = f64::from(self.settings.rate.max(1));
         let mut store_failures = 0;
+        let mut page_size = self.settings.page_size.max(1);
         loop {
             let params = ListParams {
-                limit: Some(self.settings.page_size),
+                limit: Some(page_size),
                 continue_token: continue_token.clone(),
                 ..ListParams::default()
             };
-            let page = match api.list(&params).await {
-                Ok(page) => page,
+            let body = match page::read(&self.client, &ar, &params, page::PAGE_BYTES).await {
+                Ok(page::Read::Body(body)) => body,
+                Ok(page::Read::TooLarge) if page_size > 1 => {
+                    page_size = (page_size / 2).max(1);
+                    tracing::info!(
+                        resource = %tracked.resource,
+                        page_size,
+                        "a page of this type is larger than {} MiB; listing it with fewer objects a page",
+                        page::PAGE_BYTES >> 20
+                    );
+                    continue;
+                }
+                Ok(page::Read::TooLarge) => {
+                    self.metrics.error("list");
+                    return Err(format!(
+                        "listing failed: one object is larger than {} MiB",
+                        page::PAGE_BYTES >> 20
+                    ));
+                }
                 // The continue token expired (compaction): start the type over.
                 Err(e) if api_status_code(&e) == Some(410) && restarts < LIST_RESTARTS => {
                     restarts += 1;
@@ -406,8 +464,15 @@ impl Resync {
                     return Err(format!("listing failed: {}", error_chain(&e)));
                 }
             };
-            for obj in &page.items {
-                let identity = identity_of(&ar, obj);
+            let page = match page::decode(&body) {
+                Ok(page) => page,
+                Err(e) => {
+                    self.metrics.error("list");
+                    return Err(format!("the list is not JSON of a list: {e}"));
+                }
+            };
+            for item in &page.items {
+                let identity = identity_of(&ar, item);
                 seen.insert(hasher.hash_one(self.store.keys().record(&identity)));
             }
             match self
@@ -423,7 +488,7 @@ impl Resync {
                 }
             }
             self.metrics.scanned(page.items.len() as u64);
-            continue_token = page.metadata.continue_.filter(|t| !t.is_empty());
+            continue_token = page.metadata.continue_token.filter(|t| !t.is_empty());
             if continue_token.is_none() {
                 break;
             }
@@ -498,7 +563,7 @@ impl Resync {
     async fn sync_page(
         &self,
         ar: &ApiResource,
-        objects: &[DynamicObject],
+        objects: &[page::Item<'_>],
         listed_at: Timestamp,
         tally: &mut Tally,
     ) -> Result<(), String> {
@@ -528,32 +593,38 @@ impl Resync {
                     continue;
                 }
             };
-            if let Some(status) = status_of(obj)
-                && let Err(error) = check_parsed(status, self.settings.status_limits)
-            {
-                self.metrics.too_large();
-                tracing::debug!(%identity, %error, "this status is not recorded");
-                continue;
-            }
+            // Parsed within the limits the webhook records under, one object at a time.
+            let status = match obj.raw_status() {
+                None => None,
+                Some(raw) => match parse_status(raw, self.settings.status_limits) {
+                    Ok(status) => Some(status),
+                    Err(error) => {
+                        self.metrics.too_large();
+                        tracing::debug!(%identity, %error, "this status is not recorded");
+                        continue;
+                    }
+                },
+            };
+            let meta = &obj.metadata;
             let resolved = self.caches.resolve(
                 &self.global,
                 &identity.group,
                 &identity.resource,
                 identity.namespace.as_deref(),
-                obj.metadata.annotations.as_ref(),
+                meta.annotations.as_ref(),
             );
             let policy = resolved.policy;
             let live = Live {
                 identity,
                 api_version: &ar.api_version,
                 kind: &ar.kind,
-                uid: obj.metadata.uid.as_deref().unwrap_or(""),
-                resource_version: obj.metadata.resource_version.as_deref().unwrap_or(""),
-                generation: obj.metadata.generation,
-                created: obj.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                annotations: obj.metadata.annotations.as_ref(),
-                deleting: obj.metadata.deletion_timestamp.is_some(),
-                status: status_of(obj),
+                uid: &meta.uid,
+                resource_version: &meta.resource_version,
+                generation: meta.generation,
+                created: obj.created(),
+                annotations: meta.annotations.as_ref(),
+                deleting: meta.deletion_timestamp.is_some(),
+                status: status.as_ref(),
             };
             match check(&live, record.as_ref(), &policy, listed_at) {
                 Check::Leave(_) => {}
@@ -609,7 +680,11 @@ impl Resync {
                 }
                 Check::Hold { .. } => {
                     tally.held += 1;
-                    if self.reported.first(live.uid) {
+                    // A bounded number of Events a type and pass, so that many held objects
+                    // neither flood the API server nor slow the pass past its list's life;
+                    // the rest are reported at later passes.
+                    if tally.held_events < HELD_EVENTS_PER_TYPE && self.reported.first(live.uid) {
+                        tally.held_events += 1;
                         self.metrics.catch_up("held");
                         tracing::info!(identity = %live.identity, "an object whose creator restatus did not see permitted has a saved status of an earlier incarnation, not restored: restores here are for status writers");
                         self.event_held(ar, obj).await;
@@ -635,7 +710,7 @@ impl Resync {
             })
     }
 
-    async fn event_held(&self, ar: &ApiResource, obj: &DynamicObject) {
+    async fn event_held(&self, ar: &ApiResource, obj: &page::Item<'_>) {
         let event = Event {
             type_: EventType::Normal,
             reason: "SavedStatusWaiting".into(),
@@ -646,9 +721,9 @@ impl Resync {
             action: "RestoreStatus".into(),
             secondary: None,
         };
-        let reference = obj.object_ref(ar);
+        let reference = obj.reference(ar);
         if let Err(e) = self.recorder.publish(&event, &reference).await {
-            tracing::warn!(object = %obj.name_any(), error = %error_chain(&e), "could not publish the SavedStatusWaiting event");
+            tracing::warn!(object = %obj.metadata.name, error = %error_chain(&e), "could not publish the SavedStatusWaiting event");
         }
     }
 }
@@ -661,12 +736,12 @@ fn pace(scanned: u64, remaining: i64, rate: u32) -> f64 {
 }
 
 /// The identity of a listed object of `ar`.
-fn identity_of(ar: &ApiResource, obj: &DynamicObject) -> ObjectIdentity {
+fn identity_of(ar: &ApiResource, obj: &page::Item<'_>) -> ObjectIdentity {
     ObjectIdentity {
         group: ar.group.clone(),
         resource: ar.plural.clone(),
         namespace: obj.metadata.namespace.clone().filter(|ns| !ns.is_empty()),
-        name: obj.name_any(),
+        name: obj.metadata.name.clone(),
     }
 }
 

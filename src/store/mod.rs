@@ -14,7 +14,7 @@ mod seal;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -156,6 +156,12 @@ struct Scan {
     cursor: u64,
 }
 
+/// How long before a resync list a record must have been written for the list to overrule it
+/// at the same resourceVersion: longer than any write takes from the webhook to storage
+/// (webhooks time out within 30 s, requests within 60 s), so a write recorded earlier either
+/// shows in the list or never landed.
+pub const RESYNC_OVERRULES_AFTER: Duration = Duration::from_secs(120);
+
 /// Compares the new status with what is stored and writes it when it is newer and different.
 /// KEYS[1] record, KEYS[2] its history; ARGV: status, digest, apiVersion, kind, uid,
 /// resourceVersion, generation, source rank, now, deleting (1/0), retention in ms, the history
@@ -170,8 +176,13 @@ struct Scan {
 /// precondition refused it). An update of an object that has a `deletionTimestamp` starts it
 /// only when it does not run. Any other write of the incarnation stops it, even with an
 /// unchanged status; of the DELETE's own resourceVersion, only resync's observation from a
-/// list taken after the DELETE was recorded (the object outlived it). The history follows the record's clock, and gains an entry whenever the
-/// status changes.
+/// list taken well after the DELETE was recorded (the object outlived it). The history
+/// follows the record's clock, and gains an entry whenever the status changes.
+///
+/// Resync's observation (`listed_at` given) overrules a record of the same uid written more
+/// than [`RESYNC_OVERRULES_AFTER`] before its list, at the same or a later resourceVersion,
+/// and replaces a record of another uid even when that one's object was deleted: resync asks
+/// for that only when the status is the live object's own (see `resync::check`).
 const RECORD_SCRIPT: &str = r#"
 local key, hist = KEYS[1], KEYS[2]
 local uid, rv, rank = ARGV[5], ARGV[6], tonumber(ARGV[8])
@@ -190,10 +201,14 @@ if cur_uid then
   if cur_uid == uid then
     local a, b = tonumber(rv), tonumber(cur_rv)
     if a and b and (a < b or (a == b and rank < (tonumber(cur_rank) or 0))) then
-      -- Unless resync lists the object after its DELETE was recorded: it did not land.
-      local refused = a == b and cur_deleted and not deleting and ARGV[16] ~= '' and cur_at
+      -- Unless resync lists the object well after the record was written (ARGV[16] is the
+      -- list's time less the margin): a write that landed would show in a later
+      -- resourceVersion, so a record of the same or a later one holds a write that never
+      -- landed (a DELETE or status write refused after restatus saw it) or that no API
+      -- server made (a forged review, a record planted in Redis). The object overrules it.
+      local overruled = not deleting and ARGV[16] ~= '' and cur_at
         and string.sub(cur_at, 1, 19) < string.sub(ARGV[16], 1, 19)
-      if not refused then return 'stale' end
+      if not overruled then return 'stale' end
     end
     local deleted = cur_deleted and true or false
     if cur_digest == ARGV[2] and deleting == deleted then
@@ -209,7 +224,9 @@ if cur_uid then
       and string.sub(cur_at, 1, 19) <= string.sub(ARGV[15], 1, 19) then
     -- RFC 3339 times compared to the second, as Record::predates does.
     return 'other:' .. cur_uid
-  elseif cur_deleted and rank == 0 then
+  elseif cur_deleted and rank == 0 and ARGV[16] == '' then
+    -- The webhook's oldObject of a new incarnation: the saved status waits for its restore.
+    -- Resync asks to record another incarnation's status only as that object's own.
     return 'stale'
   end
 end
@@ -286,15 +303,32 @@ redis.call('PERSIST', KEYS[3])
 return 1
 "#;
 
-/// Takes a lock, or keeps it for its holder. KEYS[1] lock; ARGV: holder, hold in ms. Returns 1
-/// when the holder holds it.
+/// Takes a lock, keeps it for its holder, or (hold 0) releases it if the holder has it.
+/// KEYS[1] lock; ARGV: holder, hold in ms. Returns 1 when the holder holds it (or released it).
+/// A lock without an expiry was not set by restatus (which always sets one): it is taken, so
+/// that no one who can write Redis stops the passes for good with one.
 const LOCK_SCRIPT: &str = r#"
 local cur = redis.call('GET', KEYS[1])
+local hold = tonumber(ARGV[2])
+if hold == 0 then
+  if cur == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
+  return 0
+end
 if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+  redis.call('PEXPIRE', KEYS[1], hold)
   return 1
 end
-if cur then return 0 end
+if cur and redis.call('PTTL', KEYS[1]) ~= -1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', hold)
+return 1
+"#;
+
+/// Holds a catch-up for one incarnation. KEYS[1] the hold; ARGV: the incarnation's uid, hold
+/// in ms. Returns 1 when the hold is new: absent, or held for another incarnation (whose job,
+/// if any, finds its object gone). A hold for the same uid is left as it is, so that nothing
+/// renews it but its expiry.
+const CATCH_UP_HOLD_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
 return 1
 "#;
@@ -347,6 +381,7 @@ pub struct Store {
     expire_script: Arc<Script>,
     mark_restored_script: Arc<Script>,
     lock_script: Arc<Script>,
+    catch_up_hold_script: Arc<Script>,
 }
 
 impl Store {
@@ -390,6 +425,7 @@ impl Store {
             expire_script: Arc::new(Script::new(EXPIRE_SCRIPT)),
             mark_restored_script: Arc::new(Script::new(MARK_RESTORED_SCRIPT)),
             lock_script: Arc::new(Script::new(LOCK_SCRIPT)),
+            catch_up_hold_script: Arc::new(Script::new(CATCH_UP_HOLD_SCRIPT)),
         })
     }
 
@@ -612,7 +648,18 @@ impl Store {
             .arg(self.history)
             .arg(write.restored_by.as_deref().unwrap_or(""))
             .arg(write.catch_up.map(|at| at.to_string()).unwrap_or_default())
-            .arg(write.listed_at.map(|at| at.to_string()).unwrap_or_default());
+            .arg(
+                write
+                    .listed_at
+                    .map(|at| {
+                        at.checked_sub(
+                            SignedDuration::try_from(RESYNC_OVERRULES_AFTER).unwrap_or_default(),
+                        )
+                        .unwrap_or(at)
+                        .to_string()
+                    })
+                    .unwrap_or_default(),
+            );
         let answer: String = self.send("record", &key, budget, &invocation).await?;
         let outcome = match answer.as_str() {
             "written" => WriteOutcome::Written,
@@ -874,9 +921,23 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let key = self.keys.lock(name);
         let mut invocation = self.lock_script.prepare_invoke();
-        invocation.key(&key).arg(holder).arg(millis(hold));
+        invocation.key(&key).arg(holder).arg(millis(hold).max(1));
         let held: i64 = self.send("lock", &key, budget, &invocation).await?;
         Ok(held == 1)
+    }
+
+    /// Releases the lock `name` if `holder` has it.
+    pub async fn unlock(
+        &self,
+        name: &str,
+        holder: &str,
+        budget: Duration,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.lock(name);
+        let mut invocation = self.lock_script.prepare_invoke();
+        invocation.key(&key).arg(holder).arg(0);
+        let _: i64 = self.send("lock", &key, budget, &invocation).await?;
+        Ok(())
     }
 
     /// Answers whether Redis answers within `budget`.
@@ -897,20 +958,10 @@ impl Store {
         budget: Duration,
     ) -> Result<bool, StoreError> {
         let key = self.keys.catch_up(&job.identity);
-        let set: Option<String> = self
-            .send(
-                "set",
-                &key,
-                budget,
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(uid)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(hold)),
-            )
-            .await?;
-        if set.is_none() {
+        let mut invocation = self.catch_up_hold_script.prepare_invoke();
+        invocation.key(&key).arg(uid).arg(millis(hold));
+        let set: i64 = self.send("hold", &key, budget, &invocation).await?;
+        if set == 0 {
             return Ok(false);
         }
         match self.enqueue(job, budget).await {

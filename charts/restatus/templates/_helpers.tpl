@@ -146,37 +146,74 @@ Images
 Redis
 */}}
 
-{{/* The Secret restatus reads its Redis URL from. */}}
+{{/* The Secret restatus reads an external Redis's URL from. */}}
 {{- define "restatus.redisUrlSecretName" -}}
-{{- if eq .Values.redis.mode "bundled" }}
-{{- .Values.redis.bundled.existingSecret | default (include "restatus.redisName" .) }}
-{{- else if .Values.redis.external.existingSecret }}
-{{- .Values.redis.external.existingSecret }}
-{{- else }}
-{{- include "restatus.redisName" . }}
-{{- end }}
+{{- .Values.redis.external.existingSecret | default (include "restatus.redisName" .) }}
 {{- end }}
 
-{{/* The key of the Redis URL in that Secret. */}}
+{{/* The key of the URL in that Secret. */}}
 {{- define "restatus.redisUrlSecretKey" -}}
-{{- if and (eq .Values.redis.mode "external") .Values.redis.external.existingSecret }}
+{{- if .Values.redis.external.existingSecret }}
 {{- .Values.redis.external.key }}
 {{- else }}
 {{- "url" }}
 {{- end }}
 {{- end }}
 
+{{/* The URL of the bundled Valkey: its Service; the password comes separately. */}}
+{{- define "restatus.bundledRedisUrl" -}}
+{{- printf "redis://%s.%s.svc:6379" (include "restatus.redisName" .) .Release.Namespace }}
+{{- end }}
+
 {{/*
-What the Redis connection depends on, without the password: a change rolls the restatus
-pods, which read the URL only at start. The generated password never changes, so it is left
-out (`helm template` would generate a new one each time).
+The Secret (key "password") both the bundled Valkey and restatus read Valkey's password
+from: the same reference on both sides, so that they cannot disagree.
+*/}}
+{{- define "restatus.bundledPasswordSecretName" -}}
+{{- .Values.redis.bundled.existingSecret | default (include "restatus.redisName" .) }}
+{{- end }}
+
+{{/*
+What the Redis connection depends on: a change rolls the restatus pods (and the bundled
+Valkey's), which read it only at start. A password given as a value is in it as a hash; a
+generated one never changes and is left out.
 */}}
 {{- define "restatus.redisChecksum" -}}
 {{- $r := .Values.redis }}
 {{- if eq $r.mode "bundled" }}
-{{- printf "bundled|%s|%s" (include "restatus.redisName" .) $r.bundled.existingSecret | sha256sum }}
+{{- printf "bundled|%s|%s|%s" (include "restatus.redisName" .) $r.bundled.existingSecret ($r.bundled.password | sha256sum) | sha256sum }}
 {{- else }}
-{{- printf "external|%s|%s|%s" $r.external.url $r.external.existingSecret $r.external.key | sha256sum }}
+{{- toJson $r.external | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{/*
+The restatus container's args for an external Redis: ACL user, TLS files, topology.
+*/}}
+{{- define "restatus.externalRedisArgs" -}}
+{{- $e := .Values.redis.external }}
+{{- if $e.username }}
+- {{ printf "--redis-username=%s" ($e.username) | quote }}
+{{- end }}
+{{- if or $e.tls.ca.secretName $e.tls.ca.configMapName }}
+- {{ printf "--redis-ca-file=/etc/restatus/redis-ca/%s" $e.tls.ca.key | quote }}
+{{- end }}
+{{- if $e.tls.clientCertificate.secretName }}
+- "--redis-client-cert-file=/etc/restatus/redis-client/tls.crt"
+- "--redis-client-key-file=/etc/restatus/redis-client/tls.key"
+{{- end }}
+{{- if ne $e.topology "standalone" }}
+- {{ printf "--redis-topology=%s" ($e.topology) | quote }}
+{{- end }}
+{{- if eq $e.topology "sentinel" }}
+- {{ printf "--redis-sentinel-master=%s" ($e.sentinel.masterName) | quote }}
+- {{ printf "--redis-sentinels=%s" (join "," $e.sentinel.sentinels) | quote }}
+{{- if $e.sentinel.password.existingSecret }}
+- "--redis-sentinel-password-file=/etc/restatus/redis-sentinel/password"
+{{- end }}
+{{- end }}
+{{- if and (eq $e.topology "cluster") $e.cluster.nodes }}
+- {{ printf "--redis-cluster-nodes=%s" (join "," $e.cluster.nodes) | quote }}
 {{- end }}
 {{- end }}
 
