@@ -181,6 +181,29 @@ pub enum RedisArgsError {
         "the Redis password is given twice: in --redis-password-file and in {REDIS_PASSWORD_ENV}"
     )]
     PasswordTwice,
+    #[error("could not read --redis-sentinel-password-file {path}")]
+    SentinelPasswordFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The first line of a password file.
+fn read_password(path: &std::path::Path) -> Result<String, std::io::Error> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
+/// A comma-separated list, without empty items.
+fn list(items: &[String]) -> Vec<String> {
+    items
+        .iter()
+        .flat_map(|item| item.split(','))
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 impl StoreArgs {
@@ -191,14 +214,22 @@ impl StoreArgs {
             .filter(|p| !p.is_empty());
         let from_file = match &self.redis_password_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| {
-                    RedisArgsError::PasswordFile {
+                Some(
+                    read_password(path).map_err(|source| RedisArgsError::PasswordFile {
                         path: path.display().to_string(),
                         source,
-                    }
-                })?;
-                Some(text.lines().next().unwrap_or_default().to_owned())
+                    })?,
+                )
             }
+            None => None,
+        };
+        let sentinel_password = match &self.redis_sentinel_password_file {
+            Some(path) => Some(read_password(path).map_err(|source| {
+                RedisArgsError::SentinelPasswordFile {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?),
             None => None,
         };
         let password = match (from_file, from_env) {
@@ -213,6 +244,11 @@ impl StoreArgs {
             username: self.redis_username.clone(),
             password,
             keepalive: self.redis_keepalive,
+            topology: self.redis_topology,
+            sentinels: list(&self.redis_sentinels),
+            sentinel_master: self.redis_sentinel_master.clone(),
+            sentinel_password,
+            cluster_nodes: list(&self.redis_cluster_nodes),
         })
     }
 }
@@ -441,6 +477,37 @@ pub struct StoreArgs {
     /// and connected to again (a network path that drops packets, not only one that resets).
     #[arg(long, env = "RESTATUS_REDIS_KEEPALIVE", default_value = "10s", value_parser = parse_interval)]
     pub redis_keepalive: Duration,
+
+    /// How Redis is deployed: standalone (one server, --redis-url), sentinel (a master
+    /// found through --redis-sentinels) or cluster (a Redis Cluster, seeded by
+    /// --redis-cluster-nodes or --redis-url).
+    #[arg(long, env = "RESTATUS_REDIS_TOPOLOGY", default_value = "standalone", value_parser = clap::value_parser!(crate::store::Topology))]
+    pub redis_topology: crate::store::Topology,
+
+    /// The sentinels, host:port[,host:port...] (with --redis-topology sentinel). They are
+    /// reached over TLS when --redis-url is rediss://, with the same CA and client
+    /// certificate.
+    #[arg(long, env = "RESTATUS_REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinels: Vec<String>,
+
+    /// The name the sentinels know the master by (with --redis-topology sentinel).
+    #[arg(long, env = "RESTATUS_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// A file holding the sentinels' own password (their requirepass), if they have one.
+    #[arg(long, env = "RESTATUS_REDIS_SENTINEL_PASSWORD_FILE")]
+    pub redis_sentinel_password_file: Option<PathBuf>,
+
+    /// Seed nodes of a Redis Cluster, url[,url...] (with --redis-topology cluster); without
+    /// them, --redis-url is the one seed. Each uses --redis-url's scheme and the same TLS and
+    /// ACL settings.
+    #[arg(
+        long,
+        env = "RESTATUS_REDIS_CLUSTER_NODES",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub redis_cluster_nodes: Vec<String>,
 
     /// Prefix of every key restatus writes.
     #[arg(long, env = "RESTATUS_KEY_PREFIX", default_value = "restatus", value_parser = parse_key_prefix)]
@@ -743,6 +810,40 @@ mod tests {
         assert_eq!(args.restore.restore_mode, RestoreMode::Fill);
         assert_eq!(args.restore.restore_exclude_fields.0.len(), 2);
         assert!(args.restore.restore_fields.0.is_empty());
+    }
+
+    #[test]
+    fn topology_flags_reach_the_redis_options() {
+        let args = serve(&[]).unwrap();
+        assert_eq!(
+            args.store.redis_topology,
+            crate::store::Topology::Standalone
+        );
+        let args = serve(&[
+            "--redis-topology",
+            "sentinel",
+            "--redis-sentinels",
+            "10.0.0.1:26379,10.0.0.2:26379",
+            "--redis-sentinel-master",
+            "mymaster",
+        ])
+        .unwrap();
+        let options = args.store.redis_options().unwrap();
+        assert_eq!(options.topology, crate::store::Topology::Sentinel);
+        assert_eq!(options.sentinels, ["10.0.0.1:26379", "10.0.0.2:26379"]);
+        assert_eq!(options.sentinel_master.as_deref(), Some("mymaster"));
+        let args = serve(&[
+            "--redis-topology=cluster",
+            "--redis-cluster-nodes=redis://a:7000,redis://b:7001",
+        ])
+        .unwrap();
+        let options = args.store.redis_options().unwrap();
+        assert_eq!(options.cluster_nodes, ["redis://a:7000", "redis://b:7001"]);
+        let refused = serve(&["--redis-topology", "ring"]).unwrap_err();
+        assert!(
+            refused.contains("standalone, sentinel or cluster"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -16,14 +16,14 @@ mod seal;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use jiff::{SignedDuration, Timestamp};
-use redis::{FromRedisValue, RedisError, Script, ScriptInvocation, aio::MultiplexedConnection};
+use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
 use serde_json::Value;
 use tokio::time::Instant;
 
 pub use breaker::{
     Breaker, BreakerMetrics, BreakerSettings, Circuit, DEFAULT_FAILURES, DEFAULT_PROBE_EVERY,
 };
-pub use conn::{ConnectError, RedisOptions};
+pub use conn::{ConnectError, RedisOptions, Topology};
 pub use keys::{KeySchema, ObjectIdentity};
 pub use metrics::StoreMetrics;
 pub use outage::{FailedOpen, RedisState, after_probe};
@@ -159,6 +159,16 @@ pub struct Resealed {
     pub changed: u64,
     /// Records whose status could not be opened or read: left as they are.
     pub failed: Vec<String>,
+}
+
+/// Where a SCAN over every node goes on.
+#[derive(Default)]
+struct Scan {
+    /// The nodes to scan, once known.
+    nodes: Option<Vec<conn::ScanNode>>,
+    /// The node being scanned, and where its scan goes on.
+    node: usize,
+    cursor: u64,
 }
 
 /// How long before a resync list a record must have been written for the list to overrule it
@@ -423,8 +433,10 @@ impl Store {
         keyring: Option<Arc<Keyring>>,
     ) -> Result<Self, StoreError> {
         let keys = KeySchema::new(key_prefix, cluster);
+        let conn = Arc::new(conn::Connection::new(options)?);
+        conn::Connection::watch(&conn);
         Ok(Self {
-            conn: Arc::new(conn::Connection::new(options)?),
+            conn,
             keys,
             metrics,
             keyring,
@@ -444,8 +456,10 @@ impl Store {
     /// The same store on a connection of its own (made the same way, with `options`), for
     /// bulk work that must not delay the calls on the shared one.
     pub fn with_own_connection(&self, options: &RedisOptions) -> Result<Self, StoreError> {
+        let conn = Arc::new(conn::Connection::new(options)?);
+        conn::Connection::watch(&conn);
         Ok(Self {
-            conn: Arc::new(conn::Connection::new(options)?),
+            conn,
             ..self.clone()
         })
     }
@@ -527,7 +541,7 @@ impl Store {
         f: F,
     ) -> Result<T, StoreError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(conn::Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         if let Some(breaker) = &self.breaker
@@ -581,6 +595,85 @@ impl Store {
             }
         })
         .await
+    }
+
+    /// Sends `requests` in one round trip (a pipeline) and answers each in order. On a Redis
+    /// Cluster, where a pipeline must keep to one slot, they go as separate requests at once
+    /// (the cluster connection still pipelines those bound for one node).
+    async fn send_many<'a, T: FromRedisValue>(
+        &self,
+        command: &'static str,
+        key: &str,
+        budget: Duration,
+        requests: &[Request<'a>],
+    ) -> Result<Vec<T>, StoreError> {
+        if !self.conn.is_cluster() {
+            let mut pipe = redis::pipe();
+            for request in requests {
+                match request {
+                    Request::Command(cmd) => {
+                        pipe.add_command((*cmd).clone());
+                    }
+                    Request::Pipeline(_) => {
+                        return Err(StoreError::UnexpectedAnswer {
+                            key: key.to_owned(),
+                            answer: "a pipeline within a pipeline".to_owned(),
+                        });
+                    }
+                    Request::Script(invocation) => {
+                        pipe.invoke_script(invocation);
+                    }
+                }
+            }
+            return self.send(command, key, budget, &pipe).await;
+        }
+        self.with_conn(command, key, budget, |conn| async move {
+            let calls = requests.iter().map(|request| {
+                let mut conn = conn.clone();
+                async move {
+                    match request {
+                        Request::Command(cmd) => cmd.query_async(&mut conn).await,
+                        Request::Pipeline(pipe) => pipe.query_async(&mut conn).await,
+                        Request::Script(invocation) => invocation.invoke_async(&mut conn).await,
+                    }
+                }
+            });
+            futures::future::try_join_all(calls).await
+        })
+        .await
+    }
+
+    /// The next page of the keys that match `pattern`, `None` once every node was scanned
+    /// to its end. A key may show up twice, and one written or moved (cluster slot migration)
+    /// during the scan may be missed: SCAN's own promise.
+    async fn scan_page(
+        &self,
+        scan: &mut Scan,
+        pattern: &str,
+        budget: Duration,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        if scan.nodes.is_none() {
+            let nodes = self
+                .with_conn("scan", pattern, budget, |mut conn| async move {
+                    conn.scan_nodes().await
+                })
+                .await?;
+            scan.nodes = Some(nodes);
+        }
+        let Some(node) = scan.nodes.as_ref().and_then(|n| n.get(scan.node)).cloned() else {
+            return Ok(None);
+        };
+        let cursor = scan.cursor;
+        let (next, keys) = self
+            .with_conn("scan", pattern, budget, |mut conn| async move {
+                conn.scan(&node, cursor, pattern, 1000).await
+            })
+            .await?;
+        if next == 0 {
+            scan.node += 1;
+        }
+        scan.cursor = next;
+        Ok(Some(keys))
     }
 
     /// Records a status if it is newer than and different from the stored one.
@@ -654,7 +747,7 @@ impl Store {
             &self.expire_script,
             &self.mark_restored_script,
         ];
-        let load = |mut conn: MultiplexedConnection| async move {
+        let load = |mut conn: conn::Conn| async move {
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             for script in scripts {
                 script.load_async(&mut conn).await?;
@@ -863,12 +956,14 @@ impl Store {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = identities.iter().map(|id| self.keys.record(id)).collect();
-        let mut pipe = redis::pipe();
-        for key in &keys {
-            pipe.cmd("HGETALL").arg(key);
-        }
-        let all: Vec<HashMap<String, String>> =
-            self.send("hgetall", &keys[0], budget, &pipe).await?;
+        let reads: Vec<redis::Cmd> = keys
+            .iter()
+            .map(|key| redis::cmd("HGETALL").arg(key).clone())
+            .collect();
+        let requests: Vec<Request<'_>> = reads.iter().map(Request::from).collect();
+        let all: Vec<HashMap<String, String>> = self
+            .send_many("hgetall", &keys[0], budget, &requests)
+            .await?;
         Ok(keys
             .into_iter()
             .zip(all)
@@ -958,22 +1053,9 @@ impl Store {
         budget: Duration,
     ) -> Result<u64, StoreError> {
         let pattern = self.keys.type_pattern(group, resource);
-        let mut cursor: u64 = 0;
+        let mut scan = Scan::default();
         let mut started = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .send(
-                    "scan",
-                    &pattern,
-                    budget,
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000),
-                )
-                .await?;
+        while let Some(keys) = self.scan_page(&mut scan, &pattern, budget).await? {
             for key in keys.iter().filter(|k| !seen(k)) {
                 let Some(identity) = self.keys.identity_of(key) else {
                     continue;
@@ -985,11 +1067,8 @@ impl Store {
                     started += 1;
                 }
             }
-            if next == 0 {
-                return Ok(started);
-            }
-            cursor = next;
         }
+        Ok(started)
     }
 
     /// Whether `job` is one of the live restore jobs of an object.
@@ -1089,28 +1168,16 @@ impl Store {
         let script = Script::new(RESEAL_SCRIPT);
         let pattern = self.keys.record_pattern();
         let mut done = Resealed::default();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .send(
-                    "scan",
-                    &pattern,
-                    budget,
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000),
-                )
-                .await?;
+        let mut scan = Scan::default();
+        while let Some(keys) = self.scan_page(&mut scan, &pattern, budget).await? {
             if !keys.is_empty() {
-                let mut read = redis::pipe();
-                for key in &keys {
-                    read.cmd("HGET").arg(key).arg("status");
-                }
+                let reads: Vec<redis::Cmd> = keys
+                    .iter()
+                    .map(|key| redis::cmd("HGET").arg(key).arg("status").clone())
+                    .collect();
+                let requests: Vec<Request<'_>> = reads.iter().map(Request::from).collect();
                 let stored: Vec<Option<String>> =
-                    self.send("hget", &pattern, budget, &read).await?;
+                    self.send_many("hget", &pattern, budget, &requests).await?;
                 let mut writes: Vec<(String, String, String, String)> = Vec::new();
                 for (key, stored) in keys.into_iter().zip(stored) {
                     done.scanned += 1;
@@ -1161,7 +1228,6 @@ impl Store {
                         script.load_async(&mut conn).await.map(|_| ())
                     })
                     .await?;
-                    let mut write = redis::pipe();
                     let invocations: Vec<ScriptInvocation<'_>> = writes
                         .iter()
                         .map(|(key, old, new, digest)| {
@@ -1170,10 +1236,11 @@ impl Store {
                             invocation
                         })
                         .collect();
-                    for invocation in &invocations {
-                        write.invoke_script(invocation);
-                    }
-                    let replaced: Vec<i64> = self.send("reseal", &pattern, budget, &write).await?;
+                    let requests: Vec<Request<'_>> =
+                        invocations.iter().map(Request::from).collect();
+                    let replaced: Vec<i64> = self
+                        .send_many("reseal", &pattern, budget, &requests)
+                        .await?;
                     for ((_, stored, _, _), replaced) in writes.iter().zip(replaced) {
                         if replaced == 1 {
                             count(&mut done, stored);
@@ -1184,10 +1251,6 @@ impl Store {
                 }
                 progress(&done);
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
         Ok(done)
     }

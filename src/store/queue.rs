@@ -9,12 +9,11 @@ use std::time::Duration;
 use jiff::Timestamp;
 use redis::{
     Script,
-    aio::MultiplexedConnection,
     streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply},
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ObjectIdentity, Store, StoreError};
+use super::{ObjectIdentity, Store, StoreError, conn::Conn};
 use crate::policy::RestorePolicy;
 
 /// The consumer group every replica reads the queue through.
@@ -284,9 +283,18 @@ impl Store {
             .cmd("PEXPIRE")
             .arg(&live)
             .arg(ttl_ms)
-            .ignore()
-            .add_command(self.capped_add(&key, payload));
-        let (id,): (Option<String>,) = self.send("xadd", &key, budget, &pipe).await?;
+            .ignore();
+        let add = self.capped_add(&key, payload);
+        let id: Option<String> = if self.conn.is_cluster() {
+            // The live job is in the object's slot, the queue in the cluster's: a pipeline
+            // keeps to one slot, so the live job goes first, then the job.
+            let () = self.send("hset", &live, budget, &pipe).await?;
+            self.send("xadd", &key, budget, &add).await?
+        } else {
+            pipe.add_command(add);
+            let (id,): (Option<String>,) = self.send("xadd", &key, budget, &pipe).await?;
+            id
+        };
         if let Some(id) = id {
             return Ok(id);
         }
@@ -515,18 +523,8 @@ impl Store {
     /// shared connection.
     pub async fn reader(&self, budget: Duration) -> Result<QueueReader, StoreError> {
         let key = self.keys.queue();
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(budget))
-            .set_response_timeout(None);
         let conn = self
-            .call(
-                "connect",
-                &key,
-                budget,
-                self.conn
-                    .client()
-                    .get_multiplexed_async_connection_with_config(&config),
-            )
+            .call("connect", &key, budget, self.conn.dedicated(budget))
             .await?;
         Ok(QueueReader {
             store: self.clone(),
@@ -538,7 +536,7 @@ impl Store {
 /// Reads new jobs with XREADGROUP on a dedicated connection.
 pub struct QueueReader {
     store: Store,
-    conn: MultiplexedConnection,
+    conn: Conn,
 }
 
 impl QueueReader {

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod redis;
 pub mod restatus;
 pub mod router;
+pub mod topology;
 
 use std::{
     future::Future,
