@@ -703,6 +703,17 @@ mod tests {
     }
 
     #[test]
+    fn listeners_take_ipv6_and_dual_stack_addresses() {
+        let args = serve(&["--listen", "[::]:10250", "--admin-listen", "[::1]:8080"]).unwrap();
+        assert_eq!(args.server.listen.to_string(), "[::]:10250");
+        assert_eq!(args.server.admin_listen.to_string(), "[::1]:8080");
+        assert!(
+            serve(&["--listen", ":::8443"]).is_err(),
+            "an IPv6 address needs brackets"
+        );
+    }
+
+    #[test]
     fn serve_defaults_match_the_documented_interface() {
         let args = serve(&[]).unwrap();
         assert_eq!(args.server.listen.to_string(), "0.0.0.0:8443");

@@ -895,6 +895,121 @@ fn args_of(container: &Value) -> Vec<String> {
         .collect()
 }
 
+/// restatus's own Service of a rendering (the bundled Valkey has one too).
+fn restatus_service(objects: &[Value]) -> &Value {
+    helm::of_kind(objects, "Service")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == "r-restatus")
+        .expect("the restatus Service")
+}
+
+/// The restatus pod spec of a rendering.
+fn pod_spec(objects: &[Value]) -> &Value {
+    &one(objects, "Deployment")["spec"]["template"]["spec"]
+}
+
+/// The containerPort named `name` of the restatus container.
+fn container_port(container: &Value, name: &str) -> i64 {
+    container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no port {name}"))["containerPort"]
+        .as_i64()
+        .unwrap()
+}
+
+#[test]
+fn ports_listen_addresses_and_host_network_follow_the_platform_presets() {
+    // Defaults: IPv4 on 8443 and 8080, in the pod network.
+    let objects = defaults();
+    let pod = pod_spec(&objects);
+    let args = args_of(&pod["containers"][0]);
+    assert!(
+        args.contains(&"--listen=0.0.0.0:8443".to_owned()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--admin-listen=0.0.0.0:8080".to_owned()));
+    assert!(pod.get("hostNetwork").is_none() && pod.get("dnsPolicy").is_none());
+    let service = restatus_service(&objects);
+    assert!(service["spec"].get("ipFamilyPolicy").is_none());
+
+    // GKE private: the webhook on 10250, which the control plane may reach; the Service and
+    // the webhook configuration still use 443.
+    let (objects, container) = ci_container("gke-private-values.yaml");
+    assert!(args_of(&container).contains(&"--listen=0.0.0.0:10250".to_owned()));
+    assert_eq!(container_port(&container, "https"), 10250);
+    let service = restatus_service(&objects);
+    assert_eq!(service["spec"]["ports"][0]["port"], 443);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "https");
+    let hook = one(&objects, "MutatingWebhookConfiguration");
+    assert_eq!(hook["webhooks"][0]["clientConfig"]["service"]["port"], 443);
+
+    // EKS with a custom CNI: the node's network, cluster DNS kept, ports clear of the kubelet.
+    let (objects, container) = ci_container("eks-custom-cni-values.yaml");
+    let pod = pod_spec(&objects);
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
+    let args = args_of(&container);
+    assert!(
+        args.contains(&"--listen=0.0.0.0:10260".to_owned()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--admin-listen=0.0.0.0:10261".to_owned()));
+    assert_eq!(container_port(&container, "admin"), 10261);
+    // An explicit DNS policy wins.
+    let values = helm::chart().join("ci/eks-custom-cni-values.yaml");
+    let objects = render(&["-f", values.to_str().unwrap(), "--set", "dnsPolicy=Default"]);
+    assert_eq!(pod_spec(&objects)["dnsPolicy"], "Default");
+
+    // IPv6 only and dual stack: both listeners on "::" (which takes both families).
+    let (objects, container) = ci_container("ipv6-values.yaml");
+    let args = args_of(&container);
+    assert!(args.contains(&"--listen=[::]:8443".to_owned()), "{args:?}");
+    assert!(args.contains(&"--admin-listen=[::]:8080".to_owned()));
+    let service = restatus_service(&objects);
+    assert_eq!(service["spec"]["ipFamilyPolicy"], "SingleStack");
+    assert_eq!(service["spec"]["ipFamilies"], json!(["IPv6"]));
+    let (objects, container) = ci_container("dual-stack-values.yaml");
+    assert!(args_of(&container).contains(&"--listen=[::]:8443".to_owned()));
+    assert_eq!(
+        restatus_service(&objects)["spec"]["ipFamilyPolicy"],
+        "PreferDualStack"
+    );
+    // OpenShift: no fixed user, group or fsGroup anywhere, still non-root.
+    let (objects, _) = ci_container("openshift-values.yaml");
+    let text = serde_json::to_string(&objects).unwrap();
+    for fixed in ["runAsUser", "runAsGroup", "\"fsGroup\""] {
+        assert!(!text.contains(fixed), "{fixed} is set");
+    }
+    assert_eq!(pod_spec(&objects)["securityContext"]["runAsNonRoot"], true);
+
+    // One address of its own.
+    let args = container_args(&["--set", "listenAddress=fd00::10"]);
+    assert!(
+        args.contains(&"--listen=[fd00::10]:8443".to_owned()),
+        "{args:?}"
+    );
+
+    // What cannot work is refused before anything is installed.
+    let kubelet = refused(&[
+        "--set",
+        "hostNetwork=true",
+        "--set",
+        "containerPorts.webhook=10250",
+    ]);
+    assert!(kubelet.contains("10250 is the kubelet's"), "{kubelet}");
+    let same = refused(&["--set", "containerPorts.admin=8443"]);
+    assert!(same.contains("must differ"), "{same}");
+    let address = refused(&["--set", "listenAddress=localhost"]);
+    assert!(address.contains("listenAddress"), "{address}");
+    let dns = refused(&["--set", "dnsPolicy=Cluster"]);
+    assert!(dns.contains("dnsPolicy"), "{dns}");
+    let family = refused(&["--set", "service.ipFamilies[0]=IPv5"]);
+    assert!(family.contains("ipFamilies"), "{family}");
+}
+
 #[test]
 fn an_external_redis_over_tls_with_an_acl_user_gets_its_files_mounted_read_only() {
     let (objects, container) = ci_container("external-redis-tls-values.yaml");
@@ -2570,4 +2685,38 @@ async fn the_admission_policy_lets_restatus_change_only_status_its_annotations_a
     refusal(webhooks.patch(&fullname, &pp, &json_patch(timeout)).await)
         .expect("RBAC alone lets restatus's token change its webhook");
     drop(release);
+}
+
+#[tokio::test]
+async fn the_platform_presets_install_on_the_api_server() {
+    let _serial = INSTALLING.lock().await;
+    let client = cluster::client().await;
+    // The local API server is IPv4 only: an IPv6-only Service cannot be created there, so
+    // ipv6-values.yaml is only rendered (above); its listeners are the dual-stack preset's.
+    for (values, expect) in [
+        ("gke-private-values.yaml", "--listen=0.0.0.0:10250"),
+        ("eks-custom-cni-values.yaml", "\"hostNetwork\":true"),
+        ("dual-stack-values.yaml", "--listen=[::]:8443"),
+        ("openshift-values.yaml", "\"runAsNonRoot\":true"),
+    ] {
+        let values = helm::chart().join("ci").join(values);
+        let release =
+            Release::install(&client, helm::helm(), &["-f", values.to_str().unwrap()]).await;
+        let deployment = Api::<Deployment>::namespaced(client.clone(), &release.namespace)
+            .get(&release.fullname())
+            .await
+            .unwrap();
+        let spec = serde_json::to_string(&deployment.spec).unwrap();
+        assert!(spec.contains(expect), "{}: {spec}", values.display());
+        let service = Api::<Service>::namespaced(client.clone(), &release.namespace)
+            .get(&release.fullname())
+            .await
+            .unwrap();
+        assert_eq!(
+            service.spec.unwrap().ports.unwrap()[0].port,
+            443,
+            "{}",
+            values.display()
+        );
+    }
 }
