@@ -1011,6 +1011,123 @@ fn ports_listen_addresses_and_host_network_follow_the_platform_presets() {
 }
 
 #[test]
+fn the_webhook_scope_values_narrow_it_and_label_its_configuration() {
+    let (objects, _) = ci_container("scoped-webhook-values.yaml");
+    let hook = one(&objects, "MutatingWebhookConfiguration");
+    let webhook = &hook["webhooks"][0];
+    assert_eq!(
+        webhook["objectSelector"],
+        json!({"matchLabels": {"restatus.io/track": "true"}})
+    );
+    let conditions = webhook["matchConditions"].as_array().unwrap();
+    assert_eq!(conditions.len(), 2, "the chart's own and the extra one");
+    assert_eq!(conditions[0]["name"], "skip-restatus-main-resource-writes");
+    assert_eq!(conditions[1]["name"], "skip-noisy-controller");
+    assert_eq!(
+        hook["metadata"]["labels"]["argocd.argoproj.io/instance"],
+        "restatus"
+    );
+    assert_eq!(
+        hook["metadata"]["labels"]["app.kubernetes.io/name"],
+        "restatus"
+    );
+    assert_eq!(
+        hook["metadata"]["annotations"]["admissions.enforcer/disabled"],
+        "true"
+    );
+    // cert-manager's injection annotation stays beside the extra ones.
+    let values = helm::chart().join("ci/cert-manager-values.yaml");
+    let objects = render(&[
+        "-f",
+        values.to_str().unwrap(),
+        "--set",
+        "webhook.annotations.a=b",
+    ]);
+    let annotations = &one(&objects, "MutatingWebhookConfiguration")["metadata"]["annotations"];
+    assert_eq!(annotations["a"], "b");
+    assert!(annotations["cert-manager.io/inject-ca-from"].is_string());
+
+    // Defaults: no objectSelector, one matchCondition, no annotations.
+    let defaults = defaults();
+    let hook = one(&defaults, "MutatingWebhookConfiguration");
+    assert!(hook["webhooks"][0].get("objectSelector").is_none());
+    assert_eq!(
+        hook["webhooks"][0]["matchConditions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(hook["metadata"].get("annotations").is_none());
+
+    // The chart's own condition cannot be shadowed, and a condition needs an expression.
+    refused(&[
+        "--set",
+        "webhook.matchConditions[0].name=skip-restatus-main-resource-writes",
+        "--set",
+        "webhook.matchConditions[0].expression=true",
+    ]);
+    let missing = refused(&["--set", "webhook.matchConditions[0].name=x"]);
+    assert!(missing.contains("expression"), "{missing}");
+}
+
+#[test]
+fn a_budget_that_blocks_every_drain_is_refused() {
+    let zero = refused(&["--set", "podDisruptionBudget.maxUnavailable=0"]);
+    assert!(
+        zero.contains("/podDisruptionBudget/maxUnavailable"),
+        "{zero}"
+    );
+    let percent = refused(&["--set", "podDisruptionBudget.maxUnavailable=0%"]);
+    assert!(
+        percent.contains("/podDisruptionBudget/maxUnavailable"),
+        "{percent}"
+    );
+    // Both set (minAvailable keeps its default of 1).
+    let both = refused(&["--set", "podDisruptionBudget.maxUnavailable=1"]);
+    assert!(both.contains("/podDisruptionBudget"), "{both}");
+    let all = refused(&["--set", "podDisruptionBudget.minAvailable=2"]);
+    assert!(all.contains("no drain could ever evict"), "{all}");
+
+    let objects = render(&[
+        "--set",
+        "podDisruptionBudget.minAvailable=",
+        "--set",
+        "podDisruptionBudget.maxUnavailable=1",
+    ]);
+    let spec = &one(&objects, "PodDisruptionBudget")["spec"];
+    assert_eq!(spec["maxUnavailable"], 1);
+    assert!(spec.get("minAvailable").is_none());
+    let objects = render(&["--set", "podDisruptionBudget.minAvailable=50%"]);
+    assert_eq!(
+        one(&objects, "PodDisruptionBudget")["spec"]["minAvailable"],
+        "50%"
+    );
+}
+
+#[test]
+fn cert_manager_certificates_carry_no_common_name_that_could_pass_64_bytes() {
+    let values = helm::chart().join("ci/cert-manager-values.yaml");
+    let long = "n".repeat(53);
+    let objects = helm::template(
+        &long,
+        &"s".repeat(63),
+        &offline(&["-f", values.to_str().unwrap()]),
+    );
+    let certificates = helm::of_kind(&objects, "Certificate");
+    assert_eq!(certificates.len(), 2, "the CA and the serving certificate");
+    for certificate in certificates {
+        let spec = &certificate["spec"];
+        if spec["isCA"] == true {
+            assert!(spec["commonName"].as_str().unwrap().len() <= 64, "{spec}");
+        } else {
+            assert!(spec.get("commonName").is_none(), "{spec}");
+            assert!(spec["dnsNames"][0].as_str().unwrap().len() > 64);
+        }
+    }
+}
+
+#[test]
 fn an_external_redis_over_tls_with_an_acl_user_gets_its_files_mounted_read_only() {
     let (objects, container) = ci_container("external-redis-tls-values.yaml");
     let args = args_of(&container);
@@ -2688,7 +2805,7 @@ async fn the_admission_policy_lets_restatus_change_only_status_its_annotations_a
 }
 
 #[tokio::test]
-async fn the_platform_presets_install_on_the_api_server() {
+async fn the_platform_presets_and_a_scoped_webhook_install_on_the_api_server() {
     let _serial = INSTALLING.lock().await;
     let client = cluster::client().await;
     // The local API server is IPv4 only: an IPv6-only Service cannot be created there, so
@@ -2698,6 +2815,7 @@ async fn the_platform_presets_install_on_the_api_server() {
         ("eks-custom-cni-values.yaml", "\"hostNetwork\":true"),
         ("dual-stack-values.yaml", "--listen=[::]:8443"),
         ("openshift-values.yaml", "\"runAsNonRoot\":true"),
+        ("scoped-webhook-values.yaml", "--listen=0.0.0.0:8443"),
     ] {
         let values = helm::chart().join("ci").join(values);
         let release =
