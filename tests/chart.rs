@@ -593,6 +593,21 @@ fn the_alerts_of_the_docs_ship_as_a_prometheus_rule_for_the_charts_job() {
         helm::of_kind(&defaults(), "PrometheusRule").is_empty(),
         "off by default"
     );
+    // Knowing that the API server calls restatus: the alerts on the last review, and the
+    // status line every replica logs.
+    for alert in ["RestatusNoReviews", "RestatusWritesNotSeen"] {
+        assert!(block.contains(&format!("- alert: {alert}\n")), "{alert}");
+    }
+    let args = container_args(&[]);
+    assert!(
+        args.contains(&"--status-log-interval=5m".to_owned()),
+        "{args:?}"
+    );
+    let args = container_args(&["--set", "config.statusLogInterval=0s"]);
+    assert!(
+        args.contains(&"--status-log-interval=0s".to_owned()),
+        "{args:?}"
+    );
     let objects = render(&["--set", "prometheusRule.enabled=true"]);
     let rule = one(&objects, "PrometheusRule");
     let alerts = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
