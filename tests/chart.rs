@@ -2853,3 +2853,133 @@ async fn the_platform_presets_and_a_scoped_webhook_install_on_the_api_server() {
         );
     }
 }
+
+/// The descriptions of values.yaml: the comment lines right above each key, by dotted path
+/// (keys inside list items are not values of their own).
+fn value_comments(values_yaml: &str) -> BTreeMap<String, String> {
+    let mut comments = BTreeMap::new();
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut pending: Vec<String> = Vec::new();
+    for line in values_yaml.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if let Some(comment) = trimmed.strip_prefix('#') {
+            pending.push(comment.trim().to_owned());
+            continue;
+        }
+        let key = trimmed
+            .split_once(':')
+            .map(|(k, _)| k)
+            .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        let Some(key) = key else {
+            pending.clear();
+            continue;
+        };
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key.to_owned()));
+        let path: Vec<&str> = stack.iter().map(|(_, k)| k.as_str()).collect();
+        comments.insert(path.join("."), pending.join(" "));
+        pending.clear();
+    }
+    comments
+}
+
+/// The values table of the chart README, helm-docs style: every value of values.yaml with
+/// its type, default and the comment above it.
+fn values_table() -> String {
+    let text = std::fs::read_to_string(helm::chart().join("values.yaml")).unwrap();
+    let values: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut paths = BTreeSet::new();
+    leaves("", &values, &mut paths);
+    let comments = value_comments(&text);
+    let mut table = String::from(
+        "| Key | Type | Default | Description |\n|-----|------|---------|-------------|\n",
+    );
+    // In the order of values.yaml, not alphabetical.
+    let mut ordered: Vec<&String> = paths.iter().collect();
+    let order: Vec<String> = {
+        let mut seen = Vec::new();
+        let mut stack: Vec<(usize, String)> = Vec::new();
+        for line in text.lines() {
+            let trimmed = line.trim_start();
+            let indent = line.len() - trimmed.len();
+            if trimmed.starts_with('#') || trimmed.starts_with('-') {
+                continue;
+            }
+            let Some((key, _)) = trimmed.split_once(':') else {
+                continue;
+            };
+            while stack.last().is_some_and(|(i, _)| *i >= indent) {
+                stack.pop();
+            }
+            stack.push((indent, key.to_owned()));
+            seen.push(
+                stack
+                    .iter()
+                    .map(|(_, k)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join("."),
+            );
+        }
+        seen
+    };
+    ordered.sort_by_key(|p| order.iter().position(|o| o == *p).unwrap_or(usize::MAX));
+    for path in ordered {
+        let mut value = &values;
+        for key in path.split('.') {
+            value = &value[key];
+        }
+        let kind = match value {
+            serde_yaml::Value::Bool(_) => "bool",
+            serde_yaml::Value::Number(n) if n.is_f64() => "float",
+            serde_yaml::Value::Number(_) => "int",
+            serde_yaml::Value::String(_) => "string",
+            serde_yaml::Value::Sequence(_) => "list",
+            _ => "object",
+        };
+        let default =
+            serde_json::to_string(&serde_yaml::from_value::<Value>(value.clone()).unwrap())
+                .unwrap()
+                .replace('|', "\\|");
+        let description = comments
+            .get(path)
+            .map(String::as_str)
+            .unwrap_or("")
+            .replace('|', "\\|")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        table.push_str(&format!(
+            "| `{path}` | {kind} | `{default}` | {description} |\n"
+        ));
+    }
+    table
+}
+
+#[test]
+fn the_chart_readme_lists_every_value_as_values_yaml_describes_it() {
+    let readme_path = helm::chart().join("README.md");
+    let readme = std::fs::read_to_string(&readme_path).unwrap();
+    let (start, end) = ("<!-- values:start -->\n", "<!-- values:end -->");
+    let (head, rest) = readme
+        .split_once(start)
+        .expect("the values table's start marker");
+    let (_, tail) = rest.split_once(end).expect("the values table's end marker");
+    let table = values_table();
+    let generated = format!("{head}{start}{table}{end}{tail}");
+    if std::env::var_os("RESTATUS_UPDATE_CHART_README").is_some() {
+        std::fs::write(&readme_path, &generated).unwrap();
+        return;
+    }
+    assert!(
+        generated == readme,
+        "charts/restatus/README.md's values table is out of step with values.yaml; \
+         regenerate it with RESTATUS_UPDATE_CHART_README=1 cargo test --test chart \
+         the_chart_readme_lists_every_value"
+    );
+    // Every value has a description.
+    for line in table.lines().skip(2) {
+        assert!(!line.ends_with("|  |"), "no comment above {line}");
+    }
+}
