@@ -2983,3 +2983,34 @@ fn the_chart_readme_lists_every_value_as_values_yaml_describes_it() {
         assert!(!line.ends_with("|  |"), "no comment above {line}");
     }
 }
+
+#[test]
+fn the_alert_rules_pass_their_promtool_tests() {
+    support::run_build_script("hack/promtool/build.sh");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let promtool = root.join("target/promtool/promtool");
+    let rules = root.join("charts/restatus/alerts/restatus.yaml");
+    let check = std::process::Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "promtool check rules:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let tests = root.join("tests/alerts/restatus.test.yaml");
+    let out = std::process::Command::new(&promtool)
+        .args(["test", "rules"])
+        .arg(&tests)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool test rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
