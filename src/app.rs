@@ -22,6 +22,7 @@ use kube::{
     config::KubeConfigOptions,
     runtime::events::{Recorder, Reporter},
 };
+use prometheus_client::registry::Registry;
 use tokio::{
     net::TcpListener,
     task::{Id, JoinSet},
@@ -122,6 +123,8 @@ pub struct App {
     /// The admission path's circuit breaker, and the store its probe asks Redis through.
     breaker: (Arc<Breaker>, Store),
     grace: Duration,
+    /// The status line's registry and interval (`--status-log-interval`), when it is on.
+    status_line: Option<(Arc<Registry>, Duration)>,
 }
 
 /// How long the start waits for Redis to answer before serving without it.
@@ -494,13 +497,16 @@ impl App {
             limits: listener_limits(&args.server),
             metrics: server_metrics,
         };
+        let registry = Arc::new(registry);
+        let status_line = (!args.log.status_log_interval.is_zero())
+            .then(|| (registry.clone(), args.log.status_log_interval));
         Ok(Self {
             webhook_listener,
             admin_listener,
             webhook,
             client_ca,
             admin: server::admin_router(
-                Arc::new(registry),
+                registry,
                 vec![
                     ("the webhook listener is not serving", {
                         let ready = ready.clone();
@@ -521,6 +527,7 @@ impl App {
             resync,
             breaker: (breaker, store_for_probe),
             grace: args.server.shutdown_grace,
+            status_line,
         })
     }
 
@@ -566,6 +573,11 @@ impl App {
             Certificates::SelfManaged(manager) => {
                 tasks.spawn_until_shutdown("the certificate manager", |stop| manager.run(stop));
             }
+        }
+        if let Some((registry, every)) = self.status_line {
+            tasks.spawn_until_shutdown("the status line", |stop| {
+                telemetry::status_lines(registry, every, stop)
+            });
         }
         if let Some(tls) = self.client_ca {
             tasks.spawn_until_shutdown("the client CA reloader", |stop| tls.watch(stop));

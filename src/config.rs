@@ -691,6 +691,11 @@ pub struct LogArgs {
     /// Log filter in tracing's EnvFilter syntax (e.g. `info`, `restatus=debug,info`).
     #[arg(long, env = "RESTATUS_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Interval of the status line: reviews received, records written and restores done
+    /// since the line before, logged whether or not restatus is ready. `0` turns it off.
+    #[arg(long, env = "RESTATUS_STATUS_LOG_INTERVAL", default_value = "5m", value_parser = parse_optional_duration)]
+    pub status_log_interval: Duration,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -710,6 +715,14 @@ pub struct CertsArgs {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// A duration where `0` (with or without a unit) means off.
+fn parse_optional_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
 }
 
 /// A duration that must not be zero: an interval or a validity.
@@ -790,6 +803,30 @@ mod tests {
     #[test]
     fn command_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_status_line_runs_every_five_minutes_unless_turned_off() {
+        let every = |flags: &[&str]| serve(flags).unwrap().log.status_log_interval;
+        assert_eq!(every(&[]), Duration::from_secs(300));
+        assert_eq!(
+            every(&["--status-log-interval", "30s"]),
+            Duration::from_secs(30)
+        );
+        assert_eq!(every(&["--status-log-interval", "0"]), Duration::ZERO);
+        assert_eq!(every(&["--status-log-interval", "0s"]), Duration::ZERO);
+        assert!(serve(&["--status-log-interval", "soon"]).is_err());
+    }
+
+    #[test]
+    fn listeners_take_ipv6_and_dual_stack_addresses() {
+        let args = serve(&["--listen", "[::]:10250", "--admin-listen", "[::1]:8080"]).unwrap();
+        assert_eq!(args.server.listen.to_string(), "[::]:10250");
+        assert_eq!(args.server.admin_listen.to_string(), "[::1]:8080");
+        assert!(
+            serve(&["--listen", ":::8443"]).is_err(),
+            "an IPv6 address needs brackets"
+        );
     }
 
     #[test]

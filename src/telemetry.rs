@@ -98,6 +98,119 @@ pub fn encode(registry: &Registry) -> String {
     out
 }
 
+/// What restatus has done, read from its own metrics: the totals a status line compares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Admission reviews answered (`restatus_admission_requests_total`, every label).
+    pub reviews: u64,
+    /// Status records written (`restatus_records_written_total`).
+    pub records: u64,
+    /// Restores done (`restatus_restores_total`, outcomes `restored` and `caught_up`).
+    pub restores: u64,
+    /// Unix time of the last review answered; 0 before the first.
+    pub last_review: i64,
+}
+
+impl Activity {
+    /// The totals in `registry` now.
+    pub fn read(registry: &Registry) -> Self {
+        Self::parse(&encode(registry))
+    }
+
+    /// The totals in an OpenMetrics text exposition.
+    fn parse(text: &str) -> Self {
+        let mut activity = Self::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            // Counters and the timestamp are whole numbers.
+            let whole = value as u64;
+            match name {
+                "restatus_admission_requests_total" => activity.reviews += whole,
+                "restatus_records_written_total" => activity.records += whole,
+                "restatus_restores_total"
+                    if labels.contains("outcome=\"restored\"")
+                        || labels.contains("outcome=\"caught_up\"") =>
+                {
+                    activity.restores += whole
+                }
+                "restatus_admission_last_review_timestamp_seconds" => {
+                    activity.last_review = value as i64;
+                }
+                _ => {}
+            }
+        }
+        activity
+    }
+
+    /// What was done since `earlier` (the last review stays this one's).
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            reviews: self.reviews.saturating_sub(earlier.reviews),
+            records: self.records.saturating_sub(earlier.records),
+            restores: self.restores.saturating_sub(earlier.restores),
+            last_review: self.last_review,
+        }
+    }
+}
+
+/// Logs a status line every `interval` until `stop`: reviews received, records written and
+/// restores done since the line before, and when the last review came. It does not depend on
+/// readiness or on Redis: a replica that the API server no longer calls says so in its logs.
+pub async fn status_lines(
+    registry: std::sync::Arc<Registry>,
+    interval: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut earlier = Activity::read(&registry);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let now = Activity::read(&registry);
+        let done = now.since(&earlier);
+        earlier = now;
+        let seconds = interval.as_secs();
+        if done.last_review == 0 {
+            tracing::info!(
+                reviews = done.reviews,
+                records = done.records,
+                restores = done.restores,
+                interval_seconds = seconds,
+                "status: no admission review received since start"
+            );
+        } else {
+            let ago = unix_seconds().saturating_sub(done.last_review);
+            tracing::info!(
+                reviews = done.reviews,
+                records = done.records,
+                restores = done.restores,
+                last_review_seconds_ago = ago,
+                interval_seconds = seconds,
+                "status: {} reviews received, {} records written, {} restores done in the last {seconds}s",
+                done.reviews,
+                done.records,
+                done.restores,
+            );
+        }
+    }
+}
+
+/// Seconds since the Unix epoch; 0 on a clock set before it.
+pub fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// What a metric group's module uses, in one import: `use crate::telemetry::group::*;`.
 pub(crate) mod group {
     pub(crate) use prometheus_client::{
@@ -257,6 +370,57 @@ pub fn registered<G>(register: fn(&mut Registry) -> G) -> (Registry, G) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn activity_sums_reviews_records_and_restores_done() {
+        let text = "\
+# TYPE restatus_admission_requests counter
+restatus_admission_requests_total{operation=\"UPDATE\",outcome=\"recorded\"} 7
+restatus_admission_requests_total{operation=\"CREATE\",outcome=\"no_record\"} 3
+restatus_admission_last_review_timestamp_seconds 1764675000
+restatus_records_written_total 9
+restatus_restores_total{outcome=\"restored\"} 2
+restatus_restores_total{outcome=\"caught_up\"} 1
+restatus_restores_total{outcome=\"expired\"} 4
+restatus_records_skipped_total 5
+# EOF
+";
+        let activity = Activity::parse(text);
+        assert_eq!(
+            activity,
+            Activity {
+                reviews: 10,
+                records: 9,
+                restores: 3,
+                last_review: 1_764_675_000,
+            }
+        );
+        let earlier = Activity {
+            reviews: 4,
+            records: 9,
+            restores: 5,
+            last_review: 1,
+        };
+        assert_eq!(
+            activity.since(&earlier),
+            Activity {
+                reviews: 6,
+                records: 0,
+                restores: 0,
+                last_review: 1_764_675_000,
+            },
+            "counters that went back (another process) count as none"
+        );
+    }
+
+    #[test]
+    fn activity_reads_the_registry_it_is_given() {
+        let mut registry = registry();
+        let counter = Counter::<u64>::default();
+        registry.register("records_written", "Records", counter.clone());
+        counter.inc_by(4);
+        assert_eq!(Activity::read(&registry).records, 4);
+    }
 
     #[test]
     fn encodes_prometheus_text_with_the_prefix() {

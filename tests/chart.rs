@@ -593,6 +593,21 @@ fn the_alerts_of_the_docs_ship_as_a_prometheus_rule_for_the_charts_job() {
         helm::of_kind(&defaults(), "PrometheusRule").is_empty(),
         "off by default"
     );
+    // Knowing that the API server calls restatus: the alerts on the last review, and the
+    // status line every replica logs.
+    for alert in ["RestatusNoReviews", "RestatusWritesNotSeen"] {
+        assert!(block.contains(&format!("- alert: {alert}\n")), "{alert}");
+    }
+    let args = container_args(&[]);
+    assert!(
+        args.contains(&"--status-log-interval=5m".to_owned()),
+        "{args:?}"
+    );
+    let args = container_args(&["--set", "config.statusLogInterval=0s"]);
+    assert!(
+        args.contains(&"--status-log-interval=0s".to_owned()),
+        "{args:?}"
+    );
     let objects = render(&["--set", "prometheusRule.enabled=true"]);
     let rule = one(&objects, "PrometheusRule");
     let alerts = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
@@ -893,6 +908,238 @@ fn args_of(container: &Value) -> Vec<String> {
         .iter()
         .map(|a| a.as_str().unwrap().to_owned())
         .collect()
+}
+
+/// restatus's own Service of a rendering (the bundled Valkey has one too).
+fn restatus_service(objects: &[Value]) -> &Value {
+    helm::of_kind(objects, "Service")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == "r-restatus")
+        .expect("the restatus Service")
+}
+
+/// The restatus pod spec of a rendering.
+fn pod_spec(objects: &[Value]) -> &Value {
+    &one(objects, "Deployment")["spec"]["template"]["spec"]
+}
+
+/// The containerPort named `name` of the restatus container.
+fn container_port(container: &Value, name: &str) -> i64 {
+    container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no port {name}"))["containerPort"]
+        .as_i64()
+        .unwrap()
+}
+
+#[test]
+fn ports_listen_addresses_and_host_network_follow_the_platform_presets() {
+    // Defaults: IPv4 on 8443 and 8080, in the pod network.
+    let objects = defaults();
+    let pod = pod_spec(&objects);
+    let args = args_of(&pod["containers"][0]);
+    assert!(
+        args.contains(&"--listen=0.0.0.0:8443".to_owned()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--admin-listen=0.0.0.0:8080".to_owned()));
+    assert!(pod.get("hostNetwork").is_none() && pod.get("dnsPolicy").is_none());
+    let service = restatus_service(&objects);
+    assert!(service["spec"].get("ipFamilyPolicy").is_none());
+
+    // GKE private: the webhook on 10250, which the control plane may reach; the Service and
+    // the webhook configuration still use 443.
+    let (objects, container) = ci_container("gke-private-values.yaml");
+    assert!(args_of(&container).contains(&"--listen=0.0.0.0:10250".to_owned()));
+    assert_eq!(container_port(&container, "https"), 10250);
+    let service = restatus_service(&objects);
+    assert_eq!(service["spec"]["ports"][0]["port"], 443);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "https");
+    let hook = one(&objects, "MutatingWebhookConfiguration");
+    assert_eq!(hook["webhooks"][0]["clientConfig"]["service"]["port"], 443);
+
+    // EKS with a custom CNI: the node's network, cluster DNS kept, ports clear of the kubelet.
+    let (objects, container) = ci_container("eks-custom-cni-values.yaml");
+    let pod = pod_spec(&objects);
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
+    let args = args_of(&container);
+    assert!(
+        args.contains(&"--listen=0.0.0.0:10260".to_owned()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--admin-listen=0.0.0.0:10261".to_owned()));
+    assert_eq!(container_port(&container, "admin"), 10261);
+    // An explicit DNS policy wins.
+    let values = helm::chart().join("ci/eks-custom-cni-values.yaml");
+    let objects = render(&["-f", values.to_str().unwrap(), "--set", "dnsPolicy=Default"]);
+    assert_eq!(pod_spec(&objects)["dnsPolicy"], "Default");
+
+    // IPv6 only and dual stack: both listeners on "::" (which takes both families).
+    let (objects, container) = ci_container("ipv6-values.yaml");
+    let args = args_of(&container);
+    assert!(args.contains(&"--listen=[::]:8443".to_owned()), "{args:?}");
+    assert!(args.contains(&"--admin-listen=[::]:8080".to_owned()));
+    let service = restatus_service(&objects);
+    assert_eq!(service["spec"]["ipFamilyPolicy"], "SingleStack");
+    assert_eq!(service["spec"]["ipFamilies"], json!(["IPv6"]));
+    let (objects, container) = ci_container("dual-stack-values.yaml");
+    assert!(args_of(&container).contains(&"--listen=[::]:8443".to_owned()));
+    assert_eq!(
+        restatus_service(&objects)["spec"]["ipFamilyPolicy"],
+        "PreferDualStack"
+    );
+    // OpenShift: no fixed user, group or fsGroup anywhere, still non-root.
+    let (objects, _) = ci_container("openshift-values.yaml");
+    let text = serde_json::to_string(&objects).unwrap();
+    for fixed in ["runAsUser", "runAsGroup", "\"fsGroup\""] {
+        assert!(!text.contains(fixed), "{fixed} is set");
+    }
+    assert_eq!(pod_spec(&objects)["securityContext"]["runAsNonRoot"], true);
+
+    // One address of its own.
+    let args = container_args(&["--set", "listenAddress=fd00::10"]);
+    assert!(
+        args.contains(&"--listen=[fd00::10]:8443".to_owned()),
+        "{args:?}"
+    );
+
+    // What cannot work is refused before anything is installed.
+    let kubelet = refused(&[
+        "--set",
+        "hostNetwork=true",
+        "--set",
+        "containerPorts.webhook=10250",
+    ]);
+    assert!(kubelet.contains("10250 is the kubelet's"), "{kubelet}");
+    let same = refused(&["--set", "containerPorts.admin=8443"]);
+    assert!(same.contains("must differ"), "{same}");
+    let address = refused(&["--set", "listenAddress=localhost"]);
+    assert!(address.contains("listenAddress"), "{address}");
+    let dns = refused(&["--set", "dnsPolicy=Cluster"]);
+    assert!(dns.contains("dnsPolicy"), "{dns}");
+    let family = refused(&["--set", "service.ipFamilies[0]=IPv5"]);
+    assert!(family.contains("ipFamilies"), "{family}");
+}
+
+#[test]
+fn the_webhook_scope_values_narrow_it_and_label_its_configuration() {
+    let (objects, _) = ci_container("scoped-webhook-values.yaml");
+    let hook = one(&objects, "MutatingWebhookConfiguration");
+    let webhook = &hook["webhooks"][0];
+    assert_eq!(
+        webhook["objectSelector"],
+        json!({"matchLabels": {"restatus.io/track": "true"}})
+    );
+    let conditions = webhook["matchConditions"].as_array().unwrap();
+    assert_eq!(conditions.len(), 2, "the chart's own and the extra one");
+    assert_eq!(conditions[0]["name"], "skip-restatus-main-resource-writes");
+    assert_eq!(conditions[1]["name"], "skip-noisy-controller");
+    assert_eq!(
+        hook["metadata"]["labels"]["argocd.argoproj.io/instance"],
+        "restatus"
+    );
+    assert_eq!(
+        hook["metadata"]["labels"]["app.kubernetes.io/name"],
+        "restatus"
+    );
+    assert_eq!(
+        hook["metadata"]["annotations"]["admissions.enforcer/disabled"],
+        "true"
+    );
+    // cert-manager's injection annotation stays beside the extra ones.
+    let values = helm::chart().join("ci/cert-manager-values.yaml");
+    let objects = render(&[
+        "-f",
+        values.to_str().unwrap(),
+        "--set",
+        "webhook.annotations.a=b",
+    ]);
+    let annotations = &one(&objects, "MutatingWebhookConfiguration")["metadata"]["annotations"];
+    assert_eq!(annotations["a"], "b");
+    assert!(annotations["cert-manager.io/inject-ca-from"].is_string());
+
+    // Defaults: no objectSelector, one matchCondition, no annotations.
+    let defaults = defaults();
+    let hook = one(&defaults, "MutatingWebhookConfiguration");
+    assert!(hook["webhooks"][0].get("objectSelector").is_none());
+    assert_eq!(
+        hook["webhooks"][0]["matchConditions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(hook["metadata"].get("annotations").is_none());
+
+    // The chart's own condition cannot be shadowed, and a condition needs an expression.
+    refused(&[
+        "--set",
+        "webhook.matchConditions[0].name=skip-restatus-main-resource-writes",
+        "--set",
+        "webhook.matchConditions[0].expression=true",
+    ]);
+    let missing = refused(&["--set", "webhook.matchConditions[0].name=x"]);
+    assert!(missing.contains("expression"), "{missing}");
+}
+
+#[test]
+fn a_budget_that_blocks_every_drain_is_refused() {
+    let zero = refused(&["--set", "podDisruptionBudget.maxUnavailable=0"]);
+    assert!(
+        zero.contains("/podDisruptionBudget/maxUnavailable"),
+        "{zero}"
+    );
+    let percent = refused(&["--set", "podDisruptionBudget.maxUnavailable=0%"]);
+    assert!(
+        percent.contains("/podDisruptionBudget/maxUnavailable"),
+        "{percent}"
+    );
+    // Both set (minAvailable keeps its default of 1).
+    let both = refused(&["--set", "podDisruptionBudget.maxUnavailable=1"]);
+    assert!(both.contains("/podDisruptionBudget"), "{both}");
+    let all = refused(&["--set", "podDisruptionBudget.minAvailable=2"]);
+    assert!(all.contains("no drain could ever evict"), "{all}");
+
+    let objects = render(&[
+        "--set",
+        "podDisruptionBudget.minAvailable=",
+        "--set",
+        "podDisruptionBudget.maxUnavailable=1",
+    ]);
+    let spec = &one(&objects, "PodDisruptionBudget")["spec"];
+    assert_eq!(spec["maxUnavailable"], 1);
+    assert!(spec.get("minAvailable").is_none());
+    let objects = render(&["--set", "podDisruptionBudget.minAvailable=50%"]);
+    assert_eq!(
+        one(&objects, "PodDisruptionBudget")["spec"]["minAvailable"],
+        "50%"
+    );
+}
+
+#[test]
+fn cert_manager_certificates_carry_no_common_name_that_could_pass_64_bytes() {
+    let values = helm::chart().join("ci/cert-manager-values.yaml");
+    let long = "n".repeat(53);
+    let objects = helm::template(
+        &long,
+        &"s".repeat(63),
+        &offline(&["-f", values.to_str().unwrap()]),
+    );
+    let certificates = helm::of_kind(&objects, "Certificate");
+    assert_eq!(certificates.len(), 2, "the CA and the serving certificate");
+    for certificate in certificates {
+        let spec = &certificate["spec"];
+        if spec["isCA"] == true {
+            assert!(spec["commonName"].as_str().unwrap().len() <= 64, "{spec}");
+        } else {
+            assert!(spec.get("commonName").is_none(), "{spec}");
+            assert!(spec["dnsNames"][0].as_str().unwrap().len() > 64);
+        }
+    }
 }
 
 #[test]
@@ -2570,4 +2817,200 @@ async fn the_admission_policy_lets_restatus_change_only_status_its_annotations_a
     refusal(webhooks.patch(&fullname, &pp, &json_patch(timeout)).await)
         .expect("RBAC alone lets restatus's token change its webhook");
     drop(release);
+}
+
+#[tokio::test]
+async fn the_platform_presets_and_a_scoped_webhook_install_on_the_api_server() {
+    let _serial = INSTALLING.lock().await;
+    let client = cluster::client().await;
+    // The local API server is IPv4 only: an IPv6-only Service cannot be created there, so
+    // ipv6-values.yaml is only rendered (above); its listeners are the dual-stack preset's.
+    for (values, expect) in [
+        ("gke-private-values.yaml", "--listen=0.0.0.0:10250"),
+        ("eks-custom-cni-values.yaml", "\"hostNetwork\":true"),
+        ("dual-stack-values.yaml", "--listen=[::]:8443"),
+        ("openshift-values.yaml", "\"runAsNonRoot\":true"),
+        ("scoped-webhook-values.yaml", "--listen=0.0.0.0:8443"),
+    ] {
+        let values = helm::chart().join("ci").join(values);
+        let release =
+            Release::install(&client, helm::helm(), &["-f", values.to_str().unwrap()]).await;
+        let deployment = Api::<Deployment>::namespaced(client.clone(), &release.namespace)
+            .get(&release.fullname())
+            .await
+            .unwrap();
+        let spec = serde_json::to_string(&deployment.spec).unwrap();
+        assert!(spec.contains(expect), "{}: {spec}", values.display());
+        let service = Api::<Service>::namespaced(client.clone(), &release.namespace)
+            .get(&release.fullname())
+            .await
+            .unwrap();
+        assert_eq!(
+            service.spec.unwrap().ports.unwrap()[0].port,
+            443,
+            "{}",
+            values.display()
+        );
+    }
+}
+
+/// The descriptions of values.yaml: the comment lines right above each key, by dotted path
+/// (keys inside list items are not values of their own).
+fn value_comments(values_yaml: &str) -> BTreeMap<String, String> {
+    let mut comments = BTreeMap::new();
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut pending: Vec<String> = Vec::new();
+    for line in values_yaml.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if let Some(comment) = trimmed.strip_prefix('#') {
+            pending.push(comment.trim().to_owned());
+            continue;
+        }
+        let key = trimmed
+            .split_once(':')
+            .map(|(k, _)| k)
+            .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        let Some(key) = key else {
+            pending.clear();
+            continue;
+        };
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key.to_owned()));
+        let path: Vec<&str> = stack.iter().map(|(_, k)| k.as_str()).collect();
+        comments.insert(path.join("."), pending.join(" "));
+        pending.clear();
+    }
+    comments
+}
+
+/// The values table of the chart README, helm-docs style: every value of values.yaml with
+/// its type, default and the comment above it.
+fn values_table() -> String {
+    let text = std::fs::read_to_string(helm::chart().join("values.yaml")).unwrap();
+    let values: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut paths = BTreeSet::new();
+    leaves("", &values, &mut paths);
+    let comments = value_comments(&text);
+    let mut table = String::from(
+        "| Key | Type | Default | Description |\n|-----|------|---------|-------------|\n",
+    );
+    // In the order of values.yaml, not alphabetical.
+    let mut ordered: Vec<&String> = paths.iter().collect();
+    let order: Vec<String> = {
+        let mut seen = Vec::new();
+        let mut stack: Vec<(usize, String)> = Vec::new();
+        for line in text.lines() {
+            let trimmed = line.trim_start();
+            let indent = line.len() - trimmed.len();
+            if trimmed.starts_with('#') || trimmed.starts_with('-') {
+                continue;
+            }
+            let Some((key, _)) = trimmed.split_once(':') else {
+                continue;
+            };
+            while stack.last().is_some_and(|(i, _)| *i >= indent) {
+                stack.pop();
+            }
+            stack.push((indent, key.to_owned()));
+            seen.push(
+                stack
+                    .iter()
+                    .map(|(_, k)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join("."),
+            );
+        }
+        seen
+    };
+    ordered.sort_by_key(|p| order.iter().position(|o| o == *p).unwrap_or(usize::MAX));
+    for path in ordered {
+        let mut value = &values;
+        for key in path.split('.') {
+            value = &value[key];
+        }
+        let kind = match value {
+            serde_yaml::Value::Bool(_) => "bool",
+            serde_yaml::Value::Number(n) if n.is_f64() => "float",
+            serde_yaml::Value::Number(_) => "int",
+            serde_yaml::Value::String(_) => "string",
+            serde_yaml::Value::Sequence(_) => "list",
+            _ => "object",
+        };
+        let default =
+            serde_json::to_string(&serde_yaml::from_value::<Value>(value.clone()).unwrap())
+                .unwrap()
+                .replace('|', "\\|");
+        let description = comments
+            .get(path)
+            .map(String::as_str)
+            .unwrap_or("")
+            .replace('|', "\\|")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        table.push_str(&format!(
+            "| `{path}` | {kind} | `{default}` | {description} |\n"
+        ));
+    }
+    table
+}
+
+#[test]
+fn the_chart_readme_lists_every_value_as_values_yaml_describes_it() {
+    let readme_path = helm::chart().join("README.md");
+    let readme = std::fs::read_to_string(&readme_path).unwrap();
+    let (start, end) = ("<!-- values:start -->\n", "<!-- values:end -->");
+    let (head, rest) = readme
+        .split_once(start)
+        .expect("the values table's start marker");
+    let (_, tail) = rest.split_once(end).expect("the values table's end marker");
+    let table = values_table();
+    let generated = format!("{head}{start}{table}{end}{tail}");
+    if std::env::var_os("RESTATUS_UPDATE_CHART_README").is_some() {
+        std::fs::write(&readme_path, &generated).unwrap();
+        return;
+    }
+    assert!(
+        generated == readme,
+        "charts/restatus/README.md's values table is out of step with values.yaml; \
+         regenerate it with RESTATUS_UPDATE_CHART_README=1 cargo test --test chart \
+         the_chart_readme_lists_every_value"
+    );
+    // Every value has a description.
+    for line in table.lines().skip(2) {
+        assert!(!line.ends_with("|  |"), "no comment above {line}");
+    }
+}
+
+#[test]
+fn the_alert_rules_pass_their_promtool_tests() {
+    support::run_build_script("hack/promtool/build.sh");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let promtool = root.join("target/promtool/promtool");
+    let rules = root.join("charts/restatus/alerts/restatus.yaml");
+    let check = std::process::Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "promtool check rules:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let tests = root.join("tests/alerts/restatus.test.yaml");
+    let out = std::process::Command::new(&promtool)
+        .args(["test", "rules"])
+        .arg(&tests)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool test rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -246,3 +246,59 @@ async fn sigterm_does_not_wait_for_idle_keep_alive_connections() {
     assert!(!r.log_text().contains("connections still open"));
     drop(client);
 }
+
+#[tokio::test]
+async fn the_status_line_and_the_last_review_metric_show_whether_reviews_arrive() {
+    let redis = RedisServer::start().await;
+    let mut opts = Options::new(redis.url());
+    opts.args.push("--status-log-interval=1s".into());
+    let r = Restatus::start(opts).await;
+    let last = "restatus_admission_last_review_timestamp_seconds";
+    assert_eq!(r.metric(last).await, 0.0, "no review yet");
+    // A replica nobody calls says so, whether or not it is ready.
+    support::eventually(
+        Duration::from_secs(60),
+        "a line saying no review came",
+        || {
+            let log = r.log_text();
+            async move {
+                log.contains("status: no admission review received since start")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    let client = TlsClient::new(&r.ca_file(), Alpn::Http2);
+    r.review_allowed(&client, &fixture("reviews/kc-update-status.json"))
+        .await;
+    let at = r.metric(last).await;
+    assert!(at >= before && at <= before + 60.0, "{at} vs {before}");
+    // The next line counts the review and the record it wrote; the one after, nothing.
+    support::eventually(
+        Duration::from_secs(60),
+        "a line with the review and its record",
+        || {
+            let log = r.log_text();
+            async move {
+                log.contains("status: 1 reviews received, 1 records written, 0 restores done")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    support::eventually(Duration::from_secs(60), "a quiet line after it", || {
+        let log = r.log_text();
+        async move {
+            let after = log.split("status: 1 reviews received").nth(1)?;
+            after
+                .contains("status: 0 reviews received, 0 records written, 0 restores done")
+                .then_some(())
+        }
+    })
+    .await;
+}

@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
-use crate::telemetry::{group::*, size_histogram};
+use crate::telemetry::{group::*, size_histogram, unix_seconds};
 
 metric_group! {
     /// Reviews answered and their latency by operation; bodies refused; jobs queued.
     #[derive(Clone)]
     pub struct AdmissionMetrics {
         requests: Family<AnsweredLabels, Counter> = family("admission_requests", "Admission reviews answered, by operation and outcome"),
+        last_review: IntGauge = gauge("admission_last_review_timestamp_seconds", "Unix time of the last admission review answered; 0 until the first"),
         duration: HistogramFamily<OperationLabels> = histograms("admission_duration_seconds", "Time to answer an admission review, by operation", latency_histogram),
         invalid: ReasonCounters = family("admission_invalid_requests", "Requests to /mutate answered 4xx because the body was not a usable AdmissionReview"),
         review_bytes: Histogram = histogram("admission_review_bytes", "Size of the AdmissionReview bodies read, in bytes (for --max-request-bytes)", size_histogram),
@@ -26,6 +27,7 @@ impl AdmissionMetrics {
         self.duration
             .get_or_create(&OperationLabels { operation })
             .observe(elapsed.as_secs_f64());
+        self.last_review.set(unix_seconds());
     }
 
     /// A review body of `bytes` was read.
@@ -74,6 +76,11 @@ mod tests {
     #[test]
     fn counts_answers_by_operation_and_outcome() {
         let (registry, m) = registered(AdmissionMetrics::register);
+        assert_samples(
+            &registry,
+            &["restatus_admission_last_review_timestamp_seconds 0"],
+        );
+        let before = unix_seconds();
         m.answered("UPDATE", "recorded", Duration::from_millis(1));
         m.answered("UPDATE", "recorded", Duration::from_millis(1));
         m.answered("CREATE", "no_record", Duration::from_millis(1));
@@ -93,5 +100,7 @@ mod tests {
                 "restatus_dead_markers_total{action=\"stripped\"} 1",
             ],
         );
+        let last = m.last_review.get();
+        assert!(last >= before && last <= unix_seconds(), "{last}");
     }
 }

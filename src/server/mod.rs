@@ -112,10 +112,26 @@ pub async fn serve_admin(
 }
 
 /// Binds a TCP listener with a clear error.
+///
+/// The IPv6 unspecified address (`[::]:PORT`) takes IPv4 connections too (dual stack), set
+/// on the socket rather than left to the host's `net.ipv6.bindv6only`; any other IPv6
+/// address is IPv6 only, and an IPv4 address IPv4 only.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| BindError { addr, source })
+    bind_socket(addr).map_err(|source| BindError { addr, source })
+}
+
+fn bind_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if let SocketAddr::V6(v6) = addr {
+        socket.set_only_v6(!v6.ip().is_unspecified())?;
+    }
+    // As std's TcpListener::bind: a restarted process may bind while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,4 +140,49 @@ pub struct BindError {
     pub addr: SocketAddr,
     #[source]
     pub source: std::io::Error,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use tokio::net::TcpStream;
+
+    use super::bind;
+
+    /// Connects to `port` at `ip` and checks that the listener accepts it.
+    async fn reaches(listener: &tokio::net::TcpListener, ip: std::net::IpAddr) {
+        let port = listener.local_addr().unwrap().port();
+        let (client, accepted) = tokio::join!(
+            TcpStream::connect(SocketAddr::new(ip, port)),
+            listener.accept()
+        );
+        client.unwrap_or_else(|e| panic!("connect to {ip}:{port}: {e}"));
+        accepted.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_ipv6_unspecified_address_takes_ipv4_and_ipv6_connections() {
+        let listener = bind("[::]:0".parse().unwrap()).await.unwrap();
+        reaches(&listener, Ipv6Addr::LOCALHOST.into()).await;
+        reaches(&listener, Ipv4Addr::LOCALHOST.into()).await;
+    }
+
+    #[tokio::test]
+    async fn ipv4_and_ipv6_loopback_addresses_are_served() {
+        let v4 = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        reaches(&v4, Ipv4Addr::LOCALHOST.into()).await;
+        let v6 = bind("[::1]:0".parse().unwrap()).await.unwrap();
+        reaches(&v6, Ipv6Addr::LOCALHOST.into()).await;
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_is_named_in_the_error() {
+        let taken = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = bind(addr).await.unwrap_err();
+        assert_eq!(err.to_string(), format!("could not listen on {addr}"));
+    }
 }

@@ -318,3 +318,16 @@ them.
 {{- $v | b64dec }}
 {{- end }}
 {{- end }}
+
+{{/* A listener's address for --listen and --admin-listen: (list $ port). IPv6 addresses in
+brackets. */}}
+{{- define "restatus.listenAddress" -}}
+{{- $root := index . 0 }}
+{{- $port := index . 1 }}
+{{- $addr := $root.Values.listenAddress }}
+{{- if contains ":" $addr }}
+{{- printf "[%s]:%d" $addr (int $port) }}
+{{- else }}
+{{- printf "%s:%d" $addr (int $port) }}
+{{- end }}
+{{- end }}
