@@ -1315,6 +1315,35 @@ fn sentinel_and_cluster_values_become_the_topology_flags() {
     );
 }
 
+/// Pods on the host network connect from their node's address: the bundled store's
+/// NetworkPolicy, which admits restatus's pods by label, would shut them out.
+#[test]
+fn host_network_with_the_bundled_store_behind_a_network_policy_is_refused() {
+    let error = refused(&[
+        "--set",
+        "hostNetwork=true",
+        "--set",
+        "containerPorts.webhook=10260",
+        "--set",
+        "containerPorts.admin=10261",
+        "--set",
+        "networkPolicy.enabled=true",
+    ]);
+    assert!(
+        error.contains("hostNetwork with networkPolicy.enabled and the bundled Redis"),
+        "{error}"
+    );
+    // Either one alone renders.
+    render(&[
+        "--set",
+        "hostNetwork=true",
+        "--set",
+        "containerPorts.webhook=10260",
+        "--set",
+        "containerPorts.admin=10261",
+    ]);
+}
+
 #[test]
 fn the_schema_refuses_redis_settings_restatus_cannot_use() {
     let external = |more: &[&str]| {
@@ -1322,7 +1351,19 @@ fn the_schema_refuses_redis_settings_restatus_cannot_use() {
         args.extend_from_slice(more);
         refused(&args)
     };
-    let cases: [(&str, Vec<&str>, &str); 11] = [
+    let cases: [(&str, Vec<&str>, &str); 12] = [
+        (
+            "a password in a cluster seed node, which is on the command line",
+            vec![
+                "--set",
+                "redis.external.url=redis://r",
+                "--set",
+                "redis.external.topology=cluster",
+                "--set",
+                "redis.external.cluster.nodes[0]=redis://u:secret@n1:6379",
+            ],
+            "/redis/external/cluster/nodes/0",
+        ),
         (
             "sentinel without a master name",
             vec![

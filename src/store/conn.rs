@@ -99,7 +99,8 @@ pub struct RedisOptions {
 
 /// A URL with any password in it hidden.
 fn redacted(url: &str) -> String {
-    match url.split_once('@') {
+    // The last `@`: a password may hold one, the host never does.
+    match url.rsplit_once('@') {
         Some((scheme_and_user, host)) => {
             let scheme = scheme_and_user.split("://").next().unwrap_or("redis");
             format!("{scheme}://<redacted>@{host}")
@@ -671,6 +672,15 @@ pub(super) fn broken(error: &RedisError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_is_never_shown_even_with_an_at_sign() {
+        assert_eq!(
+            redacted("rediss://user:p@ss@redis.example:6380/0"),
+            "rediss://<redacted>@redis.example:6380/0"
+        );
+        assert_eq!(redacted("redis://redis:6379"), "redis://redis:6379");
+    }
 
     #[test]
     fn options_never_show_a_password() {
