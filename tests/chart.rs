@@ -1103,6 +1103,11 @@ fn a_budget_that_blocks_every_drain_is_refused() {
     assert!(both.contains("/podDisruptionBudget"), "{both}");
     let all = refused(&["--set", "podDisruptionBudget.minAvailable=2"]);
     assert!(all.contains("no drain could ever evict"), "{all}");
+    let hundred = refused(&["--set", "podDisruptionBudget.minAvailable=100%"]);
+    assert!(
+        hundred.contains("/podDisruptionBudget/minAvailable"),
+        "{hundred}"
+    );
 
     let objects = render(&[
         "--set",
