@@ -15,11 +15,10 @@ use std::{
 };
 
 use restatus::store::{
-    Keyring, ObjectIdentity, RecordWrite, RedisOptions, RestoreJob, Source, Store, StoreMetrics,
-    Topology, WriteOutcome,
+    Keyring, ObjectIdentity, RedisOptions, RestoreJob, Store, StoreMetrics, Topology, WriteOutcome,
 };
 use serde_json::json;
-use support::topology::RedisCluster;
+use support::topology::{RedisCluster, id, write};
 
 const BUDGET: Duration = Duration::from_secs(5);
 const KEY: &str = "k:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -45,33 +44,6 @@ fn store(cluster: &RedisCluster, prefix: &str, keyring: Option<&str>) -> Store {
         keyring,
     )
     .unwrap()
-}
-
-fn id(name: &str) -> ObjectIdentity {
-    ObjectIdentity {
-        group: "infra.example.com".into(),
-        resource: "kubernetesclusters".into(),
-        namespace: Some("team-a".into()),
-        name: name.into(),
-    }
-}
-
-fn write(name: &str, uid: &str, rv: u64) -> RecordWrite {
-    RecordWrite {
-        identity: id(name),
-        status: json!({"phase": "Running", "rv": rv}),
-        api_version: "infra.example.com/v1alpha1".into(),
-        kind: "KubernetesCluster".into(),
-        uid: uid.into(),
-        resource_version: rv.to_string(),
-        generation: None,
-        source: Source::Written,
-        deleting: false,
-        retention: Duration::from_secs(3600),
-        restored_by: None,
-        catch_up: None,
-        listed_at: None,
-    }
 }
 
 fn job(name: &str, job_id: &str) -> RestoreJob {

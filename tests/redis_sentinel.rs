@@ -15,12 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use restatus::store::{
-    ObjectIdentity, RecordWrite, RedisOptions, RestoreJob, Source, Store, StoreMetrics, Topology,
-    WriteOutcome,
-};
-use serde_json::json;
-use support::topology::SentinelSet;
+use restatus::store::{RedisOptions, RestoreJob, Store, StoreMetrics, Topology, WriteOutcome};
+use support::topology::{SentinelSet, id, write};
 
 const BUDGET: Duration = Duration::from_secs(5);
 
@@ -41,33 +37,6 @@ fn store(set: &SentinelSet, prefix: &str) -> Store {
         None,
     )
     .unwrap()
-}
-
-fn id(name: &str) -> ObjectIdentity {
-    ObjectIdentity {
-        group: "infra.example.com".into(),
-        resource: "kubernetesclusters".into(),
-        namespace: Some("team-a".into()),
-        name: name.into(),
-    }
-}
-
-fn write(name: &str, uid: &str, rv: u64) -> RecordWrite {
-    RecordWrite {
-        identity: id(name),
-        status: json!({"phase": "Running", "rv": rv}),
-        api_version: "infra.example.com/v1alpha1".into(),
-        kind: "KubernetesCluster".into(),
-        uid: uid.into(),
-        resource_version: rv.to_string(),
-        generation: None,
-        source: Source::Written,
-        deleting: false,
-        retention: Duration::from_secs(3600),
-        restored_by: None,
-        catch_up: None,
-        listed_at: None,
-    }
 }
 
 #[tokio::test]

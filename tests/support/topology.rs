@@ -9,6 +9,8 @@ use std::{
 };
 
 use redis::aio::MultiplexedConnection;
+use restatus::store::{ObjectIdentity, RecordWrite, Source};
+use serde_json::json;
 
 fn binary(name: &str) -> PathBuf {
     for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
@@ -573,5 +575,34 @@ impl RedisCluster {
         )
         .await;
         (master, replica)
+    }
+}
+
+/// The KubernetesCluster `team-a/<name>` the topology tests record.
+pub fn id(name: &str) -> ObjectIdentity {
+    ObjectIdentity {
+        group: "infra.example.com".into(),
+        resource: "kubernetesclusters".into(),
+        namespace: Some("team-a".into()),
+        name: name.into(),
+    }
+}
+
+/// A status write of `name` at resourceVersion `rv`, its status naming `rv` too.
+pub fn write(name: &str, uid: &str, rv: u64) -> RecordWrite {
+    RecordWrite {
+        identity: id(name),
+        status: json!({"phase": "Running", "rv": rv}),
+        api_version: "infra.example.com/v1alpha1".into(),
+        kind: "KubernetesCluster".into(),
+        uid: uid.into(),
+        resource_version: rv.to_string(),
+        generation: None,
+        source: Source::Written,
+        deleting: false,
+        retention: Duration::from_secs(3600),
+        restored_by: None,
+        catch_up: None,
+        listed_at: None,
     }
 }
